@@ -1,0 +1,411 @@
+//! `ferry.toml`: the one configuration file every ferry process reads.
+//!
+//! Every field has a default that works on one machine. Unknown keys are errors
+//! that name the key and its line. A string value `${NAME}` is read from the
+//! environment variable `NAME`, and `FERRY_SOURCE_PASSWORD` /
+//! `FERRY_TARGET_PASSWORD` override the passwords, so secrets need not be in
+//! the file.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Errors loading the configuration; Display is one line naming what was wrong and where.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: line {line}: {message}")]
+    Parse { path: String, line: usize, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid { path: String, field: String, message: String },
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub target: TargetConfig,
+    #[serde(default)]
+    pub coordinator: CoordinatorConfig,
+    #[serde(default)]
+    pub reader: ReaderConfig,
+    #[serde(default)]
+    pub decoder: DecoderConfig,
+    #[serde(default)]
+    pub writer: WriterConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeploymentType {
+    #[default]
+    Standalone,
+    Cluster,
+    Sentinel,
+}
+
+impl DeploymentType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentType::Standalone => "standalone",
+            DeploymentType::Cluster => "cluster",
+            DeploymentType::Sentinel => "sentinel",
+        }
+    }
+}
+
+/// Where the data comes from.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    #[serde(default, rename = "type")]
+    pub kind: DeploymentType,
+    #[serde(default = "default_source_address")]
+    pub address: String,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: String,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            kind: DeploymentType::Standalone,
+            address: default_source_address(),
+            username: String::new(),
+            password: String::new(),
+        }
+    }
+}
+
+/// Where the data goes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    #[serde(default, rename = "type")]
+    pub kind: DeploymentType,
+    #[serde(default = "default_target_address")]
+    pub address: String,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: String,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        TargetConfig {
+            kind: DeploymentType::Standalone,
+            address: default_target_address(),
+            username: String::new(),
+            password: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// HTTP: `/status`, `/metrics`, `/healthz`.
+    #[serde(default = "default_status_addr")]
+    pub status_addr: String,
+    /// gRPC: assignments and status reports from the stages.
+    #[serde(default = "default_coordinator_grpc")]
+    pub grpc_addr: String,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig { status_addr: default_status_addr(), grpc_addr: default_coordinator_grpc() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReaderConfig {
+    /// `REPLCONF listening-port` sent to the source. 0: none (nobody can connect to a reader).
+    #[serde(default)]
+    pub listening_port: u16,
+    /// Largest bulk string accepted in the replication stream.
+    #[serde(default = "default_max_bulk")]
+    pub proto_max_bulk_len: u64,
+    /// Frames buffered in memory between the socket and the decoder stream.
+    #[serde(default = "default_reader_buffer")]
+    pub buffer_frames: usize,
+}
+
+impl Default for ReaderConfig {
+    fn default() -> Self {
+        ReaderConfig {
+            listening_port: 0,
+            proto_max_bulk_len: default_max_bulk(),
+            buffer_frames: default_reader_buffer(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderConfig {
+    /// gRPC listen address of the decoder.
+    #[serde(default = "default_decoder_listen")]
+    pub listen: String,
+    /// Values whose RDB encoding is at most this many bytes are sent as one `RESTORE`.
+    #[serde(default = "default_restore_limit")]
+    pub restore_max_bytes: u64,
+    /// Larger values are sent as commands in chunks of about this many bytes.
+    #[serde(default = "default_chunk_bytes")]
+    pub chunk_bytes: u64,
+    /// Accept RDB versions newer than this ferry knows.
+    #[serde(default)]
+    pub allow_newer_rdb: bool,
+}
+
+impl Default for DecoderConfig {
+    fn default() -> Self {
+        DecoderConfig {
+            listen: default_decoder_listen(),
+            restore_max_bytes: default_restore_limit(),
+            chunk_bytes: default_chunk_bytes(),
+            allow_newer_rdb: false,
+        }
+    }
+}
+
+/// What to do with a key of the full copy that already exists on the target.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExistingKey {
+    /// Replace it with the source's value.
+    #[default]
+    Rewrite,
+    /// Keep the target's value, count the key as skipped.
+    Skip,
+    /// Stop the pipeline with an error naming the key.
+    Panic,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterConfig {
+    /// gRPC listen address of the writer.
+    #[serde(default = "default_writer_listen")]
+    pub listen: String,
+    /// Most commands sent to the target without their replies.
+    #[serde(default = "default_pipeline")]
+    pub pipeline_count_limit: usize,
+    #[serde(default)]
+    pub existing_key: ExistingKey,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            listen: default_writer_listen(),
+            pipeline_count_limit: default_pipeline(),
+            existing_key: ExistingKey::Rewrite,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `RUST_LOG`-style filter; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: default_log_level(), format: LogFormat::Text }
+    }
+}
+
+fn default_source_address() -> String {
+    "127.0.0.1:6379".into()
+}
+fn default_target_address() -> String {
+    "127.0.0.1:6380".into()
+}
+fn default_status_addr() -> String {
+    "127.0.0.1:7701".into()
+}
+fn default_coordinator_grpc() -> String {
+    "127.0.0.1:7702".into()
+}
+fn default_decoder_listen() -> String {
+    "127.0.0.1:7711".into()
+}
+fn default_writer_listen() -> String {
+    "127.0.0.1:7712".into()
+}
+fn default_max_bulk() -> u64 {
+    512 * 1024 * 1024
+}
+fn default_reader_buffer() -> usize {
+    256
+}
+fn default_restore_limit() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_chunk_bytes() -> u64 {
+    4 * 1024 * 1024
+}
+fn default_pipeline() -> usize {
+    1024
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: name.clone(), source })?;
+        Config::parse(&text, &name)
+    }
+
+    /// Parses the text of a config file; `name` is used in error messages.
+    pub fn parse(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1).unwrap_or(0);
+            let message = e.message().replace('\n', " ").trim().to_string();
+            ConfigError::Parse { path: name.to_string(), line, message }
+        })?;
+        cfg.resolve_env(name)?;
+        cfg.validate(name)?;
+        Ok(cfg)
+    }
+
+    fn resolve_env(&mut self, name: &str) -> Result<(), ConfigError> {
+        let fields: [(&str, &mut String); 6] = [
+            ("source.address", &mut self.source.address),
+            ("source.username", &mut self.source.username),
+            ("source.password", &mut self.source.password),
+            ("target.address", &mut self.target.address),
+            ("target.username", &mut self.target.username),
+            ("target.password", &mut self.target.password),
+        ];
+        for (field, value) in fields {
+            if let Some(var) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) {
+                *value = std::env::var(var).map_err(|_| ConfigError::Invalid {
+                    path: name.to_string(),
+                    field: field.to_string(),
+                    message: format!("environment variable {var} is not set"),
+                })?;
+            }
+        }
+        if let Ok(p) = std::env::var("FERRY_SOURCE_PASSWORD") {
+            self.source.password = p;
+        }
+        if let Ok(p) = std::env::var("FERRY_TARGET_PASSWORD") {
+            self.target.password = p;
+        }
+        Ok(())
+    }
+
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: name.to_string(),
+            field: field.to_string(),
+            message,
+        };
+        for (field, kind) in [("source.type", self.source.kind), ("target.type", self.target.kind)] {
+            if kind != DeploymentType::Standalone {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "\"{}\" is not supported by this version of ferry yet (only \"standalone\")",
+                        kind.as_str()
+                    ),
+                ));
+            }
+        }
+        for (field, addr) in [
+            ("source.address", &self.source.address),
+            ("target.address", &self.target.address),
+            ("coordinator.status_addr", &self.coordinator.status_addr),
+            ("coordinator.grpc_addr", &self.coordinator.grpc_addr),
+            ("decoder.listen", &self.decoder.listen),
+            ("writer.listen", &self.writer.listen),
+        ] {
+            check_host_port(addr).map_err(|m| invalid(field, m))?;
+        }
+        if self.writer.pipeline_count_limit == 0 {
+            return Err(invalid("writer.pipeline_count_limit", "must be at least 1".into()));
+        }
+        if self.reader.buffer_frames == 0 {
+            return Err(invalid("reader.buffer_frames", "must be at least 1".into()));
+        }
+        if self.decoder.chunk_bytes == 0 {
+            return Err(invalid("decoder.chunk_bytes", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+fn check_host_port(addr: &str) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("\"{addr}\" is not host:port"));
+    };
+    if host.is_empty() {
+        return Err(format!("\"{addr}\" has no host"));
+    }
+    port.parse::<u16>().map_err(|_| format!("\"{addr}\" has an invalid port"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work() {
+        let c = Config::parse("", "t").unwrap();
+        assert_eq!(c.source.address, "127.0.0.1:6379");
+        assert_eq!(c.writer.pipeline_count_limit, 1024);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = Config::parse("[source]\naddress = \"a:1\"\nadress = \"x\"\n", "ferry.toml").unwrap_err().to_string();
+        assert!(e.contains("adress") && e.contains("line 3"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn wrong_type_and_bad_address() {
+        let e = Config::parse("[writer]\npipeline_count_limit = \"x\"\n", "f").unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        let e = Config::parse("[target]\naddress = \"nohost\"\n", "f").unwrap_err().to_string();
+        assert!(e.contains("target.address"), "{e}");
+    }
+
+    #[test]
+    fn secrets_from_env() {
+        // SAFETY: this test is the only one touching this variable.
+        unsafe { std::env::set_var("FERRY_TEST_SECRET_X", "pw") };
+        let c = Config::parse("[source]\npassword = \"${FERRY_TEST_SECRET_X}\"\n", "f").unwrap();
+        assert_eq!(c.source.password, "pw");
+        let e = Config::parse("[source]\npassword = \"${FERRY_TEST_UNSET_Y}\"\n", "f").unwrap_err().to_string();
+        assert!(e.contains("FERRY_TEST_UNSET_Y"));
+    }
+}

@@ -1,0 +1,232 @@
+//! Pieces every stage shares: statistics reported to the coordinator, assignments,
+//! logging, shutdown, backoff.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use ferry_config::{LogConfig, LogFormat};
+use ferry_proto::coordinator_client::CoordinatorClient;
+use ferry_proto::{AssignRequest, Assignment, StatusReport};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// `host:port` → `http://host:port` (gRPC over plain HTTP/2).
+pub fn grpc_url(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Sets up `tracing`: text on a terminal, JSON when configured; `RUST_LOG` overrides the level.
+pub fn init_logging(cfg: &LogConfig, service: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let res = match cfg.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.with_target(false).try_init(),
+    };
+    if res.is_ok() {
+        debug!(service, "logging initialised");
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            _ = token.cancelled() => return,
+        }
+        info!("shutdown requested");
+        token.cancel();
+    });
+}
+
+/// Sleeps for `d` unless cancelled first; returns false when cancelled.
+pub async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = cancel.cancelled() => false,
+    }
+}
+
+/// Exponential backoff from 100 ms to 5 s.
+pub struct Backoff(u32);
+
+impl Backoff {
+    pub fn new() -> Self {
+        Backoff(0)
+    }
+    pub fn reset(&mut self) {
+        self.0 = 0;
+    }
+    pub fn next_delay(&mut self) -> Duration {
+        let ms = (100u64 << self.0.min(6)).min(5000);
+        self.0 += 1;
+        Duration::from_millis(ms)
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A name for this process in reports: `host-pid`.
+pub fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
+}
+
+/// Asks the coordinator for this stage's assignment, retrying until it answers or `cancel` fires.
+pub async fn assignment(
+    coordinator: &str,
+    role: &str,
+    pipeline: Option<&str>,
+    cancel: &CancellationToken,
+) -> Option<Assignment> {
+    let mut backoff = Backoff::new();
+    let mut warned = false;
+    loop {
+        let req = AssignRequest {
+            role: role.into(),
+            instance: instance_name(),
+            pipeline_id: pipeline.unwrap_or_default().into(),
+        };
+        let res = async {
+            let mut client = CoordinatorClient::connect(coordinator.to_string()).await.map_err(|e| e.to_string())?;
+            client.assign(req).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
+        }
+        .await;
+        match res {
+            Ok(a) => {
+                info!(pipeline = %a.pipeline_id, source = %a.source_address, downstream = %a.downstream_address, "assigned");
+                return Some(a);
+            }
+            Err(e) => {
+                if !warned {
+                    warn!(coordinator, error = %e, "waiting for the coordinator");
+                    warned = true;
+                }
+            }
+        }
+        if !sleep_or_cancel(backoff.next_delay(), cancel).await {
+            return None;
+        }
+    }
+}
+
+/// Counters of one stage, updated by the stage and reported to the coordinator.
+#[derive(Default)]
+pub struct Stats {
+    pub phase: Mutex<&'static str>,
+    pub source_offset: AtomicI64,
+    pub applied_offset: AtomicI64,
+    pub rdb_applied: AtomicBool,
+    pub rdb_bytes: AtomicU64,
+    pub rdb_size: AtomicU64,
+    pub keys_applied: AtomicU64,
+    pub keys_skipped: AtomicU64,
+    pub commands_applied: AtomicU64,
+    pub entries_decoded: AtomicU64,
+    pub modules_skipped: AtomicU64,
+    pub full_syncs: AtomicU64,
+    pub partial_resyncs: AtomicU64,
+    pub error: Mutex<String>,
+    pub errors_by_kind: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    pub fn new(phase: &'static str) -> Arc<Self> {
+        let s = Stats::default();
+        *s.phase.lock().unwrap() = phase;
+        Arc::new(s)
+    }
+
+    pub fn set_phase(&self, phase: &'static str) {
+        *self.phase.lock().unwrap() = phase;
+    }
+
+    /// Records an error (one line) for the status API.
+    pub fn set_error(&self, e: impl std::fmt::Display) {
+        *self.error.lock().unwrap() = e.to_string().replace('\n', " ");
+    }
+
+    pub fn clear_error(&self) {
+        self.error.lock().unwrap().clear();
+    }
+
+    pub fn count_error(&self, kind: &str) {
+        *self.errors_by_kind.lock().unwrap().entry(kind.to_string()).or_default() += 1;
+    }
+
+    fn report(&self, pipeline_id: &str, role: &str, instance: &str) -> StatusReport {
+        StatusReport {
+            pipeline_id: pipeline_id.into(),
+            role: role.into(),
+            instance: instance.into(),
+            phase: (*self.phase.lock().unwrap()).into(),
+            source_offset: self.source_offset.load(Relaxed),
+            applied_offset: self.applied_offset.load(Relaxed),
+            rdb_applied: self.rdb_applied.load(Relaxed),
+            rdb_bytes: self.rdb_bytes.load(Relaxed),
+            rdb_size: self.rdb_size.load(Relaxed),
+            keys_applied: self.keys_applied.load(Relaxed),
+            commands_applied: self.commands_applied.load(Relaxed),
+            full_syncs: self.full_syncs.load(Relaxed),
+            partial_resyncs: self.partial_resyncs.load(Relaxed),
+            error: self.error.lock().unwrap().clone(),
+            keys_skipped: self.keys_skipped.load(Relaxed),
+            errors_by_kind: self.errors_by_kind.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            entries_decoded: self.entries_decoded.load(Relaxed),
+            modules_skipped: self.modules_skipped.load(Relaxed),
+        }
+    }
+}
+
+/// Reports `stats` to the coordinator every 500 ms until cancelled (and once more at the end).
+pub async fn report_loop(
+    coordinator: String,
+    pipeline_id: String,
+    role: &'static str,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+) {
+    let instance = instance_name();
+    let mut client: Option<CoordinatorClient<tonic::transport::Channel>> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        let stop = tokio::select! {
+            _ = tick.tick() => false,
+            _ = cancel.cancelled() => true,
+        };
+        if client.is_none() {
+            client = CoordinatorClient::connect(coordinator.clone()).await.ok();
+        }
+        if let Some(c) = client.as_mut() {
+            let report = stats.report(&pipeline_id, role, &instance);
+            let sent = tokio::time::timeout(Duration::from_secs(2), c.report(report)).await;
+            if !matches!(sent, Ok(Ok(_))) {
+                debug!("status report to the coordinator failed");
+                client = None;
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+/// Maps any error to a gRPC status (one place, so messages stay consistent).
+pub fn to_status(e: impl std::fmt::Display) -> tonic::Status {
+    tonic::Status::internal(e.to_string())
+}

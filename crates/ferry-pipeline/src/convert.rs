@@ -1,0 +1,351 @@
+//! From decoded data to RESP batches for the target.
+//!
+//! [`BatchBuilder`] accumulates commands for one [`Batch`]: every batch starts with a
+//! `SELECT` of the db its first command applies to, so the writer needs no state about
+//! the target connection. [`RdbConverter`] turns RDB entries into commands: a `RESTORE`
+//! of the raw RDB encoding when the value is small enough (exact, one round trip), or,
+//! for values too big for one `RESTORE`, commands in chunks written into a temporary key
+//! that is renamed into place at the end (so the key appears whole, and the existing-key
+//! policy applies with `RENAME` / `RENAMENX`).
+
+use bytes::{Bytes, BytesMut};
+use ferry_config::ExistingKey;
+use ferry_proto::Batch;
+use ferry_rdb::{Entry, Part, Value};
+use ferry_resp::encode_command_into;
+use tracing::warn;
+
+/// Prefix of the temporary keys big values are built in. Filtered out of comparisons.
+pub const TMP_PREFIX: &[u8] = b"ferry:tmp:";
+
+/// Accumulates commands for one batch.
+pub struct BatchBuilder {
+    resp: BytesMut,
+    count: u32,
+    keys: u32,
+    commands: u32,
+    /// db of the last command added (what the target connection has selected).
+    db: u64,
+    renamenx: Vec<u32>,
+    max_bytes: usize,
+    max_count: u32,
+}
+
+impl BatchBuilder {
+    pub fn new(max_bytes: usize, max_count: u32) -> Self {
+        BatchBuilder {
+            resp: BytesMut::with_capacity(max_bytes.min(1 << 20) + 4096),
+            count: 0,
+            keys: 0,
+            commands: 0,
+            db: 0,
+            renamenx: Vec::new(),
+            max_bytes,
+            max_count,
+        }
+    }
+
+    /// Makes sure the next command applies to `db`.
+    pub fn select(&mut self, db: u64) {
+        if self.count == 0 || self.db != db {
+            let n = db.to_string();
+            encode_command_into(&mut self.resp, &[&b"SELECT"[..], n.as_bytes()]);
+            self.count += 1;
+            self.db = db;
+        }
+    }
+
+    /// Adds a command given as arguments, applied to `db`.
+    pub fn push<A: AsRef<[u8]>>(&mut self, db: u64, args: &[A]) {
+        self.select(db);
+        encode_command_into(&mut self.resp, args);
+        self.count += 1;
+        self.commands += 1;
+    }
+
+    /// Adds a command that is already RESP. `data` says whether it counts as a data command.
+    pub fn push_raw(&mut self, db: u64, cmd: &[u8], data: bool) {
+        self.select(db);
+        self.resp.extend_from_slice(cmd);
+        self.count += 1;
+        if data {
+            self.commands += 1;
+        }
+    }
+
+    /// Records that the db changed through a replicated `SELECT` that was added with `push_raw`.
+    pub fn set_db(&mut self, db: u64) {
+        self.db = db;
+    }
+
+    pub fn add_key(&mut self) {
+        self.keys += 1;
+    }
+
+    pub fn mark_renamenx(&mut self) {
+        self.renamenx.push(self.count - 1);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.resp.len() >= self.max_bytes || self.count >= self.max_count
+    }
+
+    /// Takes the batch built so far.
+    pub fn take(&mut self, offset: i64, rdb_end: bool) -> Batch {
+        let batch = Batch {
+            resp: self.resp.split().freeze(),
+            count: self.count,
+            keys: self.keys,
+            commands: self.commands,
+            offset,
+            rdb_end,
+            busykey_is_skip: false,
+            pipeline_id: String::new(),
+            renamenx: std::mem::take(&mut self.renamenx),
+            existing_is_fatal: false,
+            hello: false,
+            begin: None,
+        };
+        self.count = 0;
+        self.keys = 0;
+        self.commands = 0;
+        batch
+    }
+}
+
+/// Elements per command when a value is sent as commands.
+const ELEMENTS_PER_COMMAND: usize = 512;
+
+/// Turns RDB entries into commands.
+pub struct RdbConverter {
+    pub policy: ExistingKey,
+    pub rdb_version: u16,
+    pub modules_skipped: u64,
+}
+
+fn tmp_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(TMP_PREFIX.len() + key.len());
+    k.extend_from_slice(TMP_PREFIX);
+    k.extend_from_slice(key);
+    k
+}
+
+/// Shortest text that parses back to exactly `f` (Redis reads scores with `strtod`).
+pub fn format_score(f: f64) -> String {
+    if f == f64::INFINITY {
+        "inf".into()
+    } else if f == f64::NEG_INFINITY {
+        "-inf".into()
+    } else {
+        format!("{f:?}")
+    }
+}
+
+impl RdbConverter {
+    pub fn new(policy: ExistingKey, rdb_version: u16) -> Self {
+        RdbConverter { policy, rdb_version, modules_skipped: 0 }
+    }
+
+    /// Adds the commands for one entry (or part of one) to `b`.
+    pub fn entry(&mut self, e: &Entry, b: &mut BatchBuilder) {
+        if let Value::Module { module_name, .. } = &e.value {
+            if matches!(e.part, Part::Whole | Part::First) {
+                self.modules_skipped += 1;
+                warn!(key = %String::from_utf8_lossy(&e.key), module = %module_name, "skipping a module value: the target cannot load it");
+            }
+            return;
+        }
+        if let (Part::Whole, Some(raw)) = (&e.part, &e.raw) {
+            let payload = ferry_rdb::dump_payload(raw, self.rdb_version);
+            let ttl = e.expire_ms.unwrap_or(0).max(0).to_string();
+            let mut args: Vec<&[u8]> = vec![b"RESTORE", &e.key, ttl.as_bytes(), &payload];
+            if e.expire_ms.is_some() {
+                args.push(b"ABSTTL");
+            }
+            if self.policy == ExistingKey::Rewrite {
+                args.push(b"REPLACE");
+            }
+            b.push(e.db, &args);
+            b.add_key();
+            return;
+        }
+        self.as_commands(e, b);
+    }
+
+    fn as_commands(&mut self, e: &Entry, b: &mut BatchBuilder) {
+        let db = e.db;
+        let tmp = tmp_key(&e.key);
+        let first = matches!(e.part, Part::Whole | Part::First);
+        let last = matches!(e.part, Part::Whole | Part::Last);
+        if first {
+            b.push(db, &[&b"DEL"[..], &tmp]);
+        }
+        match &e.value {
+            Value::String(s) => {
+                let cmd: &[u8] = if first { b"SET" } else { b"APPEND" };
+                if first || !s.is_empty() {
+                    b.push(db, &[cmd, &tmp, s]);
+                }
+            }
+            Value::List(items) => push_chunks(b, db, b"RPUSH", &tmp, items.iter().map(|i| [i.clone()])),
+            Value::Set(items) => push_chunks(b, db, b"SADD", &tmp, items.iter().map(|i| [i.clone()])),
+            Value::ZSet(items) => {
+                push_chunks(b, db, b"ZADD", &tmp, items.iter().map(|(m, s)| [Bytes::from(format_score(*s)), m.clone()]))
+            }
+            Value::Hash(fields) => {
+                push_chunks(b, db, b"HSET", &tmp, fields.iter().map(|f| [f.field.clone(), f.value.clone()]));
+                for f in fields {
+                    if let Some(ms) = f.expire_ms {
+                        let ms = ms.to_string();
+                        b.push(db, &[&b"HPEXPIREAT"[..], &tmp, ms.as_bytes(), b"FIELDS", b"1", &f.field]);
+                    }
+                }
+            }
+            Value::Stream(s) => {
+                if first && s.entries.is_empty() {
+                    // XADD creates the key; an empty stream is created and trimmed at once.
+                    b.push(db, &[&b"XADD"[..], &tmp, b"MAXLEN", b"0", b"0-1", b"f", b"v"]);
+                }
+                for entry in &s.entries {
+                    let id = format!("{}-{}", entry.id.ms, entry.id.seq);
+                    let mut args: Vec<&[u8]> = vec![b"XADD", &tmp, id.as_bytes()];
+                    for (f, v) in &entry.fields {
+                        args.push(f);
+                        args.push(v);
+                    }
+                    b.push(db, &args);
+                }
+                if last {
+                    stream_metadata(b, db, &tmp, s);
+                }
+            }
+            Value::Module { .. } => {}
+        }
+        if last {
+            if let Some(ms) = e.expire_ms {
+                let ms = ms.to_string();
+                b.push(db, &[&b"PEXPIREAT"[..], &tmp, ms.as_bytes()]);
+            }
+            match self.policy {
+                ExistingKey::Rewrite => b.push(db, &[&b"RENAME"[..], &tmp, &e.key]),
+                ExistingKey::Skip | ExistingKey::Panic => {
+                    b.push(db, &[&b"RENAMENX"[..], &tmp, &e.key]);
+                    b.mark_renamenx();
+                    // Left over when the key existed.
+                    b.push(db, &[&b"DEL"[..], &tmp]);
+                }
+            }
+            b.add_key();
+        }
+    }
+}
+
+fn stream_metadata(b: &mut BatchBuilder, db: u64, tmp: &[u8], s: &ferry_rdb::Stream) {
+    let id = |i: &ferry_rdb::StreamId| format!("{}-{}", i.ms, i.seq);
+    let last = id(&s.last_id);
+    let mut args: Vec<Vec<u8>> = vec![b"XSETID".to_vec(), tmp.to_vec(), last.into_bytes()];
+    if let (Some(added), Some(maxdel)) = (s.entries_added, &s.max_deleted_id) {
+        args.push(b"ENTRIESADDED".to_vec());
+        args.push(added.to_string().into_bytes());
+        args.push(b"MAXDELETEDID".to_vec());
+        args.push(id(maxdel).into_bytes());
+    }
+    if s.last_id.ms != 0 || s.last_id.seq > 1 {
+        b.push(db, &args);
+    }
+    for g in &s.groups {
+        let gid = id(&g.last_delivered);
+        let mut args: Vec<Vec<u8>> =
+            vec![b"XGROUP".to_vec(), b"CREATE".to_vec(), tmp.to_vec(), g.name.to_vec(), gid.into_bytes()];
+        if let Some(read) = g.entries_read.filter(|r| *r >= 0) {
+            args.push(b"ENTRIESREAD".to_vec());
+            args.push(read.to_string().into_bytes());
+        }
+        b.push(db, &args);
+        for c in &g.consumers {
+            b.push(db, &[&b"XGROUP"[..], b"CREATECONSUMER", tmp, &g.name, &c.name]);
+        }
+        for p in &g.pel {
+            let pid = id(&p.id);
+            let time = p.delivery_time_ms.to_string();
+            let count = p.delivery_count.to_string();
+            b.push(
+                db,
+                &[
+                    &b"XCLAIM"[..],
+                    tmp,
+                    &g.name,
+                    &p.consumer,
+                    b"0",
+                    pid.as_bytes(),
+                    b"TIME",
+                    time.as_bytes(),
+                    b"RETRYCOUNT",
+                    count.as_bytes(),
+                    b"FORCE",
+                    b"JUSTID",
+                ],
+            );
+        }
+    }
+}
+
+/// Adds `cmd tmp <elements...>` commands of at most [`ELEMENTS_PER_COMMAND`] elements each.
+fn push_chunks<const N: usize>(
+    b: &mut BatchBuilder,
+    db: u64,
+    cmd: &[u8],
+    tmp: &[u8],
+    items: impl Iterator<Item = [Bytes; N]>,
+) {
+    let mut args: Vec<Bytes> = Vec::with_capacity(2 + ELEMENTS_PER_COMMAND * N);
+    let mut n = 0;
+    for item in items {
+        if n == 0 {
+            args.clear();
+            args.push(Bytes::copy_from_slice(cmd));
+            args.push(Bytes::copy_from_slice(tmp));
+        }
+        args.extend(item);
+        n += 1;
+        if n == ELEMENTS_PER_COMMAND {
+            b.push(db, &args);
+            n = 0;
+        }
+    }
+    if n > 0 {
+        b.push(db, &args);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_round_trip() {
+        for f in [0.1, -0.0, 1e-300, f64::MAX, 2.5e-5, 3.0, f64::INFINITY, f64::NEG_INFINITY] {
+            let s = format_score(f);
+            let back: f64 = s.parse().unwrap();
+            assert_eq!(back.to_bits(), f.to_bits(), "{s}");
+        }
+    }
+
+    #[test]
+    fn batches_start_with_select() {
+        let mut b = BatchBuilder::new(1 << 20, 100);
+        b.push(3, &[&b"SET"[..], b"k", b"v"]);
+        b.push(3, &[&b"SET"[..], b"k2", b"v"]);
+        b.push(0, &[&b"SET"[..], b"k", b"v"]);
+        let batch = b.take(7, false);
+        assert_eq!(batch.count, 5);
+        assert_eq!(batch.commands, 3);
+        assert!(batch.resp.starts_with(b"*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n"));
+        b.push(3, &[&b"SET"[..], b"k", b"v"]);
+        assert!(b.take(8, false).resp.starts_with(b"*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n"));
+    }
+}

@@ -1,0 +1,391 @@
+//! The decoder: the `Decoder` gRPC service.
+//!
+//! One `Sync` call per replication session. RDB chunks feed a streaming parser that
+//! runs on a blocking thread (memory stays bounded: chunks and batches travel through
+//! bounded channels); its entries become `RESTORE`s or chunked commands. The command
+//! stream is forwarded as raw RESP with `SELECT` tracked, `MULTI`/`EXEC` kept in one
+//! batch, and `PING`/`REPLCONF` dropped (their bytes still count in the offset, so an
+//! idle source is acknowledged up to its last byte). Acknowledgements from the writer
+//! flow back to the reader unchanged.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use ferry_config::{Config, ExistingKey};
+use ferry_proto::decoder_server::{Decoder, DecoderServer};
+use ferry_proto::writer_client::WriterClient;
+use ferry_proto::{Ack, Batch, Frame, frame};
+use ferry_rdb::{Event, Parser, ParserOptions};
+use futures::Stream;
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{error, info};
+
+use crate::common::{self, Stats};
+use crate::convert::{BatchBuilder, RdbConverter};
+
+/// Largest batch built by the decoder.
+const BATCH_BYTES: usize = 1024 * 1024;
+const BATCH_COMMANDS: u32 = 1024;
+
+/// Runs the decoder service until `cancel` fires.
+pub async fn run(
+    cfg: Config,
+    coordinator: String,
+    pipeline: Option<String>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let listen: std::net::SocketAddr =
+        cfg.decoder.listen.parse().with_context(|| format!("decoder.listen {:?}", cfg.decoder.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let Some(assignment) = common::assignment(&coordinator, "decoder", pipeline.as_deref(), &cancel).await else {
+        return Ok(());
+    };
+    let stats = Stats::new("idle");
+    let tasks = TaskTracker::new();
+    tasks.spawn(common::report_loop(
+        coordinator,
+        assignment.pipeline_id.clone(),
+        "decoder",
+        stats.clone(),
+        cancel.clone(),
+    ));
+    let svc = DecoderSvc {
+        cfg: Arc::new(cfg),
+        writer: common::grpc_url(&assignment.downstream_address),
+        stats,
+        current: Mutex::new(None),
+        tasks: tasks.clone(),
+        cancel: cancel.clone(),
+    };
+    info!(%listen, "decoder listening");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(DecoderServer::new(svc).max_decoding_message_size(256 * 1024 * 1024))
+        .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned())
+        .await
+        .context("decoder gRPC server")?;
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+struct DecoderSvc {
+    cfg: Arc<Config>,
+    writer: String,
+    stats: Arc<Stats>,
+    /// The running session; a new one cancels it (a reader reconnected).
+    current: Mutex<Option<CancellationToken>>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Decoder for DecoderSvc {
+    type SyncStream = AckStream;
+
+    async fn sync(&self, req: Request<Streaming<Frame>>) -> Result<Response<AckStream>, Status> {
+        let frames = req.into_inner();
+        let session_cancel = self.cancel.child_token();
+        if let Some(old) = self.current.lock().await.replace(session_cancel.clone()) {
+            old.cancel();
+        }
+        let (ack_tx, ack_rx) = mpsc::channel(64);
+        let cfg = self.cfg.clone();
+        let writer = self.writer.clone();
+        let stats = self.stats.clone();
+        self.tasks.spawn(async move {
+            stats.set_phase("running");
+            let res = session(&cfg, &writer, &stats, frames, ack_tx.clone(), &session_cancel).await;
+            session_cancel.cancel();
+            if let Err(e) = res {
+                let msg = format!("{e:#}");
+                error!(error = %msg, "decoder session failed");
+                stats.set_error(&msg);
+                let _ = ack_tx.send(Err(common::to_status(&msg))).await;
+            }
+            stats.set_phase("idle");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
+    }
+}
+
+async fn session(
+    cfg: &Config,
+    writer_url: &str,
+    stats: &Arc<Stats>,
+    mut frames: Streaming<Frame>,
+    ack_tx: mpsc::Sender<Result<Ack, Status>>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let hello = match frames.message().await.map_err(|s| anyhow!("reader stream: {}", s.message()))? {
+        Some(Frame { kind: Some(frame::Kind::Hello(h)) }) => h,
+        Some(_) => bail!("protocol error: the first frame of a session must be Hello"),
+        None => return Ok(()),
+    };
+    stats.clear_error();
+    let mut client = WriterClient::connect(writer_url.to_string())
+        .await
+        .with_context(|| format!("cannot reach the writer at {writer_url}"))?
+        .max_decoding_message_size(256 * 1024 * 1024)
+        .max_encoding_message_size(1024 * 1024 * 1024);
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(8);
+    batch_tx
+        .send(Batch { hello: true, pipeline_id: hello.pipeline_id.clone(), offset: -1, ..Default::default() })
+        .await
+        .map_err(|_| anyhow!("the writer stream is closed"))?;
+    let mut acks =
+        client.apply(ReceiverStream::new(batch_rx)).await.map_err(|s| anyhow!("writer: {}", s.message()))?.into_inner();
+
+    // Writer acks → reader.
+    let forward = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = acks.message() => m,
+                    _ = cancel.cancelled() => return,
+                };
+                match msg {
+                    Ok(Some(ack)) => {
+                        if ack_tx.send(Ok(ack)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = ack_tx.send(Err(Status::unavailable("the writer closed the stream"))).await;
+                        break;
+                    }
+                    Err(s) => {
+                        let _ = ack_tx.send(Err(Status::internal(format!("writer: {}", s.message())))).await;
+                        break;
+                    }
+                }
+            }
+            cancel.cancel();
+        })
+    };
+
+    let policy = cfg.writer.existing_key;
+    let mut rdb: Option<(mpsc::Sender<Bytes>, tokio::task::JoinHandle<anyhow::Result<()>>)> = None;
+    let mut cmds = CommandState { db: 0, in_multi: false, builder: BatchBuilder::new(BATCH_BYTES, u32::MAX) };
+    let result: anyhow::Result<()> = async {
+        loop {
+            let msg = tokio::select! {
+                m = frames.message() => m.map_err(|s| anyhow!("reader stream: {}", s.message()))?,
+                _ = cancel.cancelled() => return Ok(()),
+            };
+            let Some(Frame { kind: Some(kind) }) = msg else { return Ok(()) };
+            match kind {
+                frame::Kind::Hello(_) => bail!("protocol error: Hello in the middle of a session"),
+                frame::Kind::Start(start) => {
+                    info!(pipeline = %hello.pipeline_id, replid = %start.replid, offset = start.offset, full = start.full, "replication session started");
+                    let begin = Batch { begin: Some(start), offset: -1, ..Default::default() };
+                    batch_tx.send(begin).await.map_err(|_| anyhow!("the writer stream is closed"))?;
+                }
+                frame::Kind::Rdb(chunk) => {
+                    if rdb.is_none() {
+                        let (tx, rx) = mpsc::channel::<Bytes>(16);
+                        let opts = ParserOptions {
+                            raw_limit: cfg.decoder.restore_max_bytes as usize,
+                            chunk_bytes: cfg.decoder.chunk_bytes as usize,
+                            verify_checksum: true,
+                            allow_newer_version: cfg.decoder.allow_newer_rdb,
+                        };
+                        let (btx, stats) = (batch_tx.clone(), stats.clone());
+                        let handle = tokio::task::spawn_blocking(move || parse_rdb(rx, btx, opts, policy, &stats));
+                        rdb = Some((tx, handle));
+                    }
+                    let (tx, _) = rdb.as_ref().expect("set above");
+                    if tx.send(chunk).await.is_err() {
+                        // The parser stopped early: its error is the one to report.
+                        let (_, handle) = rdb.take().expect("set above");
+                        handle.await.context("rdb parser thread")??;
+                        bail!("the rdb parser stopped before the end of the transfer");
+                    }
+                }
+                frame::Kind::RdbEnd(end) => {
+                    if let Some((tx, handle)) = rdb.take() {
+                        drop(tx);
+                        handle.await.context("rdb parser thread")??;
+                    }
+                    info!(offset = end.offset, bytes = end.bytes, "rdb decoded");
+                    let mut b = BatchBuilder::new(64, 1);
+                    let batch = b.take(end.offset, true);
+                    batch_tx.send(batch).await.map_err(|_| anyhow!("the writer stream is closed"))?;
+                }
+                frame::Kind::Commands(c) => {
+                    if let Some(batch) = cmds.frame(&c.data, &c.lens, c.end_offset)? {
+                        batch_tx.send(batch).await.map_err(|_| anyhow!("the writer stream is closed"))?;
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    drop(rdb);
+    drop(batch_tx);
+    cancel.cancel();
+    let _ = forward.await;
+    result
+}
+
+/// State of the command stream: the selected db and an open `MULTI`.
+struct CommandState {
+    db: u64,
+    in_multi: bool,
+    builder: BatchBuilder,
+}
+
+impl CommandState {
+    /// Adds one frame of commands; returns a batch unless a `MULTI` is still open.
+    fn frame(&mut self, data: &Bytes, lens: &[u32], end_offset: i64) -> anyhow::Result<Option<Batch>> {
+        let mut pos = 0usize;
+        for &len in lens {
+            let end = pos + len as usize;
+            let cmd = data.get(pos..end).ok_or_else(|| anyhow!("protocol error: command lengths exceed the frame"))?;
+            pos = end;
+            let name =
+                ferry_resp::command_name(cmd).ok_or_else(|| anyhow!("malformed command in the replication stream"))?;
+            if name.eq_ignore_ascii_case(b"PING") || name.eq_ignore_ascii_case(b"REPLCONF") {
+                continue;
+            } else if name.eq_ignore_ascii_case(b"SELECT") {
+                let args = ferry_resp::parse_command(&data.slice(pos - len as usize..pos))?;
+                let db = args
+                    .get(1)
+                    .and_then(|a| std::str::from_utf8(a).ok())
+                    .and_then(|a| a.parse::<u64>().ok())
+                    .ok_or_else(|| anyhow!("malformed SELECT in the replication stream"))?;
+                self.builder.push_raw(self.db, cmd, false);
+                self.db = db;
+                self.builder.set_db(db);
+            } else if name.eq_ignore_ascii_case(b"MULTI") {
+                // The writer applies every batch in its own MULTI/EXEC (with the checkpoint),
+                // so a source transaction stays atomic as long as it is not split.
+                self.in_multi = true;
+            } else if name.eq_ignore_ascii_case(b"EXEC") {
+                self.in_multi = false;
+            } else {
+                self.builder.push_raw(self.db, cmd, true);
+            }
+        }
+        if self.in_multi {
+            return Ok(None);
+        }
+        Ok(Some(self.builder.take(end_offset, false)))
+    }
+}
+
+/// `Read` over chunks arriving on a channel (runs on a blocking thread).
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    cur: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.cur = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Parses the RDB arriving on `rx` and sends batches of commands for the target.
+fn parse_rdb(
+    rx: mpsc::Receiver<Bytes>,
+    batch_tx: mpsc::Sender<Batch>,
+    opts: ParserOptions,
+    policy: ExistingKey,
+    stats: &Stats,
+) -> anyhow::Result<()> {
+    let mut parser =
+        Parser::new(std::io::BufReader::with_capacity(256 * 1024, ChannelReader { rx, cur: Bytes::new() }), opts);
+    let mut conv = RdbConverter::new(policy, 0);
+    let mut b = BatchBuilder::new(BATCH_BYTES, BATCH_COMMANDS);
+    let send = |b: &mut BatchBuilder| -> anyhow::Result<()> {
+        let mut batch = b.take(-1, false);
+        batch.busykey_is_skip = policy == ExistingKey::Skip;
+        batch.existing_is_fatal = policy == ExistingKey::Panic;
+        batch_tx.blocking_send(batch).map_err(|_| anyhow!("the writer stream is closed"))
+    };
+    while let Some(ev) = parser.next_event()? {
+        match ev {
+            Event::Header { version, .. } => conv.rdb_version = version as u16,
+            Event::Entry(e) => {
+                stats.entries_decoded.fetch_add(1, Relaxed);
+                conv.entry(&e, &mut b);
+            }
+            Event::Function { code, name, engine, .. } => {
+                let code = match (name, engine) {
+                    // Pre-GA (7.0 RC) records carry the name apart; 7.0 GA wants a shebang line.
+                    (Some(name), Some(engine)) if !code.starts_with(b"#!") => {
+                        let mut c = format!(
+                            "#!{} name={}\n",
+                            String::from_utf8_lossy(&engine).to_lowercase(),
+                            String::from_utf8_lossy(&name)
+                        )
+                        .into_bytes();
+                        c.extend_from_slice(&code);
+                        Bytes::from(c)
+                    }
+                    _ => code,
+                };
+                b.push(0, &[&b"FUNCTION"[..], b"LOAD", b"REPLACE", &code]);
+            }
+            _ => {}
+        }
+        if b.is_full() {
+            send(&mut b)?;
+        }
+        stats.modules_skipped.store(conv.modules_skipped, Relaxed);
+    }
+    if !b.is_empty() {
+        send(&mut b)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(args: &[&str]) -> Bytes {
+        ferry_resp::encode_command(args)
+    }
+
+    #[test]
+    fn multi_exec_stays_in_one_batch_and_ping_is_dropped() {
+        let mut st = CommandState { db: 0, in_multi: false, builder: BatchBuilder::new(1 << 20, u32::MAX) };
+        let parts = [cmd(&["PING"]), cmd(&["MULTI"]), cmd(&["INCR", "a"])];
+        let data: Bytes = parts.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>().into();
+        let lens: Vec<u32> = parts.iter().map(|p| p.len() as u32).collect();
+        assert!(st.frame(&data, &lens, 100).unwrap().is_none());
+        let parts = [cmd(&["EXEC"]), cmd(&["SELECT", "2"]), cmd(&["SET", "k", "v"])];
+        let data: Bytes = parts.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>().into();
+        let lens: Vec<u32> = parts.iter().map(|p| p.len() as u32).collect();
+        let batch = st.frame(&data, &lens, 200).unwrap().unwrap();
+        // SELECT 0, INCR, SELECT 2, SET: MULTI/EXEC dropped, the batch is applied atomically.
+        assert_eq!(batch.count, 4);
+        assert_eq!(batch.commands, 2);
+        assert_eq!(batch.offset, 200);
+        assert_eq!(st.db, 2);
+        let next = st.frame(&cmd(&["DEL", "k"]), &[cmd(&["DEL", "k"]).len() as u32], 300).unwrap().unwrap();
+        assert!(next.resp.starts_with(&cmd(&["SELECT", "2"])));
+    }
+}

@@ -1,0 +1,21 @@
+//! The logic of ferry's processes; the binaries only parse their arguments and call [`run`] here.
+//!
+//! Layout:
+//! - [`common`]: shared pieces: the stage statistics and the task that reports them to the
+//!   coordinator, assignments, logging, shutdown signals, backoff.
+//! - [`reader`]: a replica of the source leader; frames the RDB and command stream and
+//!   streams it to the decoder; sends `REPLCONF ACK` with the offset the target applied.
+//! - [`decoder`]: the `Decoder` gRPC service: RDB bytes and commands in, RESP batches for the
+//!   target out ([`convert`] turns RDB entries into `RESTORE`s or chunked commands).
+//! - [`writer`]: the `Writer` gRPC service: applies batches to the target, pipelined, and
+//!   acknowledges the source offsets it made durable.
+//! - [`coordinator`]: assignments, the status API (`/status`, `/metrics`, `/healthz`).
+//! - [`cli`]: the command-line arguments the binaries share.
+
+pub mod cli;
+pub mod common;
+pub mod convert;
+pub mod coordinator;
+pub mod decoder;
+pub mod reader;
+pub mod writer;

@@ -1,0 +1,228 @@
+//! The reader: a replica of one source leader.
+//!
+//! It authenticates, runs the replica handshake, and streams what the master sends
+//! to the decoder: the RDB transfer as chunks, then whole commands with their end
+//! offsets. It answers `REPLCONF GETACK` and sends `REPLCONF ACK` every second with
+//! the offset the target has applied (never more), so `WAIT` on the source means
+//! "on the target". Every session failure (source or downstream) is logged, shown in
+//! the status, and retried with backoff.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use ferry_config::Config;
+use ferry_proto::decoder_client::DecoderClient;
+use ferry_proto::{Commands, Frame, Hello, RdbEnd, SyncStart, frame};
+use ferry_resp::replication::{PsyncReply, ReplEvent, ReplicaOptions, handshake};
+use ferry_resp::{Auth, Connection};
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::common::{self, Backoff, Stats};
+
+/// Runs the reader until `cancel` fires.
+pub async fn run(
+    cfg: Config,
+    coordinator: String,
+    pipeline: Option<String>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(assignment) = common::assignment(&coordinator, "reader", pipeline.as_deref(), &cancel).await else {
+        return Ok(());
+    };
+    let stats = Stats::new("connecting");
+    let tasks = TaskTracker::new();
+    tasks.spawn(common::report_loop(
+        coordinator.clone(),
+        assignment.pipeline_id.clone(),
+        "reader",
+        stats.clone(),
+        cancel.clone(),
+    ));
+    let source = assignment.source_address.clone();
+    let decoder = common::grpc_url(&assignment.downstream_address);
+    let mut backoff = Backoff::new();
+    while !cancel.is_cancelled() {
+        let session = Session {
+            cfg: &cfg,
+            pipeline_id: &assignment.pipeline_id,
+            source: &source,
+            decoder: &decoder,
+            stats: &stats,
+        };
+        match session.run(&cancel, &mut backoff).await {
+            Ok(()) => break,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                error!(source = %source, error = %msg, "replication session failed");
+                stats.set_error(&msg);
+                stats.set_phase("failed");
+                if !common::sleep_or_cancel(backoff.next_delay(), &cancel).await {
+                    break;
+                }
+            }
+        }
+    }
+    stats.set_phase("stopped");
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+struct Session<'a> {
+    cfg: &'a Config,
+    pipeline_id: &'a str,
+    source: &'a str,
+    decoder: &'a str,
+    stats: &'a Arc<Stats>,
+}
+
+impl Session<'_> {
+    /// One replication session; returns Ok only when cancelled.
+    async fn run(&self, cancel: &CancellationToken, backoff: &mut Backoff) -> anyhow::Result<()> {
+        let stats = self.stats;
+        stats.set_phase("connecting");
+        let auth = Auth {
+            username: Some(self.cfg.source.username.clone()).filter(|u| !u.is_empty()),
+            password: Some(self.cfg.source.password.clone()).filter(|p| !p.is_empty()),
+        };
+        let conn = Connection::connect(self.source, &auth, Duration::from_secs(10)).await.context("source")?;
+        let mut client = DecoderClient::connect(self.decoder.to_string())
+            .await
+            .with_context(|| format!("cannot reach the decoder at {}", self.decoder))?;
+        let opts = ReplicaOptions {
+            listening_port: self.cfg.reader.listening_port,
+            max_bulk: self.cfg.reader.proto_max_bulk_len as usize,
+            timeout: Duration::from_secs(60),
+        };
+        // Hello first: the first ack carries the checkpoint the target holds.
+        let (tx, rx) = mpsc::channel::<Frame>(self.cfg.reader.buffer_frames);
+        let hello = Frame { kind: Some(frame::Kind::Hello(Hello { pipeline_id: self.pipeline_id.to_string() })) };
+        tx.send(hello).await.ok();
+        let mut acks = client.sync(ReceiverStream::new(rx)).await.context("decoder refused the stream")?.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(30), acks.message())
+            .await
+            .map_err(|_| anyhow!("no answer from the decoder/writer within 30s"))?
+            .map_err(|s| anyhow!("downstream failed: {}", s.message()))?
+            .ok_or_else(|| anyhow!("the decoder closed the stream"))?;
+        let checkpoint = first.checkpoint.filter(|c| c.present && !c.replid.is_empty());
+        let psync = checkpoint.as_ref().map(|c| (c.replid.as_str(), c.offset + 1));
+        let (mut repl, mut acker, reply) =
+            handshake(conn, psync, &opts).await.context("source replication handshake")?;
+        let (replid, start, full) = match &reply {
+            PsyncReply::FullResync { replid, offset } => (replid.clone(), *offset, true),
+            PsyncReply::Continue { replid } => {
+                let id = replid.clone().or_else(|| checkpoint.as_ref().map(|c| c.replid.clone())).unwrap_or_default();
+                (id, repl.offset(), false)
+            }
+        };
+        if full {
+            stats.full_syncs.fetch_add(1, Relaxed);
+            stats.rdb_applied.store(false, Relaxed);
+            match &checkpoint {
+                Some(c) => warn!(
+                    source = %self.source, checkpoint_replid = %c.replid, checkpoint_offset = c.offset,
+                    "full copy needed: the source cannot continue from the target's checkpoint (its backlog no longer holds that offset, or its replication history changed)"
+                ),
+                None => {
+                    info!(source = %self.source, "full copy needed: the target holds no checkpoint of this pipeline")
+                }
+            }
+            info!(source = %self.source, replid = %replid, offset = start, "full resynchronization");
+        } else {
+            stats.partial_resyncs.fetch_add(1, Relaxed);
+            stats.applied_offset.store(start, Relaxed);
+            info!(source = %self.source, replid = %replid, offset = start, "partial resynchronization from the target's checkpoint");
+        }
+        stats.source_offset.store(start, Relaxed);
+        stats.rdb_bytes.store(0, Relaxed);
+        stats.rdb_size.store(0, Relaxed);
+        stats.set_phase(if full { "full_sync" } else { "incremental" });
+        let start_frame =
+            SyncStart { pipeline_id: self.pipeline_id.to_string(), replid: replid.clone(), offset: start, full };
+        tx.send(Frame { kind: Some(frame::Kind::Start(start_frame)) })
+            .await
+            .map_err(|_| anyhow!("the decoder stream is closed"))?;
+        stats.clear_error();
+        backoff.reset();
+
+        // ACKs to the source: every second, and at once when asked (GETACK) or after a diskless RDB.
+        let ack_now = Arc::new(Notify::new());
+        let session_cancel = cancel.child_token();
+        let ack_task = {
+            let ack_now = ack_now.clone();
+            let stats = stats.clone();
+            let cancel = session_cancel.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = ack_now.notified() => {}
+                        _ = cancel.cancelled() => return Ok::<(), ferry_resp::RespError>(()),
+                    }
+                    let applied = stats.applied_offset.load(Relaxed);
+                    acker.ack(applied.max(0)).await?;
+                }
+            })
+        };
+        let result = async {
+            let mut rdb_bytes = 0u64;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    ack = acks.message() => match ack {
+                        Ok(Some(ack)) => {
+                            stats.applied_offset.store(ack.applied_offset, Relaxed);
+                            if ack.rdb_applied { stats.rdb_applied.store(true, Relaxed); }
+                        }
+                        Ok(None) => return Err(anyhow!("the decoder closed the stream")),
+                        Err(s) => return Err(anyhow!("downstream failed: {}", s.message())),
+                    },
+                    ev = repl.next_event() => {
+                        let ev = ev.context("source")?;
+                        let frame = match ev {
+                            ReplEvent::RdbStart { size } => {
+                                stats.rdb_size.store(size.unwrap_or(0), Relaxed);
+                                info!(size = ?size, diskless = size.is_none(), "rdb transfer started");
+                                continue;
+                            }
+                            ReplEvent::RdbChunk(b) => {
+                                rdb_bytes += b.len() as u64;
+                                stats.rdb_bytes.store(rdb_bytes, Relaxed);
+                                frame::Kind::Rdb(b)
+                            }
+                            ReplEvent::RdbEnd => {
+                                info!(bytes = rdb_bytes, "rdb transfer complete");
+                                stats.set_phase("incremental");
+                                ack_now.notify_one();
+                                frame::Kind::RdbEnd(RdbEnd { offset: start, bytes: rdb_bytes })
+                            }
+                            ReplEvent::Commands { data, lens, end_offset, getack } => {
+                                stats.source_offset.store(end_offset, Relaxed);
+                                if getack { ack_now.notify_one(); }
+                                frame::Kind::Commands(Commands { data, lens, end_offset })
+                            }
+                        };
+                        tokio::select! {
+                            r = tx.send(Frame { kind: Some(frame) }) => r.map_err(|_| anyhow!("the decoder stream is closed"))?,
+                            _ = cancel.cancelled() => return Ok(()),
+                        }
+                    }
+                }
+            }
+        }
+        .await;
+        session_cancel.cancel();
+        match ack_task.await {
+            Ok(Err(e)) if result.is_ok() => warn!(error = %e, "ack sender failed at shutdown"),
+            _ => {}
+        }
+        result
+    }
+}

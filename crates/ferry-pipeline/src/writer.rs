@@ -1,0 +1,353 @@
+//! The writer: the `Writer` gRPC service.
+//!
+//! Batches arrive as RESP ready for the target. A sending task writes them to the
+//! target connection while a receiving task reads the replies, so up to
+//! `pipeline_count_limit` commands are in flight (a semaphore bounds it). After the
+//! last reply of a batch, the batch's source offset is acknowledged upstream. Every
+//! error reply is counted by kind; `BUSYKEY` under the `skip` policy counts as a skipped
+//! key; any other error stops the session with the reply, the command name and the key
+//! (never the value) in the log and the status.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use bytes::{Bytes, BytesMut};
+use ferry_config::Config;
+use ferry_proto::writer_server::{Writer, WriterServer};
+use ferry_proto::{Ack, Batch, Checkpoint};
+use ferry_resp::conn::printable;
+use ferry_resp::{Auth, Connection, Reply, encode_command_into};
+use futures::Stream;
+use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{error, info, warn};
+
+use crate::common::{self, Stats};
+
+/// Runs the writer service until `cancel` fires.
+pub async fn run(
+    cfg: Config,
+    coordinator: String,
+    pipeline: Option<String>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let listen: std::net::SocketAddr =
+        cfg.writer.listen.parse().with_context(|| format!("writer.listen {:?}", cfg.writer.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let Some(assignment) = common::assignment(&coordinator, "writer", pipeline.as_deref(), &cancel).await else {
+        return Ok(());
+    };
+    let stats = Stats::new("idle");
+    let tasks = TaskTracker::new();
+    tasks.spawn(common::report_loop(
+        coordinator,
+        assignment.pipeline_id.clone(),
+        "writer",
+        stats.clone(),
+        cancel.clone(),
+    ));
+    let svc = WriterSvc {
+        cfg: Arc::new(cfg),
+        stats,
+        current: Mutex::new(None),
+        tasks: tasks.clone(),
+        cancel: cancel.clone(),
+    };
+    info!(%listen, target = %assignment.target, "writer listening");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(WriterServer::new(svc).max_decoding_message_size(1024 * 1024 * 1024))
+        .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned())
+        .await
+        .context("writer gRPC server")?;
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+struct WriterSvc {
+    cfg: Arc<Config>,
+    stats: Arc<Stats>,
+    current: Mutex<Option<CancellationToken>>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Writer for WriterSvc {
+    type ApplyStream = AckStream;
+
+    async fn apply(&self, req: Request<Streaming<Batch>>) -> Result<Response<AckStream>, Status> {
+        let batches = req.into_inner();
+        let session_cancel = self.cancel.child_token();
+        if let Some(old) = self.current.lock().await.replace(session_cancel.clone()) {
+            old.cancel();
+        }
+        let (ack_tx, ack_rx) = mpsc::channel(64);
+        let cfg = self.cfg.clone();
+        let stats = self.stats.clone();
+        self.tasks.spawn(async move {
+            stats.set_phase("running");
+            stats.rdb_applied.store(false, Relaxed);
+            let res = session(&cfg, &stats, batches, ack_tx.clone(), &session_cancel).await;
+            session_cancel.cancel();
+            if let Err(e) = res {
+                let msg = format!("{e:#}");
+                error!(error = %msg, "writer session failed");
+                stats.set_error(&msg);
+                let _ = ack_tx.send(Err(common::to_status(&msg))).await;
+            }
+            stats.set_phase("idle");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
+    }
+}
+
+/// What the receiving task needs to know about a batch that was sent.
+struct InFlight {
+    batch: Batch,
+    /// Sent inside MULTI ... SELECT 0, SET checkpoint ... EXEC.
+    wrapped: bool,
+    permits: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The key holding a pipeline's checkpoint on the target (db 0): `"<replid> <offset>"`.
+pub fn checkpoint_key(pipeline_id: &str) -> String {
+    format!("ferry:checkpoint:{pipeline_id}")
+}
+
+/// Reads the checkpoint of `pipeline_id` from the target.
+async fn read_checkpoint(conn: &mut Connection, pipeline_id: &str) -> anyhow::Result<Checkpoint> {
+    conn.call(&["SELECT", "0"]).await.context("target")?;
+    let reply = conn.call(&["GET", &checkpoint_key(pipeline_id)]).await.context("target")?;
+    let Some(v) = reply.as_bytes() else { return Ok(Checkpoint::default()) };
+    let text = String::from_utf8_lossy(v);
+    let parsed = text.split_once(' ').and_then(|(id, off)| off.parse::<i64>().ok().map(|o| (id.to_string(), o)));
+    match parsed {
+        Some((replid, offset)) => Ok(Checkpoint { present: true, replid, offset }),
+        None => {
+            warn!(key = %checkpoint_key(pipeline_id), "ignoring a malformed checkpoint on the target");
+            Ok(Checkpoint::default())
+        }
+    }
+}
+
+async fn session(
+    cfg: &Config,
+    stats: &Arc<Stats>,
+    mut batches: Streaming<Batch>,
+    ack_tx: mpsc::Sender<Result<Ack, Status>>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let auth = Auth {
+        username: Some(cfg.target.username.clone()).filter(|u| !u.is_empty()),
+        password: Some(cfg.target.password.clone()).filter(|p| !p.is_empty()),
+    };
+    let mut conn = Connection::connect(&cfg.target.address, &auth, Duration::from_secs(10)).await.context("target")?;
+    // The session opens with a hello: answer with the checkpoint the target holds.
+    let hello = match batches.message().await.map_err(|s| anyhow!("decoder stream: {}", s.message()))? {
+        Some(b) if b.hello => b,
+        Some(_) => bail!("protocol error: the first batch of a session must be a hello"),
+        None => return Ok(()),
+    };
+    let pipeline_id = hello.pipeline_id.clone();
+    let ckpt_key = Bytes::from(checkpoint_key(&pipeline_id));
+    let checkpoint = read_checkpoint(&mut conn, &pipeline_id).await?;
+    if checkpoint.present {
+        info!(pipeline = %pipeline_id, replid = %checkpoint.replid, offset = checkpoint.offset, "checkpoint found on the target");
+        stats.applied_offset.store(checkpoint.offset, Relaxed);
+    }
+    let _ = ack_tx
+        .send(Ok(Ack { applied_offset: checkpoint.offset, rdb_applied: false, checkpoint: Some(checkpoint) }))
+        .await;
+    stats.clear_error();
+    let (mut rd, mut wr) = conn.into_split();
+    let limit = cfg.writer.pipeline_count_limit;
+    let sem = Arc::new(Semaphore::new(limit));
+    let (inflight_tx, mut inflight_rx) = mpsc::channel::<InFlight>(limit.max(1));
+
+    let sender = async {
+        // Owned by this future: dropped when it ends, which lets the receiver finish.
+        let inflight_tx = inflight_tx;
+        let mut replid = String::new();
+        loop {
+            let msg = tokio::select! {
+                m = batches.message() => m.map_err(|s| anyhow!("decoder stream: {}", s.message()))?,
+                _ = cancel.cancelled() => return Ok(()),
+            };
+            let Some(mut b) = msg else { return Ok::<(), anyhow::Error>(()) };
+            if let Some(begin) = b.begin.take() {
+                replid = begin.replid.clone();
+                if begin.full {
+                    // The target is about to hold a partial copy: no checkpoint may describe it.
+                    let mut blob = BytesMut::new();
+                    encode_command_into(&mut blob, &[&b"SELECT"[..], b"0"]);
+                    encode_command_into(&mut blob, &[&b"DEL"[..], &ckpt_key]);
+                    b.resp = blob.freeze();
+                    b.count = 2;
+                } else {
+                    stats.rdb_applied.store(true, Relaxed);
+                }
+            }
+            // Batches that move the source offset are applied atomically with their checkpoint.
+            let wrapped = b.offset >= 0;
+            let total = b.count + if wrapped { 4 } else { 0 };
+            let permits = sem.clone().acquire_many_owned((total as usize).clamp(1, limit) as u32).await?;
+            if wrapped {
+                let mut head = BytesMut::new();
+                encode_command_into(&mut head, &[&b"MULTI"[..]]);
+                let mut tail = BytesMut::new();
+                let value = format!("{replid} {}", b.offset);
+                encode_command_into(&mut tail, &[&b"SELECT"[..], b"0"]);
+                encode_command_into(&mut tail, &[&b"SET"[..], &ckpt_key, value.as_bytes()]);
+                encode_command_into(&mut tail, &[&b"EXEC"[..]]);
+                wr.write_all(&head).await.context("target")?;
+                wr.write_all(&b.resp).await.context("target")?;
+                wr.write_all(&tail).await.context("target")?;
+            } else if !b.resp.is_empty() {
+                wr.write_all(&b.resp).await.context("target")?;
+            }
+            if inflight_tx.send(InFlight { batch: b, wrapped, permits }).await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    let receiver = async {
+        while let Some(InFlight { batch: b, wrapped, permits }) = inflight_rx.recv().await {
+            let mut check = ReplyCheck { batch: &b, stats, renamenx: b.renamenx.iter().copied().collect() };
+            if wrapped {
+                let ok = rd.read_reply().await.context("target")?;
+                if let Some(e) = ok.first_error() {
+                    bail!("target refused MULTI: {}", printable(e));
+                }
+                let mut queued_error = None;
+                for i in 0..b.count + 2 {
+                    let r = rd.read_reply().await.context("target")?;
+                    if let (Some(e), None) = (r.first_error(), &queued_error) {
+                        queued_error = Some((i, printable(e)));
+                    }
+                }
+                match rd.read_reply().await.context("target")? {
+                    Reply::Array(Some(items)) => {
+                        for (i, item) in items.iter().enumerate() {
+                            if (i as u32) < b.count {
+                                check.reply(i as u32, item)?;
+                            } else if let Some(e) = item.first_error() {
+                                bail!("target refused the checkpoint write: {}", printable(e));
+                            }
+                        }
+                    }
+                    other => {
+                        let (i, e) = queued_error.unwrap_or((0, format!("{other:?}")));
+                        let (name, key) = (command_name_at(&b.resp, i as usize), command_key(&b.resp, i as usize));
+                        stats.count_error("EXECABORT");
+                        bail!("target rejected {name} on key {key}: {e}");
+                    }
+                }
+            } else {
+                for i in 0..b.count {
+                    let reply = rd.read_reply().await.context("target")?;
+                    check.reply(i, &reply)?;
+                }
+            }
+            stats.keys_applied.fetch_add(b.keys as u64, Relaxed);
+            stats.commands_applied.fetch_add(b.commands as u64, Relaxed);
+            if b.rdb_end {
+                stats.rdb_applied.store(true, Relaxed);
+                info!(offset = b.offset, "full copy applied");
+            }
+            if b.offset >= 0 {
+                stats.applied_offset.store(b.offset, Relaxed);
+                let ack =
+                    Ack { applied_offset: b.offset, rdb_applied: stats.rdb_applied.load(Relaxed), checkpoint: None };
+                if ack_tx.send(Ok(ack)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            drop(permits);
+        }
+        Ok::<(), anyhow::Error>(())
+    };
+    tokio::pin!(sender, receiver);
+    // The receiver ends when the sender ends (channel closed) and every reply is in.
+    let mut sender_done = false;
+    loop {
+        tokio::select! {
+            r = &mut sender, if !sender_done => {
+                r?;
+                sender_done = true;
+            }
+            r = &mut receiver => return r,
+            _ = cancel.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Checks the reply to command `i` of a batch against the existing-key policy.
+struct ReplyCheck<'a> {
+    batch: &'a Batch,
+    stats: &'a Stats,
+    renamenx: VecDeque<u32>,
+}
+
+impl ReplyCheck<'_> {
+    fn reply(&mut self, i: u32, reply: &Reply) -> anyhow::Result<()> {
+        let b = self.batch;
+        if self.renamenx.front() == Some(&i) {
+            self.renamenx.pop_front();
+            if *reply == Reply::Integer(0) {
+                if b.existing_is_fatal {
+                    self.stats.count_error("BUSYKEY");
+                    bail!("target key {} already exists (existing_key = \"panic\")", command_key(&b.resp, i as usize));
+                }
+                self.stats.keys_skipped.fetch_add(1, Relaxed);
+                return Ok(());
+            }
+        }
+        let Some(err) = reply.first_error() else { return Ok(()) };
+        let kind = printable(err.split(|c| *c == b' ').next().unwrap_or(b"ERR"));
+        self.stats.count_error(&kind);
+        if kind == "BUSYKEY" && b.busykey_is_skip {
+            self.stats.keys_skipped.fetch_add(1, Relaxed);
+            return Ok(());
+        }
+        let (name, key) = (command_name_at(&b.resp, i as usize), command_key(&b.resp, i as usize));
+        if kind == "BUSYKEY" && b.existing_is_fatal {
+            bail!("target key {key} already exists (existing_key = \"panic\")");
+        }
+        warn!(command = %name, key = %key, reply = %printable(err), "target rejected a command");
+        bail!("target rejected {name} on key {key}: {}", printable(err))
+    }
+}
+
+/// The i-th command of a RESP blob, parsed (rare path: only for error messages).
+fn nth_command(resp: &Bytes, i: usize) -> Option<Vec<Bytes>> {
+    let mut pos = 0;
+    for _ in 0..i {
+        pos += ferry_resp::scan_command(&resp[pos..], usize::MAX).ok()??;
+    }
+    let len = ferry_resp::scan_command(&resp[pos..], usize::MAX).ok()??;
+    ferry_resp::parse_command(&resp.slice(pos..pos + len)).ok()
+}
+
+fn command_name_at(resp: &Bytes, i: usize) -> String {
+    nth_command(resp, i).and_then(|a| a.first().map(|n| printable(n).to_uppercase())).unwrap_or_else(|| "?".into())
+}
+
+/// The key a command names, quoted for a log line (never the value).
+fn command_key(resp: &Bytes, i: usize) -> String {
+    match nth_command(resp, i) {
+        Some(args) if args.len() > 1 => format!("{:?}", printable(&args[1])),
+        _ => "(none)".into(),
+    }
+}

@@ -1,0 +1,23 @@
+//! `ferry-reader`: see `ferry_pipeline::reader`. Thin by design: arguments in, library call out.
+
+use clap::Parser;
+use ferry_pipeline::cli::{CommonArgs, block_on};
+
+/// ferry's reader stage. Start it on its own (a sidecar) or let `cargo xtask up` start it.
+/// It reads the same ferry.toml as every other stage and asks the coordinator which
+/// pipeline to serve.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let res = block_on(async {
+        let (cfg, coordinator, cancel) = args.common.start("ferry-reader")?;
+        ferry_pipeline::reader::run(cfg, coordinator, args.common.pipeline.clone(), cancel).await
+    });
+    ferry_pipeline::cli::exit(res)
+}

@@ -1,0 +1,613 @@
+//! Harness for tests against real servers: `redis-server` processes on free loopback
+//! ports in temp dirs (killed on drop), the ferry processes started as a user would
+//! start them, a status poller, and a type-aware comparison of two servers.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use ferry_resp::{Auth, Connection, Reply};
+
+/// A free TCP port on 127.0.0.1 (the OS picks it).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+/// Whether `redis-server` is on PATH; tests fail with a clear message if not.
+pub fn require_redis() {
+    let ok = Command::new("redis-server").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(ok, "redis-server is not on PATH: install it (apt-get install -y redis-server redis-sentinel)");
+}
+
+/// A `redis-server` on a free loopback port in its own temp dir; killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+    pub password: Option<String>,
+}
+
+impl RedisServer {
+    /// Starts a server with extra `redis-server` arguments (`["--requirepass", "x"]`).
+    pub fn start(extra: &[&str]) -> RedisServer {
+        require_redis();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("redis.log")).unwrap();
+        let mut args: Vec<String> = vec![
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--dir".into(),
+            dir.path().display().to_string(),
+            "--save".into(),
+            "".into(),
+            "--appendonly".into(),
+            "no".into(),
+            "--daemonize".into(),
+            "no".into(),
+            "--repl-diskless-sync-delay".into(),
+            "0".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let password = extra.windows(2).find(|w| w[0] == "--requirepass").map(|w| w[1].to_string());
+        let child = Command::new("redis-server")
+            .args(&args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn redis-server");
+        let s = RedisServer { port, dir, child, password };
+        s.wait_ready();
+        s
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&self) {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // Plain std I/O: usable from inside or outside a tokio runtime.
+            let ok = (|| -> std::io::Result<bool> {
+                let mut s = std::net::TcpStream::connect(self.addr())?;
+                s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                s.write_all(b"*1\r\n$4\r\nPING\r\n")?;
+                let mut buf = [0u8; 64];
+                let n = s.read(&mut buf)?;
+                // +PONG, or -NOAUTH when a password is set: either way the server is up.
+                Ok(n > 0 && !buf[..n].starts_with(b"-LOADING"))
+            })()
+            .unwrap_or(false);
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server on port {} did not start: {}", self.port, self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    /// A client connection (authenticated with `--requirepass` when set).
+    pub async fn connect(&self) -> anyhow::Result<Connection> {
+        let auth = Auth { username: None, password: self.password.clone() };
+        Ok(Connection::connect(&self.addr(), &auth, Duration::from_secs(5)).await?)
+    }
+
+    /// The server's `master_repl_offset`.
+    pub async fn repl_offset(&self) -> anyhow::Result<i64> {
+        let mut c = self.connect().await?;
+        let info = c.call(&["INFO", "replication"]).await?;
+        ferry_resp::replication::info_field(&info, "master_repl_offset")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("no master_repl_offset in INFO"))
+    }
+
+    /// Kills the server (SIGKILL) now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Directory holding the ferry binaries: `FERRY_BIN_DIR`, or the workspace's target dir
+/// after a `cargo build --bins` (run once per test process).
+pub fn bin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Ok(d) = std::env::var("FERRY_BIN_DIR") {
+            return PathBuf::from(d);
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "ferry-reader",
+                "-p",
+                "ferry-decoder",
+                "-p",
+                "ferry-writer",
+                "-p",
+                "ferry-coordinator",
+            ])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of the ferry binaries failed");
+        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+        target.join("debug")
+    })
+    .clone()
+}
+
+/// The four ferry processes, started from a config file in a temp dir; killed on drop.
+pub struct Ferry {
+    pub dir: tempfile::TempDir,
+    pub status_addr: String,
+    pub children: Vec<(String, Child)>,
+}
+
+/// Config with free ports for the coordinator and the stages, plus the given sections.
+pub fn config_with_ports(body: &str) -> (String, String) {
+    let status = format!("127.0.0.1:{}", free_port());
+    let text = format!(
+        "{body}\n[coordinator]\nstatus_addr = \"{status}\"\ngrpc_addr = \"127.0.0.1:{}\"\n\
+         [decoder]\nlisten = \"127.0.0.1:{}\"\n[writer]\nlisten = \"127.0.0.1:{}\"\n",
+        free_port(),
+        free_port(),
+        free_port()
+    );
+    (text, status)
+}
+
+pub const STAGES: [&str; 4] = ["ferry-coordinator", "ferry-writer", "ferry-decoder", "ferry-reader"];
+
+impl Ferry {
+    /// Starts coordinator, writer, decoder and reader with `config` (a full ferry.toml).
+    pub fn start(config: &str, status_addr: &str) -> Ferry {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut f = Ferry { dir, status_addr: status_addr.to_string(), children: Vec::new() };
+        for stage in STAGES {
+            f.spawn(stage);
+        }
+        f
+    }
+
+    /// (Re)starts one stage.
+    pub fn spawn(&mut self, stage: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{stage}.log")))
+            .unwrap();
+        let child = Command::new(bin_dir().join(stage))
+            .arg("--config")
+            .arg(self.dir.path().join("ferry.toml"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {stage}: {e}"));
+        self.children.push((stage.to_string(), child));
+    }
+
+    /// SIGKILLs one stage.
+    pub fn kill(&mut self, stage: &str) {
+        for (name, c) in self.children.iter_mut().filter(|(n, _)| n == stage) {
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = name;
+        }
+        self.children.retain(|(n, _)| n != stage);
+    }
+
+    /// Every log line of every stage.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for stage in STAGES {
+            let text = std::fs::read_to_string(self.dir.path().join(format!("{stage}.log"))).unwrap_or_default();
+            for line in text.lines() {
+                out.push_str(stage);
+                out.push_str(": ");
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// `GET /status` as JSON.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let body = http_get(&self.status_addr, "/status")?;
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Polls `/status` until `pred` holds for the first pipeline, or fails after `timeout` with the last status and the logs.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = serde_json::Value::Null;
+        loop {
+            if let Ok(s) = self.status() {
+                if let Some(p) = s["pipelines"].get(0)
+                    && pred(p)
+                {
+                    return p.clone();
+                }
+                last = s;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; last status: {last:#}\nlogs:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the pipeline is incremental and has applied at least `offset`.
+    pub fn wait_caught_up(&self, offset: i64, timeout: Duration) -> serde_json::Value {
+        self.wait_for(&format!("applied_offset >= {offset}"), timeout, |p| {
+            p["phase"] == "incremental" && p["applied_offset"].as_i64().unwrap_or(0) >= offset
+        })
+    }
+}
+
+impl Drop for Ferry {
+    fn drop(&mut self) {
+        // SIGTERM first (clean shutdown), then SIGKILL what is left.
+        for (_, c) in &mut self.children {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, c) in &mut self.children {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback (no client library needed for tests).
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("bad HTTP response"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    // Chunked bodies (axum streams JSON without a length sometimes).
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((len, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        return Ok(out);
+    }
+    Ok(body.to_string())
+}
+
+/// Runs a command on a connection and returns the reply, failing on an error reply.
+pub async fn cmd(c: &mut Connection, args: &[&[u8]]) -> anyhow::Result<Reply> {
+    Ok(c.call(args).await?)
+}
+
+/// A canonical, comparable rendering of one key's value (type-aware) and its TTL in ms.
+pub async fn key_value(c: &mut Connection, key: &[u8]) -> anyhow::Result<(String, i64)> {
+    let ty = c.call(&[&b"TYPE"[..], key]).await?;
+    let ty = String::from_utf8_lossy(ty.as_bytes().map(|b| &b[..]).unwrap_or(b"?")).to_string();
+    let v = match ty.as_str() {
+        "string" => format!("{:?}", c.call(&[&b"GET"[..], key]).await?),
+        "list" => format!("{:?}", c.call(&[&b"LRANGE"[..], key, b"0", b"-1"]).await?),
+        "set" => format!("{:?}", sorted(c.call(&[&b"SMEMBERS"[..], key]).await?)),
+        "zset" => format!("{:?}", c.call(&[&b"ZRANGE"[..], key, b"0", b"-1", b"WITHSCORES"]).await?),
+        "hash" => format!("{:?}", sorted_pairs(c.call(&[&b"HGETALL"[..], key]).await?)),
+        "stream" => {
+            let entries = c.call(&[&b"XRANGE"[..], key, b"-", b"+"]).await?;
+            let info = c.call(&[&b"XINFO"[..], b"STREAM", key, b"FULL"]).await?;
+            format!("{entries:?} {:?}", strip_volatile(info))
+        }
+        other => format!("type {other}"),
+    };
+    let ttl = match c.call(&[&b"PEXPIRETIME"[..], key]).await? {
+        Reply::Integer(t) => t,
+        _ => -3,
+    };
+    Ok((format!("{ty} {v}"), ttl))
+}
+
+fn sorted(r: Reply) -> Vec<Bytes> {
+    let mut v: Vec<Bytes> = match r {
+        Reply::Array(Some(items)) => items.into_iter().filter_map(|i| i.as_bytes().cloned()).collect(),
+        _ => vec![],
+    };
+    v.sort();
+    v
+}
+
+fn sorted_pairs(r: Reply) -> Vec<(Bytes, Bytes)> {
+    let flat = match r {
+        Reply::Array(Some(items)) => items.into_iter().filter_map(|i| i.as_bytes().cloned()).collect::<Vec<_>>(),
+        _ => vec![],
+    };
+    let mut pairs: Vec<(Bytes, Bytes)> = flat.chunks(2).map(|c| (c[0].clone(), c[1].clone())).collect();
+    pairs.sort();
+    pairs
+}
+
+/// XINFO STREAM FULL without the fields that depend on when the target created the stream
+/// (`active-time`, `seen-time` of consumers are wall clock values that RESTORE keeps but
+/// commands cannot always reproduce).
+fn strip_volatile(r: Reply) -> Reply {
+    match r {
+        Reply::Array(Some(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            let mut skip_next = false;
+            for i in items {
+                if skip_next {
+                    skip_next = false;
+                    continue;
+                }
+                if let Some(b) = i.as_bytes()
+                    && (&b[..] == b"seen-time" || &b[..] == b"active-time")
+                {
+                    skip_next = true;
+                    continue;
+                }
+                out.push(strip_volatile(i));
+            }
+            Reply::Array(Some(out))
+        }
+        other => other,
+    }
+}
+
+/// Every key of every db (skipping ferry's own keys): db → key → (value, expire time ms).
+pub async fn snapshot(c: &mut Connection) -> anyhow::Result<BTreeMap<u32, BTreeMap<Bytes, (String, i64)>>> {
+    let mut out = BTreeMap::new();
+    for db in 0..16u32 {
+        let dbs = db.to_string();
+        c.call(&[&b"SELECT"[..], dbs.as_bytes()]).await?;
+        let mut cursor = b"0".to_vec();
+        let mut keys = Vec::new();
+        loop {
+            let r = c.call(&[&b"SCAN"[..], &cursor, b"COUNT", b"1000"]).await?;
+            let Reply::Array(Some(mut parts)) = r else { bail!("bad SCAN reply") };
+            let batch = parts.pop().unwrap();
+            cursor = parts.pop().unwrap().as_bytes().unwrap().to_vec();
+            if let Reply::Array(Some(ks)) = batch {
+                keys.extend(ks.into_iter().filter_map(|k| k.as_bytes().cloned()));
+            }
+            if cursor == b"0" {
+                break;
+            }
+        }
+        let mut m = BTreeMap::new();
+        for k in keys {
+            if k.starts_with(b"ferry:checkpoint:") || k.starts_with(b"ferry:tmp:") {
+                continue;
+            }
+            let v = key_value(c, &k).await?;
+            m.insert(k, v);
+        }
+        if !m.is_empty() {
+            out.insert(db, m);
+        }
+    }
+    c.call(&[&b"SELECT"[..], b"0"]).await?;
+    Ok(out)
+}
+
+/// Compares two servers key by key (TTL within `ttl_tolerance_ms`); an error lists the first differences.
+pub async fn compare(a: &mut Connection, b: &mut Connection, ttl_tolerance_ms: i64) -> anyhow::Result<usize> {
+    let sa = snapshot(a).await?;
+    let sb = snapshot(b).await?;
+    let mut diffs = Vec::new();
+    let mut total = 0;
+    let dbs: std::collections::BTreeSet<u32> = sa.keys().chain(sb.keys()).copied().collect();
+    let empty = BTreeMap::new();
+    for db in dbs {
+        let (ka, kb) = (sa.get(&db).unwrap_or(&empty), sb.get(&db).unwrap_or(&empty));
+        let keys: std::collections::BTreeSet<&Bytes> = ka.keys().chain(kb.keys()).collect();
+        for k in keys {
+            total += 1;
+            match (ka.get(k), kb.get(k)) {
+                (Some(x), Some(y)) => {
+                    let ttl_ok = (x.1 < 0 && y.1 < 0 && x.1 == y.1)
+                        || (x.1 >= 0 && y.1 >= 0 && (x.1 - y.1).abs() <= ttl_tolerance_ms);
+                    if x.0 != y.0 || !ttl_ok {
+                        diffs.push(format!(
+                            "db {db} key {k:?}: source {:.200} ttl {} / target {:.200} ttl {}",
+                            x.0, x.1, y.0, y.1
+                        ));
+                    }
+                }
+                (Some(_), None) => diffs.push(format!("db {db} key {k:?}: missing on the target")),
+                (None, Some(_)) => diffs.push(format!("db {db} key {k:?}: only on the target")),
+                (None, None) => {}
+            }
+        }
+    }
+    if !diffs.is_empty() {
+        bail!(
+            "{} of {total} keys differ:\n{}",
+            diffs.len(),
+            diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(total)
+}
+
+/// Fills a server with every type in small and large encodings, TTLs, several dbs and a
+/// function library. Returns the number of keys written.
+pub async fn populate(c: &mut Connection) -> anyhow::Result<usize> {
+    let mut n = 0;
+    let mut run = async |args: Vec<Vec<u8>>| -> anyhow::Result<()> {
+        let refs: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
+        c.call(&refs).await?;
+        Ok(())
+    };
+    let s = |x: &str| x.as_bytes().to_vec();
+    let big_text = "ferry ".repeat(20_000);
+    let random: Vec<u8> = (0..70_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let binary_key: Vec<u8> = vec![0, 255, 10, 13, b'k'];
+    for (k, v) in [
+        (s("str:empty"), s("")),
+        (s("str:int"), s("12345")),
+        (s("str:negint"), s("-9223372036854775808")),
+        (s("str:notint"), s("007")),
+        (s("str:utf8"), s("héllo wörld ✓")),
+        (s("str:lzf"), s(&big_text)),
+        (s("str:random"), random.clone()),
+        (binary_key.clone(), vec![0u8, 1, 2, 255]),
+        (s(""), s("empty key name")),
+    ] {
+        run(vec![s("SET"), k, v]).await?;
+        n += 1;
+    }
+    // Lists: small listpack, big quicklist with compressible nodes.
+    run(vec![s("RPUSH"), s("list:small"), s("a"), s("1"), s("-70000"), s("4294967296"), s("")]).await?;
+    let mut args = vec![s("RPUSH"), s("list:big")];
+    args.extend((0..3000).map(|i| format!("element-{i}-{}", "x".repeat(i % 50)).into_bytes()));
+    run(args).await?;
+    run(vec![s("RPUSH"), s("list:hugeelem"), random.clone(), s("tail")]).await?;
+    // Sets: intset, listpack (7.2+) or hashtable, big hashtable.
+    run(vec![s("SADD"), s("set:ints"), s("1"), s("-5"), s("70000"), s("9223372036854775807")]).await?;
+    run(vec![s("SADD"), s("set:small"), s("a"), s("b"), s("c")]).await?;
+    let mut args = vec![s("SADD"), s("set:big")];
+    args.extend((0..1000).map(|i| format!("member-{i}").into_bytes()));
+    run(args).await?;
+    // Sorted sets: listpack with special scores, skiplist.
+    run(vec![
+        s("ZADD"),
+        s("zset:small"),
+        s("inf"),
+        s("pinf"),
+        s("-inf"),
+        s("ninf"),
+        s("0.1"),
+        s("tenth"),
+        s("-2.5e-05"),
+        s("tiny"),
+        s("1e-300"),
+        s("subnormalish"),
+        s("1.7976931348623157e308"),
+        s("max"),
+    ])
+    .await?;
+    let mut args = vec![s("ZADD"), s("zset:big")];
+    for i in 0..500 {
+        args.push(format!("{}", (i as f64) / 7.0).into_bytes());
+        args.push(format!("m{i}").into_bytes());
+    }
+    args.push(s("-0"));
+    args.push(s("negzero"));
+    run(args).await?;
+    // Hashes: listpack and hashtable.
+    run(vec![s("HSET"), s("hash:small"), s("f1"), s("v1"), s(""), s("empty field"), s("n"), s("42")]).await?;
+    let mut args = vec![s("HSET"), s("hash:big")];
+    for i in 0..600 {
+        args.push(format!("field-{i}").into_bytes());
+        args.push(format!("value-{i}").into_bytes());
+    }
+    run(args).await?;
+    n += 10;
+    // Streams with a consumer group and pending entries.
+    for i in 1..=20 {
+        run(vec![
+            s("XADD"),
+            s("stream:1"),
+            format!("{i}-1").into_bytes(),
+            s("f"),
+            format!("v{i}").into_bytes(),
+            s("g"),
+            s("x"),
+        ])
+        .await?;
+    }
+    run(vec![s("XDEL"), s("stream:1"), s("5-1")]).await?;
+    run(vec![s("XGROUP"), s("CREATE"), s("stream:1"), s("grp"), s("0")]).await?;
+    run(vec![
+        s("XREADGROUP"),
+        s("GROUP"),
+        s("grp"),
+        s("alice"),
+        s("COUNT"),
+        s("3"),
+        s("STREAMS"),
+        s("stream:1"),
+        s(">"),
+    ])
+    .await?;
+    run(vec![s("XGROUP"), s("CREATECONSUMER"), s("stream:1"), s("grp"), s("bob")]).await?;
+    run(vec![s("XGROUP"), s("CREATE"), s("stream:empty"), s("g2"), s("$"), s("MKSTREAM")]).await?;
+    n += 2;
+    // TTLs in ms and s, and keys in other dbs.
+    run(vec![s("SET"), s("ttl:ms"), s("v"), s("PX"), s("3600000")]).await?;
+    run(vec![s("SET"), s("ttl:s"), s("v"), s("EX"), s("7200")]).await?;
+    run(vec![s("RPUSH"), s("ttl:list"), s("a"), s("b")]).await?;
+    run(vec![s("PEXPIRE"), s("ttl:list"), s("5000000")]).await?;
+    n += 3;
+    for db in ["1", "7", "15"] {
+        run(vec![s("SELECT"), s(db)]).await?;
+        run(vec![s("SET"), s("str:ascii"), format!("db {db}").into_bytes()]).await?;
+        run(vec![s("HSET"), format!("h{db}").into_bytes(), s("a"), s("b")]).await?;
+        n += 2;
+    }
+    run(vec![s("SELECT"), s("0")]).await?;
+    run(vec![
+        s("FUNCTION"),
+        s("LOAD"),
+        s("REPLACE"),
+        s("#!lua name=ferrylib\nredis.register_function('ferry_echo', function(keys, args) return args[1] end)"),
+    ])
+    .await?;
+    Ok(n)
+}
+
+/// The function libraries of a server (`FUNCTION LIST WITHCODE`), for comparison.
+pub async fn functions(c: &mut Connection) -> anyhow::Result<String> {
+    Ok(format!("{:?}", c.call(&["FUNCTION", "LIST", "WITHCODE"]).await?))
+}

@@ -1,0 +1,269 @@
+//! End to end: a standalone source synced into a standalone target through the four
+//! ferry processes, against real redis-server processes.
+
+use std::time::Duration;
+
+use integration_tests::*;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn config(src: &RedisServer, tgt: &RedisServer, extra_source: &str) -> (String, String) {
+    config_with_ports(&format!(
+        "[source]\ntype = \"standalone\"\naddress = \"{}\"\n{extra_source}\n[target]\ntype = \"standalone\"\naddress = \"{}\"\n",
+        src.addr(),
+        tgt.addr()
+    ))
+}
+
+/// Writes during the incremental phase: MULTI/EXEC, Lua, expirations, deletes, other dbs.
+async fn incremental_writes(c: &mut ferry_resp::Connection) -> anyhow::Result<()> {
+    c.call(&["SET", "inc:a", "1"]).await?;
+    for _ in 0..50 {
+        c.call(&["INCR", "inc:counter"]).await?;
+        c.call(&["RPUSH", "inc:list", "x"]).await?;
+    }
+    c.call(&["MULTI"]).await?;
+    c.call(&["INCRBY", "inc:counter", "100"]).await?;
+    c.call(&["HSET", "inc:hash", "f", "v"]).await?;
+    c.call(&["SELECT", "3"]).await?;
+    c.call(&["SET", "inc:in-db3", "inside multi"]).await?;
+    let exec = c.call(&["EXEC"]).await?;
+    assert!(exec.first_error().is_none(), "{exec:?}");
+    // The connection's db after EXEC with a SELECT inside is 3.
+    c.call(&["SELECT", "0"]).await?;
+    c.call(&[
+        "EVAL",
+        "redis.call('SET', KEYS[1], ARGV[1]); redis.call('ZADD', KEYS[2], 1.5, 'm'); return 1",
+        "2",
+        "inc:lua",
+        "inc:zset",
+        "from lua",
+    ])
+    .await?;
+    c.call(&["EXPIRE", "str:int", "1000"]).await?;
+    c.call(&["PERSIST", "ttl:s"]).await?;
+    c.call(&["DEL", "list:big", "set:big"]).await?;
+    c.call(&["SET", "inc:short-lived", "v", "PX", "1"]).await?;
+    c.call(&["SELECT", "7"]).await?;
+    c.call(&["SET", "inc:db7", "seven"]).await?;
+    c.call(&["DEL", "str:ascii"]).await?;
+    c.call(&["SELECT", "0"]).await?;
+    c.call(&["XADD", "stream:1", "*", "new", "entry"]).await?;
+    c.call(&["XACK", "stream:1", "grp", "1-1"]).await?;
+    c.call(&["FCALL", "ferry_echo", "0", "hi"]).await?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Ok(())
+}
+
+fn full_then_incremental(source_args: &[&str], extra_source: &str) {
+    let src = RedisServer::start(source_args);
+    let tgt = RedisServer::start(&[]);
+    let rt = rt();
+    let keys = rt.block_on(async {
+        let mut c = src.connect().await.unwrap();
+        populate(&mut c).await.unwrap()
+    });
+    assert!(keys >= 30);
+    let (cfg, status) = config(&src, &tgt, extra_source);
+    let ferry = Ferry::start(&cfg, &status);
+    let offset = rt.block_on(src.repl_offset()).unwrap();
+    let p = ferry.wait_caught_up(offset, Duration::from_secs(60));
+    assert_eq!(p["full_syncs"], 1, "{p:#}");
+    assert!(p["keys_applied"].as_u64().unwrap() >= keys as u64, "{p:#}");
+    rt.block_on(async {
+        let (mut a, mut b) = (src.connect().await.unwrap(), tgt.connect().await.unwrap());
+        let n = compare(&mut a, &mut b, 2000)
+            .await
+            .unwrap_or_else(|e| panic!("after the full copy: {e}\n{}", ferry.logs()));
+        assert!(n >= keys);
+        assert_eq!(functions(&mut a).await.unwrap(), functions(&mut b).await.unwrap());
+        incremental_writes(&mut a).await.unwrap();
+    });
+    let offset = rt.block_on(src.repl_offset()).unwrap();
+    let p = ferry.wait_caught_up(offset, Duration::from_secs(30));
+    assert_eq!(p["error"], serde_json::Value::Null, "{p:#}");
+    rt.block_on(async {
+        let (mut a, mut b) = (src.connect().await.unwrap(), tgt.connect().await.unwrap());
+        compare(&mut a, &mut b, 2000)
+            .await
+            .unwrap_or_else(|e| panic!("after incremental writes: {e}\n{}", ferry.logs()));
+        let counter = b.call(&["GET", "inc:counter"]).await.unwrap();
+        assert_eq!(counter.as_bytes().map(|b| b.to_vec()), Some(b"150".to_vec()));
+    });
+    // Idle: the source's PINGs are acknowledged too, so lag returns to 0.
+    ferry.wait_for("lag 0", Duration::from_secs(30), |p| p["phase"] == "incremental" && p["lag_bytes"] == 0);
+}
+
+#[test]
+fn disk_source_full_copy_and_incremental() {
+    full_then_incremental(&["--repl-diskless-sync", "no"], "");
+}
+
+#[test]
+fn diskless_source_full_copy_and_incremental() {
+    full_then_incremental(&["--repl-diskless-sync", "yes"], "");
+}
+
+#[test]
+fn source_with_requirepass() {
+    full_then_incremental(&["--requirepass", "s3cret-pw"], "password = \"s3cret-pw\"");
+}
+
+#[test]
+fn source_with_acl_user() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let rt = rt();
+    rt.block_on(async {
+        let mut c = src.connect().await.unwrap();
+        c.call(&["ACL", "SETUSER", "ferry", "on", ">acl-pw", "+@all", "~*", "&*"]).await.unwrap();
+        c.call(&["ACL", "SETUSER", "default", "off"]).await.unwrap();
+    });
+    let mut auth_src = src;
+    auth_src.password = None;
+    let (cfg, status) = config(&auth_src, &tgt, "username = \"ferry\"\npassword = \"${FERRY_TEST_ACL_PW}\"");
+    // SAFETY: set before the child processes start; read only by them.
+    unsafe { std::env::set_var("FERRY_TEST_ACL_PW", "acl-pw") };
+    let ferry = Ferry::start(&cfg, &status);
+    let p =
+        ferry.wait_for("incremental", Duration::from_secs(60), |p| p["phase"] == "incremental" && p["lag_bytes"] == 0);
+    assert_eq!(p["full_syncs"], 1);
+    rt.block_on(async {
+        let auth = ferry_resp::Auth { username: Some("ferry".into()), password: Some("acl-pw".into()) };
+        let mut a = ferry_resp::Connection::connect(&auth_src.addr(), &auth, Duration::from_secs(5)).await.unwrap();
+        a.call(&["SET", "acl:key", "value"]).await.unwrap();
+        let mut b = tgt.connect().await.unwrap();
+        for _ in 0..100 {
+            if b.call(&["GET", "acl:key"]).await.unwrap().as_bytes().is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("write through the ACL user did not reach the target\n{}", ferry.logs());
+    });
+}
+
+#[test]
+fn wrong_password_is_a_clear_error_in_status_and_log() {
+    let src = RedisServer::start(&["--requirepass", "right"]);
+    let tgt = RedisServer::start(&[]);
+    let (cfg, status) = config(&src, &tgt, "password = \"wrong-pw-value\"");
+    let ferry = Ferry::start(&cfg, &status);
+    let p = ferry.wait_for("failed", Duration::from_secs(30), |p| p["phase"] == "failed");
+    let err = p["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("authentication") && err.contains(&src.addr()), "{err}");
+    assert!(!err.contains('\n'));
+    let logs = ferry.logs();
+    assert!(logs.contains("authentication to"), "{logs}");
+    assert!(!logs.contains("wrong-pw-value"), "the password leaked into the log");
+    assert!(!http_get(&status, "/status").unwrap().contains("wrong-pw-value"));
+}
+
+#[test]
+fn unreachable_source_is_a_clear_error() {
+    let tgt = RedisServer::start(&[]);
+    let dead = free_port();
+    let (cfg, status) = config_with_ports(&format!(
+        "[source]\naddress = \"127.0.0.1:{dead}\"\n[target]\naddress = \"{}\"\n",
+        tgt.addr()
+    ));
+    let ferry = Ferry::start(&cfg, &status);
+    let p = ferry.wait_for("failed", Duration::from_secs(30), |p| p["phase"] == "failed");
+    let err = p["error"].as_str().unwrap_or_default();
+    assert!(err.contains(&format!("cannot connect to 127.0.0.1:{dead}")), "{err}");
+    let metrics = http_get(&status, "/metrics").unwrap();
+    assert!(metrics.contains("ferry_pipeline_phase{pipeline=") && metrics.contains("phase=\"failed\"} 1"), "{metrics}");
+    assert_eq!(http_get(&status, "/healthz").unwrap().trim(), "ok");
+}
+
+#[test]
+fn existing_key_policy_skip_keeps_target_values() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let rt = rt();
+    rt.block_on(async {
+        let mut a = src.connect().await.unwrap();
+        a.call(&["SET", "shared", "from-source"]).await.unwrap();
+        a.call(&["SET", "only-source", "x"]).await.unwrap();
+        let mut b = tgt.connect().await.unwrap();
+        b.call(&["SET", "shared", "from-target"]).await.unwrap();
+    });
+    let (cfg, status) = config_with_ports(&format!(
+        "[source]\naddress = \"{}\"\n[target]\naddress = \"{}\"\n[writer]\nexisting_key = \"skip\"\n",
+        src.addr(),
+        tgt.addr()
+    ));
+    // config_with_ports appends its own [writer] listen: merge by moving ours after.
+    let cfg = cfg
+        .replacen("[writer]\nexisting_key = \"skip\"\n", "", 1)
+        .replace("[writer]\n", "[writer]\nexisting_key = \"skip\"\n");
+    let ferry = Ferry::start(&cfg, &status);
+    let p = ferry.wait_for("incremental", Duration::from_secs(60), |p| p["phase"] == "incremental");
+    assert_eq!(p["keys_skipped"], 1, "{p:#}");
+    rt.block_on(async {
+        let mut b = tgt.connect().await.unwrap();
+        assert_eq!(b.call(&["GET", "shared"]).await.unwrap().as_bytes().unwrap().as_ref(), b"from-target");
+        assert_eq!(b.call(&["GET", "only-source"]).await.unwrap().as_bytes().unwrap().as_ref(), b"x");
+    });
+}
+
+/// Writes INCR and RPUSH witnesses to the source from a thread until `stop` is set.
+fn witness_writer(addr: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let rt = rt();
+        rt.block_on(async {
+            let auth = ferry_resp::Auth::default();
+            let mut c = ferry_resp::Connection::connect(&addr, &auth, Duration::from_secs(5)).await.unwrap();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                c.call(&["INCR", &format!("witness:counter:{}", n % 5)]).await.unwrap();
+                c.call(&["RPUSH", &format!("witness:list:{}", n % 3), &n.to_string()]).await.unwrap();
+                n += 1;
+                if n.is_multiple_of(50) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            n
+        })
+    })
+}
+
+#[test]
+fn killed_stages_resume_with_partial_resync_and_exact_witnesses() {
+    // A backlog that outlives a stage restart under this write rate.
+    let src = RedisServer::start(&["--repl-backlog-size", "64mb"]);
+    let tgt = RedisServer::start(&[]);
+    let rt = rt();
+    rt.block_on(async {
+        let mut c = src.connect().await.unwrap();
+        populate(&mut c).await.unwrap();
+    });
+    let (cfg, status) = config(&src, &tgt, "");
+    let mut ferry = Ferry::start(&cfg, &status);
+    let offset = rt.block_on(src.repl_offset()).unwrap();
+    ferry.wait_caught_up(offset, Duration::from_secs(60));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = witness_writer(src.addr(), stop.clone());
+    for stage in ["ferry-coordinator", "ferry-writer", "ferry-decoder", "ferry-reader"] {
+        std::thread::sleep(Duration::from_millis(400));
+        ferry.kill(stage);
+        std::thread::sleep(Duration::from_millis(300));
+        ferry.spawn(stage);
+        // Let it reconnect and make progress before the next kill.
+        let before = rt.block_on(src.repl_offset()).unwrap();
+        ferry.wait_caught_up(before, Duration::from_secs(60));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let writes = writer.join().unwrap();
+    assert!(writes > 100, "only {writes} witness writes");
+    let offset = rt.block_on(src.repl_offset()).unwrap();
+    let p = ferry.wait_caught_up(offset, Duration::from_secs(60));
+    assert_eq!(p["full_syncs"], 1, "a stage restart caused a full copy: {p:#}\n{}", ferry.logs());
+    assert!(p["partial_resyncs"].as_u64().unwrap() >= 3, "{p:#}");
+    rt.block_on(async {
+        let (mut a, mut b) = (src.connect().await.unwrap(), tgt.connect().await.unwrap());
+        compare(&mut a, &mut b, 2000).await.unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
+    });
+}

@@ -1,0 +1,363 @@
+//! `cargo xtask`: the project's automation.
+//!
+//! - `up`: with no argument, a local demo (a source and a target `redis-server`, sample
+//!   data of every type, the four ferry processes, live progress, writes kept flowing
+//!   until Ctrl-C). With `--config FILE`, the four processes for a real config, in the
+//!   foreground until SIGINT/SIGTERM.
+//! - `status`: pretty-prints the coordinator's `/status`.
+//! - `test`: the test suite (`cargo test --workspace`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "ferry's project automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run ferry: a local demo by default, or the processes for --config FILE.
+    Up {
+        /// A ferry.toml to run for real (foreground until Ctrl-C / SIGTERM).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Build and run the debug binaries instead of release ones.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Pretty-print /status of a running coordinator.
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the test suite (cargo test --workspace).
+    Test {
+        /// Extra arguments for cargo test.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Up { config, debug } => up(config.as_deref(), !debug),
+        Cmd::Status { config } => status(config.as_deref()),
+        Cmd::Test { args } => test(&args),
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+const BINS: [&str; 4] = ["ferry-coordinator", "ferry-writer", "ferry-decoder", "ferry-reader"];
+
+fn build(release: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(root()).arg("build");
+    if release {
+        cmd.arg("--release");
+    }
+    for b in BINS {
+        cmd.args(["-p", b]);
+    }
+    eprintln!("building ferry ({})...", if release { "release" } else { "debug" });
+    let st = cmd.status().context("cannot run cargo build")?;
+    if !st.success() {
+        bail!("cargo build failed");
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"));
+    Ok(target.join(if release { "release" } else { "debug" }))
+}
+
+fn require_redis() -> anyhow::Result<()> {
+    let ok = Command::new("redis-server").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    if !ok {
+        bail!("redis-server is not on PATH; install it with: sudo apt-get install -y redis-server redis-sentinel");
+    }
+    Ok(())
+}
+
+/// The ferry processes of one run, with their logs in the run directory.
+struct Processes {
+    children: Vec<(String, Child)>,
+}
+
+impl Processes {
+    fn start(bins: &Path, config: &Path, run_dir: &Path) -> anyhow::Result<Processes> {
+        let mut children = Vec::new();
+        for b in BINS {
+            let log = std::fs::File::create(run_dir.join(format!("{b}.log")))?;
+            let child = Command::new(bins.join(b))
+                .arg("--config")
+                .arg(config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("cannot start {b}"))?;
+            children.push((b.to_string(), child));
+        }
+        Ok(Processes { children })
+    }
+
+    /// A process that exited on its own (name, status).
+    fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
+        for (n, c) in &mut self.children {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some((n.clone(), st));
+            }
+        }
+        None
+    }
+
+    fn stop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (name, c) in &mut self.children {
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    eprintln!("{name} did not stop in time: killing it");
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run_dir() -> anyhow::Result<PathBuf> {
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let dir = root().join("target").join("xtask").join(format!("run-{stamp}"));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A flag set by SIGINT/SIGTERM.
+fn stop_flag(rt: &tokio::runtime::Runtime) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = flag.clone();
+    rt.spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        f.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    flag
+}
+
+fn up(config: Option<&Path>, release: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let stop = stop_flag(&rt);
+    let dir = run_dir()?;
+    match config {
+        Some(path) => {
+            let cfg = ferry_config::Config::load(path)?;
+            let bins = build(release)?;
+            let path = std::fs::canonicalize(path)?;
+            let mut procs = Processes::start(&bins, &path, &dir)?;
+            eprintln!(
+                "ferry is running; logs in {}; status on http://{}/status; Ctrl-C stops it",
+                dir.display(),
+                cfg.coordinator.status_addr
+            );
+            watch(&cfg.coordinator.status_addr, &mut procs, &stop, || Ok(()))?;
+            procs.stop();
+            eprintln!("stopped");
+            Ok(())
+        }
+        None => demo(&rt, &dir, release, &stop),
+    }
+}
+
+fn demo(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    release: bool,
+    stop: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<()> {
+    use integration_tests::{RedisServer, config_with_ports, populate};
+    require_redis()?;
+    let bins = build(release)?;
+    eprintln!("starting a source and a target redis-server...");
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let keys = rt.block_on(async {
+        let mut c = src.connect().await?;
+        let n = populate(&mut c).await?;
+        // Some bulk so the full copy has something to show.
+        for i in 0..200 {
+            let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
+            for j in 0..500 {
+                args.push(format!("demo:key:{}", i * 500 + j).into_bytes());
+                args.push(format!("value {} {}", i * 500 + j, "x".repeat(64)).into_bytes());
+            }
+            let refs: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
+            c.call(&refs).await?;
+        }
+        anyhow::Ok(n + 100_000)
+    })?;
+    let (text, status_addr) =
+        config_with_ports(&format!("[source]\naddress = \"{}\"\n[target]\naddress = \"{}\"\n", src.addr(), tgt.addr()));
+    let config = dir.join("ferry.toml");
+    std::fs::write(&config, &text)?;
+    eprintln!("source {} ({keys} keys of every type), target {}", src.addr(), tgt.addr());
+    eprintln!("config {}; logs in {}", config.display(), dir.display());
+    let mut procs = Processes::start(&bins, &config, dir)?;
+    eprintln!("ferry is running: http://{status_addr}/status — Ctrl-C stops everything");
+    // Keep writing to the source so the incremental sync has something to follow.
+    let mut writer = rt.block_on(src.connect())?;
+    let mut n = 0u64;
+    let mut last_write = Instant::now();
+    watch(&status_addr, &mut procs, stop, || {
+        if last_write.elapsed() >= Duration::from_millis(200) {
+            last_write = Instant::now();
+            n += 1;
+            rt.block_on(async {
+                writer.call(&["INCR", "demo:counter"]).await?;
+                writer.call(&["LPUSH", "demo:events", &format!("event {n}")]).await?;
+                writer.call(&["LTRIM", "demo:events", "0", "99"]).await?;
+                anyhow::Ok(())
+            })?;
+        }
+        Ok(())
+    })?;
+    procs.stop();
+    let (a, b) = rt.block_on(async {
+        let mut a = src.connect().await?;
+        let mut b = tgt.connect().await?;
+        let a = a.call(&["GET", "demo:counter"]).await?;
+        let b = b.call(&["GET", "demo:counter"]).await?;
+        anyhow::Ok((a, b))
+    })?;
+    let show =
+        |r: &ferry_resp::Reply| r.as_bytes().map(|b| String::from_utf8_lossy(b).to_string()).unwrap_or("(nil)".into());
+    eprintln!("stopped: demo:counter is {} on the source and {} on the target", show(&a), show(&b));
+    Ok(())
+}
+
+/// Shows live progress from /status until stopped or a process exits.
+fn watch(
+    status_addr: &str,
+    procs: &mut Processes,
+    stop: &std::sync::atomic::AtomicBool,
+    mut each_tick: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap());
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let started = Instant::now();
+    let mut last_print = Instant::now() - Duration::from_secs(10);
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        if let Some((name, st)) = procs.exited() {
+            bar.finish_and_clear();
+            bail!("{name} exited ({st}); see its log");
+        }
+        each_tick()?;
+        let line = match integration_tests::http_get(status_addr, "/status")
+            .ok()
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+        {
+            Some(s) => s["pipelines"]
+                .as_array()
+                .map(|ps| ps.iter().map(describe).collect::<Vec<_>>().join(" | "))
+                .unwrap_or_default(),
+            None => "waiting for the coordinator...".into(),
+        };
+        if tty {
+            bar.set_message(line);
+            bar.tick();
+        } else if last_print.elapsed() >= Duration::from_secs(5) {
+            eprintln!("[{:>5}s] {line}", started.elapsed().as_secs());
+            last_print = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+fn describe(p: &serde_json::Value) -> String {
+    let phase = p["phase"].as_str().unwrap_or("?");
+    let mut s = format!("{} {phase}", p["id"].as_str().unwrap_or("?"));
+    match phase {
+        "full_sync" => {
+            let (got, size) = (p["rdb_bytes_received"].as_u64().unwrap_or(0), p["rdb_size"].as_u64().unwrap_or(0));
+            s += &format!(" rdb {}", human(got));
+            if size > 0 {
+                s += &format!("/{} ({:.0}%)", human(size), 100.0 * got as f64 / size as f64);
+            }
+            s += &format!(" keys {}", p["keys_applied"]);
+        }
+        _ => {
+            s += &format!(" keys {} commands {} lag {} B", p["keys_applied"], p["commands_applied"], p["lag_bytes"]);
+        }
+    }
+    if let Some(e) = p["error"].as_str() {
+        s += &format!(" error: {e}");
+    }
+    s
+}
+
+fn human(b: u64) -> String {
+    if b >= 1 << 20 {
+        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    }
+}
+
+fn status(config: Option<&Path>) -> anyhow::Result<()> {
+    let addr = match config {
+        Some(p) => ferry_config::Config::load(p)?.coordinator.status_addr,
+        None => ferry_config::Config::default().coordinator.status_addr,
+    };
+    let body =
+        integration_tests::http_get(&addr, "/status").with_context(|| format!("no coordinator answering on {addr}"))?;
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    let st = Command::new(cargo()).current_dir(root()).args(["test", "--workspace"]).args(args).status()?;
+    if !st.success() {
+        bail!("tests failed");
+    }
+    Ok(())
+}
