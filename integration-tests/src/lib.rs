@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -59,6 +60,8 @@ impl RedisServer {
         args.extend(extra.iter().map(|s| s.to_string()));
         let password = extra.windows(2).find(|w| w[0] == "--requirepass").map(|w| w[1].to_string());
         let child = Command::new("redis-server")
+            // Own process group: a Ctrl-C meant for the parent does not kill the server first.
+            .process_group(0)
             .args(&args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -204,6 +207,7 @@ impl Ferry {
             .open(self.dir.path().join(format!("{stage}.log")))
             .unwrap();
         let child = Command::new(bin_dir().join(stage))
+            .process_group(0)
             .arg("--config")
             .arg(self.dir.path().join("ferry.toml"))
             .env("RUST_LOG", "info")

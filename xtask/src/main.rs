@@ -8,8 +8,11 @@
 //! - `test`: the test suite (`cargo test --workspace`).
 
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod bench;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -38,6 +41,18 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Benchmarks: ferry's full copy against a native replica's, in one run (release build).
+    Bench {
+        /// Small data set (for CI: it keeps the bench from rotting).
+        #[arg(long)]
+        quick: bool,
+        /// Number of keys (default 1,000,000; 20,000 with --quick).
+        #[arg(long)]
+        keys: Option<u64>,
+        /// Bytes per string value.
+        #[arg(long, default_value_t = 350)]
+        value_size: usize,
+    },
     /// Run the test suite (cargo test --workspace).
     Test {
         /// Extra arguments for cargo test.
@@ -52,6 +67,12 @@ fn main() -> std::process::ExitCode {
         Cmd::Up { config, debug } => up(config.as_deref(), !debug),
         Cmd::Status { config } => status(config.as_deref()),
         Cmd::Test { args } => test(&args),
+        Cmd::Bench { quick, keys, value_size } => (|| {
+            require_redis()?;
+            let bins = build(true)?;
+            let opts = bench::BenchOpts { keys: keys.unwrap_or(if quick { 20_000 } else { 1_000_000 }), value_size };
+            bench::run(&bins, &run_dir()?, &opts)
+        })(),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -99,8 +120,8 @@ fn require_redis() -> anyhow::Result<()> {
 }
 
 /// The ferry processes of one run, with their logs in the run directory.
-struct Processes {
-    children: Vec<(String, Child)>,
+pub(crate) struct Processes {
+    pub(crate) children: Vec<(String, Child)>,
 }
 
 impl Processes {
@@ -109,6 +130,8 @@ impl Processes {
         for b in BINS {
             let log = std::fs::File::create(run_dir.join(format!("{b}.log")))?;
             let child = Command::new(bins.join(b))
+                // Own process group: Ctrl-C reaches xtask, which stops the children in order.
+                .process_group(0)
                 .arg("--config")
                 .arg(config)
                 .stdin(Stdio::null())
@@ -133,7 +156,9 @@ impl Processes {
 
     fn stop(&mut self) {
         for (_, c) in &mut self.children {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            if let Ok(None) = c.try_wait() {
+                let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).stderr(Stdio::null()).status();
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for (name, c) in &mut self.children {
@@ -150,6 +175,7 @@ impl Processes {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        self.children.clear();
     }
 }
 

@@ -320,6 +320,8 @@ fn parse_rdb(
     let mut b = BatchBuilder::new(BATCH_BYTES, BATCH_COMMANDS);
     let send = |b: &mut BatchBuilder| -> anyhow::Result<()> {
         let mut batch = b.take(-1, false);
+        // Keys of the full copy are counted as keys, not as commands.
+        batch.commands = 0;
         batch.busykey_is_skip = policy == ExistingKey::Skip;
         batch.existing_is_fatal = policy == ExistingKey::Panic;
         batch_tx.blocking_send(batch).map_err(|_| anyhow!("the writer stream is closed"))

@@ -1,5 +1,17 @@
 //! The streaming RDB parser: [`Parser::next_event`] yields one [`Event`] at a
 //! time; big values are emitted in parts so memory stays bounded.
+//!
+//! Parts: elements are accumulated until their decoded size reaches
+//! `chunk_bytes`; if more elements remain, the accumulated ones are emitted as
+//! a `First`/`Middle` part (so every non-final part holds at least
+//! `chunk_bytes`, at most `chunk_bytes` + one element). A value that ends
+//! within its first part is `Whole` and carries `raw` when it fit in
+//! `raw_limit`. Strings longer than `chunk_bytes` arrive in slices of
+//! `chunk_bytes`. Stream metadata and groups are in the `Whole`/`Last` part.
+//!
+//! After an error the parser is finished: further calls return `Ok(None)`.
+//! A v5+ file that ends right after the EOF opcode yields `Eof { checksum: None }`.
+//! Reader end-of-file in the middle of an item is `ErrorKind::Truncated`.
 
 use crate::encodings::{self, Item};
 use crate::error::{ErrorKind, RdbError, corrupt};
@@ -180,13 +192,21 @@ impl<R: Read> Parser<R> {
         self.flavor
     }
 
-    /// After EOF: whether the checksum was verified equal. `None` when not
-    /// verified (verification off, version < 5, trailer absent or zero).
-    pub fn checksum_ok(&self) -> Option<bool> {
-        match (self.stored, self.computed) {
-            (Some(s), Some(c)) if s != 0 => Some(s == c),
-            _ => None,
-        }
+    /// After EOF: `false` only when the trailer was compared and differs
+    /// (which with `verify_checksum` is also an error); `true` when equal or
+    /// not verified (verification off, version < 5, trailer absent or zero).
+    pub fn checksum_ok(&self) -> bool {
+        !matches!((self.stored, self.computed), (Some(s), Some(c)) if s != 0 && s != c)
+    }
+
+    /// After EOF: whether the trailer was actually compared with the content.
+    pub fn checksum_verified(&self) -> bool {
+        matches!((self.stored, self.computed), (Some(s), Some(_)) if s != 0)
+    }
+
+    /// After EOF: CRC-64 of the content (None when `verify_checksum` is off).
+    pub fn computed_checksum(&self) -> Option<u64> {
+        self.computed
     }
 
     /// The next event; Ok(None) after the EOF opcode (and checksum) have been read. Never panics on any input.

@@ -26,7 +26,9 @@ fn parts_concatenate_to_whole_values() {
     let mut split_values = 0;
     for fx in fixtures() {
         let whole = parse_all(&fx.bytes, ParserOptions::default());
-        for chunk in [64usize, 1] {
+        // chunk 1 (every element its own part) only on the smaller files.
+        let chunks: &[usize] = if fx.bytes.len() < 512 * 1024 { &[64, 1] } else { &[64] };
+        for &chunk in chunks {
             let opts = ParserOptions { chunk_bytes: chunk, ..ParserOptions::default() };
             // Check part sizes on the raw event stream.
             let mut p = Parser::new(&fx.bytes[..], opts.clone());
@@ -144,4 +146,82 @@ fn raw_capture_is_exact() {
     // raw_limit 0: never.
     let none = parse_all(&fx.bytes, ParserOptions { raw_limit: 0, ..ParserOptions::default() });
     assert!(none.entries.iter().all(|e| e.raw.is_none()));
+}
+
+/// A reader yielding `pat` repeated until `left` bytes have been produced.
+struct Cycle {
+    pat: Vec<u8>,
+    pos: usize,
+    left: u64,
+}
+
+impl std::io::Read for Cycle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() && self.left > 0 {
+            buf[n] = self.pat[self.pos];
+            self.pos = (self.pos + 1) % self.pat.len();
+            self.left -= 1;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+fn synthetic(prefix: Vec<u8>, pat: Vec<u8>, body_len: u64) -> impl std::io::Read {
+    let trailer: Vec<u8> = [0xffu8, 0, 0, 0, 0, 0, 0, 0, 0].to_vec();
+    std::io::Read::chain(
+        std::io::Read::chain(std::io::Cursor::new(prefix), Cycle { pat, pos: 0, left: body_len }),
+        std::io::Cursor::new(trailer),
+    )
+}
+
+#[test]
+fn huge_values_stream_in_bounded_parts() {
+    let chunk = 1 << 20;
+    let opts = ParserOptions { chunk_bytes: chunk, raw_limit: 4 << 20, ..ParserOptions::default() };
+
+    // A linked list of 300k elements of 64 bytes (~19 MiB), read lazily.
+    let n: u32 = 300_000;
+    let mut prefix = b"REDIS0009\x01\x07biglist\x80".to_vec();
+    prefix.extend_from_slice(&n.to_be_bytes());
+    let mut pat = vec![0x40u8, 64];
+    pat.extend(std::iter::repeat_n(b'x', 64));
+    let len = pat.len() as u64 * n as u64;
+    let mut p = Parser::new(synthetic(prefix, pat, len), opts.clone());
+    let mut elems = 0usize;
+    let mut parts = Vec::new();
+    while let Some(ev) = p.next_event().unwrap() {
+        if let Event::Entry(e) = ev {
+            let size = elem_bytes(&e.value);
+            assert!(size <= chunk + 64, "part of {size} bytes");
+            assert!(e.raw.is_none());
+            if let Value::List(l) = &e.value {
+                elems += l.len();
+            }
+            parts.push(e.part);
+        }
+    }
+    assert_eq!(elems, n as usize);
+    assert_eq!(parts.first(), Some(&Part::First));
+    assert_eq!(parts.last(), Some(&Part::Last));
+    assert!(parts.len() >= 18, "{} parts", parts.len());
+
+    // A 10 MB plain string.
+    let slen: u32 = 10_000_000;
+    let mut prefix = b"REDIS0009\x00\x03big\x80".to_vec();
+    prefix.extend_from_slice(&slen.to_be_bytes());
+    let mut p = Parser::new(synthetic(prefix, b"abc".to_vec(), slen as u64), opts);
+    let mut total = 0usize;
+    let mut count = 0;
+    while let Some(ev) = p.next_event().unwrap() {
+        if let Event::Entry(e) = ev {
+            let Value::String(s) = &e.value else { panic!("not a string") };
+            assert!(s.len() <= chunk);
+            total += s.len();
+            count += 1;
+        }
+    }
+    assert_eq!(total, slen as usize);
+    assert_eq!(count, 10);
 }

@@ -12,7 +12,7 @@ fn opt_bytes_json(b: &Option<ferry_rdb::Bytes>) -> J {
 }
 
 /// Compare one fixture; returns the list of problems.
-fn check(fx: &Fixture) -> Vec<String> {
+fn check(fx: &Fixture, keys_compared: &mut usize) -> Vec<String> {
     let mut errs = Vec::new();
     let exp = load_expected(&fx.expected);
     let parsed = parse_all(&fx.bytes, ParserOptions::default());
@@ -126,6 +126,7 @@ fn check(fx: &Fixture) -> Vec<String> {
             errs.push(format!("unexpected key db {db} {k:?}"));
             continue;
         };
+        *keys_compared += 1;
         let got = entry_to_json(e);
         let ctx = format!("db {db} key {k:?}");
         if x["type"] != got["type"] {
@@ -184,8 +185,9 @@ fn check(fx: &Fixture) -> Vec<String> {
 fn all_fixtures_match_expectations() {
     let fixtures = fixtures();
     let mut failures = Vec::new();
+    let mut keys_compared = 0usize;
     for fx in &fixtures {
-        let errs = check(fx);
+        let errs = check(fx, &mut keys_compared);
         if !errs.is_empty() {
             let shown: Vec<_> = errs.iter().take(8).cloned().collect();
             failures.push(format!("{} ({} problems):\n  {}", fx.file, errs.len(), shown.join("\n  ")));
@@ -198,6 +200,8 @@ fn all_fixtures_match_expectations() {
         fixtures.len(),
         failures.join("\n")
     );
+    assert_eq!(fixtures.len(), 60, "index.json should list 60 fixtures");
+    assert!(keys_compared > 93_000, "only {keys_compared} keys compared");
 }
 
 #[test]
@@ -206,5 +210,5 @@ fn preamble_aof_stops_at_eof() {
     let mut p = ferry_rdb::Parser::new(&fx.bytes[..], ParserOptions::default());
     while p.next_event().unwrap().is_some() {}
     assert_eq!(p.offset(), 117);
-    assert_eq!(p.checksum_ok(), Some(true));
+    assert!(p.checksum_ok() && p.checksum_verified());
 }

@@ -74,11 +74,14 @@ pub fn load_expected(path: &str) -> J {
     serde_json::from_slice(&data).unwrap_or_else(|e| panic!("bad JSON {path}: {e}"))
 }
 
+/// (code, name, engine, desc) of a function record.
+pub type FunctionRecord = (Bytes, Option<Bytes>, Option<Bytes>, Option<Bytes>);
+
 #[derive(Default)]
 pub struct Parsed {
     pub version: u32,
     pub aux: Vec<(Bytes, Bytes)>,
-    pub functions: Vec<(Bytes, Option<Bytes>, Option<Bytes>, Option<Bytes>)>,
+    pub functions: Vec<FunctionRecord>,
     pub slot_info: Vec<[u64; 3]>,
     pub module_aux: Vec<String>,
     pub entries: Vec<Entry>,
@@ -91,7 +94,8 @@ pub struct Parsed {
 pub fn merge(into: &mut Value, part: Value) {
     match (into, part) {
         (Value::String(a), Value::String(b)) => {
-            let mut v = a.to_vec();
+            // Vec::from(Bytes) reuses the allocation when unique: amortized O(n).
+            let mut v: Vec<u8> = std::mem::take(a).into();
             v.extend_from_slice(&b);
             *a = Bytes::from(v);
         }
