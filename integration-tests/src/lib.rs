@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -394,8 +394,9 @@ fn strip_volatile(r: Reply) -> Reply {
                     skip_next = false;
                     continue;
                 }
+                // Wall-clock times, and the radix tree's shape (how entries happen to be split in nodes).
                 if let Some(b) = i.as_bytes()
-                    && (&b[..] == b"seen-time" || &b[..] == b"active-time")
+                    && matches!(&b[..], b"seen-time" | b"active-time" | b"radix-tree-keys" | b"radix-tree-nodes")
                 {
                     skip_next = true;
                     continue;
@@ -444,6 +445,14 @@ pub async fn snapshot(c: &mut Connection) -> anyhow::Result<BTreeMap<u32, BTreeM
     Ok(out)
 }
 
+/// The first place where two renderings differ, with some context, and the TTLs.
+fn describe_diff(x: &(String, i64), y: &(String, i64)) -> String {
+    let at = x.0.bytes().zip(y.0.bytes()).position(|(a, b)| a != b).unwrap_or(x.0.len().min(y.0.len()));
+    let from = at.saturating_sub(80);
+    let window = |s: &str| s.get(from..(at + 120).min(s.len())).unwrap_or("").to_string();
+    format!("source ...{}... ttl {} / target ...{}... ttl {}", window(&x.0), x.1, window(&y.0), y.1)
+}
+
 /// Compares two servers key by key (TTL within `ttl_tolerance_ms`); an error lists the first differences.
 pub async fn compare(a: &mut Connection, b: &mut Connection, ttl_tolerance_ms: i64) -> anyhow::Result<usize> {
     let sa = snapshot(a).await?;
@@ -462,10 +471,7 @@ pub async fn compare(a: &mut Connection, b: &mut Connection, ttl_tolerance_ms: i
                     let ttl_ok = (x.1 < 0 && y.1 < 0 && x.1 == y.1)
                         || (x.1 >= 0 && y.1 >= 0 && (x.1 - y.1).abs() <= ttl_tolerance_ms);
                     if x.0 != y.0 || !ttl_ok {
-                        diffs.push(format!(
-                            "db {db} key {k:?}: source {:.200} ttl {} / target {:.200} ttl {}",
-                            x.0, x.1, y.0, y.1
-                        ));
+                        diffs.push(format!("db {db} key {k:?}: {}", describe_diff(x, y)));
                     }
                 }
                 (Some(_), None) => diffs.push(format!("db {db} key {k:?}: missing on the target")),
@@ -613,5 +619,27 @@ pub async fn populate(c: &mut Connection) -> anyhow::Result<usize> {
 
 /// The function libraries of a server (`FUNCTION LIST WITHCODE`), for comparison.
 pub async fn functions(c: &mut Connection) -> anyhow::Result<String> {
-    Ok(format!("{:?}", c.call(&["FUNCTION", "LIST", "WITHCODE"]).await?))
+    // Libraries, and the functions of a library, come in the server's hash order: sort them.
+    let sort_functions = |lib: &Reply| -> String {
+        let Reply::Array(Some(fields)) = lib else { return format!("{lib:?}") };
+        let mut out = Vec::new();
+        for pair in fields.chunks(2) {
+            let value = match (&pair[0], pair.get(1)) {
+                (k, Some(Reply::Array(Some(fns)))) if k.as_bytes().is_some_and(|k| &k[..] == b"functions") => {
+                    let mut f: Vec<String> = fns.iter().map(|f| format!("{f:?}")).collect();
+                    f.sort();
+                    f.join(",")
+                }
+                (_, v) => format!("{v:?}"),
+            };
+            out.push(format!("{:?}={value}", pair[0]));
+        }
+        out.join(" ")
+    };
+    let mut libs: Vec<String> = match c.call(&["FUNCTION", "LIST", "WITHCODE"]).await? {
+        Reply::Array(Some(items)) => items.iter().map(sort_functions).collect(),
+        other => vec![format!("{other:?}")],
+    };
+    libs.sort();
+    Ok(libs.join("\n"))
 }

@@ -56,7 +56,13 @@ pub async fn fill(c: &mut Connection, keys: u64, value_size: usize) -> anyhow::R
         };
         if i % 1000 == 0 {
             // Some TTLs too.
-            args = vec![b"SET".to_vec(), format!("bench:{i:010}").into_bytes(), value.clone(), b"EX".to_vec(), b"86400".to_vec()];
+            args = vec![
+                b"SET".to_vec(),
+                format!("bench:{i:010}").into_bytes(),
+                value.clone(),
+                b"EX".to_vec(),
+                b"86400".to_vec(),
+            ];
         }
         ferry_resp::encode_command_into(&mut buf, &args);
         pending += 1;
@@ -118,7 +124,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 /// ferry's full copy of `src` into a new target: seconds until incremental with lag 0.
 fn ferry_full_copy(bins: &Path, src: &RedisServer, dir: &Path) -> anyhow::Result<(f64, serde_json::Value)> {
     let tgt = RedisServer::start(&[]);
-    let (text, status) = config_with_ports(&format!("[source]\naddress = \"{}\"\n[target]\naddress = \"{}\"\n", src.addr(), tgt.addr()));
+    let (text, status) =
+        config_with_ports(&format!("[source]\naddress = \"{}\"\n[target]\naddress = \"{}\"\n", src.addr(), tgt.addr()));
     let config = dir.join("bench-ferry.toml");
     std::fs::write(&config, text)?;
     let t0 = Instant::now();

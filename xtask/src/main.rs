@@ -7,8 +7,8 @@
 //! - `status`: pretty-prints the coordinator's `/status`.
 //! - `test`: the test suite (`cargo test --workspace`).
 
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

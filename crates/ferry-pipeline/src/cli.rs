@@ -57,3 +57,18 @@ pub fn exit(res: anyhow::Result<()>) -> std::process::ExitCode {
         }
     }
 }
+
+/// `ferry-decoder inspect FILE`: the keys of an RDB file as JSON lines on stdout.
+pub fn inspect(file: &std::path::Path, allow_newer_rdb: bool) -> anyhow::Result<()> {
+    let opts = ferry_rdb::ParserOptions { allow_newer_version: allow_newer_rdb, ..Default::default() };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let res = if file.as_os_str() == "-" {
+        ferry_rdb::inspect(std::io::BufReader::new(std::io::stdin().lock()), &mut out, opts)
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        ferry_rdb::inspect(std::io::BufReader::with_capacity(1 << 20, f), &mut out, opts)
+    };
+    std::io::Write::flush(&mut out).ok();
+    res.map(|_| ()).with_context(|| format!("{}", file.display()))
+}

@@ -125,6 +125,14 @@ pub struct RdbConverter {
     pub policy: ExistingKey,
     pub rdb_version: u16,
     pub modules_skipped: u64,
+    /// Keys whose TTL had already passed when they were decoded (not created, as RESTORE would).
+    pub expired_skipped: u64,
+    /// The parts of the current key are dropped (it had expired).
+    skipping: bool,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn tmp_key(key: &[u8]) -> Vec<u8> {
@@ -147,7 +155,22 @@ pub fn format_score(f: f64) -> String {
 
 impl RdbConverter {
     pub fn new(policy: ExistingKey, rdb_version: u16) -> Self {
-        RdbConverter { policy, rdb_version, modules_skipped: 0 }
+        RdbConverter { policy, rdb_version, modules_skipped: 0, expired_skipped: 0, skipping: false }
+    }
+
+    /// Adds a function library (`FUNCTION LOAD REPLACE`). Pre-GA (7.0 RC) records carry the
+    /// name and engine apart; 7.0 GA wants them in a shebang line.
+    pub fn function(&mut self, code: &Bytes, name: Option<&Bytes>, engine: Option<&Bytes>, b: &mut BatchBuilder) {
+        let code = match (name, engine) {
+            (Some(name), Some(engine)) if !code.starts_with(b"#!") => {
+                let mut c = format!("#!{} name={}\n", String::from_utf8_lossy(engine), String::from_utf8_lossy(name))
+                    .into_bytes();
+                c.extend_from_slice(code);
+                Bytes::from(c)
+            }
+            _ => code.clone(),
+        };
+        b.push(0, &[&b"FUNCTION"[..], b"LOAD", b"REPLACE", &code]);
     }
 
     /// Adds the commands for one entry (or part of one) to `b`.
@@ -181,6 +204,23 @@ impl RdbConverter {
         let tmp = tmp_key(&e.key);
         let first = matches!(e.part, Part::Whole | Part::First);
         let last = matches!(e.part, Part::Whole | Part::Last);
+        if first {
+            // Like RESTORE with a TTL in the past: the key is not created (and replaced by nothing).
+            self.skipping = e.expire_ms.is_some_and(|t| t <= now_ms());
+            if self.skipping {
+                self.expired_skipped += 1;
+                if self.policy == ExistingKey::Rewrite {
+                    b.push(db, &[&b"DEL"[..], &e.key]);
+                }
+            }
+        }
+        if self.skipping {
+            if last {
+                self.skipping = false;
+                b.add_key();
+            }
+            return;
+        }
         if first {
             b.push(db, &[&b"DEL"[..], &tmp]);
         }
@@ -231,7 +271,10 @@ impl RdbConverter {
                 b.push(db, &[&b"PEXPIREAT"[..], &tmp, ms.as_bytes()]);
             }
             match self.policy {
-                ExistingKey::Rewrite => b.push(db, &[&b"RENAME"[..], &tmp, &e.key]),
+                ExistingKey::Rewrite => {
+                    b.push(db, &[&b"RENAME"[..], &tmp, &e.key]);
+                    b.mark_renamenx();
+                }
                 ExistingKey::Skip | ExistingKey::Panic => {
                     b.push(db, &[&b"RENAMENX"[..], &tmp, &e.key]);
                     b.mark_renamenx();
@@ -247,21 +290,22 @@ impl RdbConverter {
 fn stream_metadata(b: &mut BatchBuilder, db: u64, tmp: &[u8], s: &ferry_rdb::Stream) {
     let id = |i: &ferry_rdb::StreamId| format!("{}-{}", i.ms, i.seq);
     let last = id(&s.last_id);
-    let mut args: Vec<Vec<u8>> = vec![b"XSETID".to_vec(), tmp.to_vec(), last.into_bytes()];
-    if let (Some(added), Some(maxdel)) = (s.entries_added, &s.max_deleted_id) {
-        args.push(b"ENTRIESADDED".to_vec());
-        args.push(added.to_string().into_bytes());
-        args.push(b"MAXDELETEDID".to_vec());
-        args.push(id(maxdel).into_bytes());
-    }
-    if s.last_id.ms != 0 || s.last_id.seq > 1 {
-        b.push(db, &args);
-    }
+    // Streams from before RDB 10 do not store these; Redis then takes the length and 0-0.
+    let added = s.entries_added.unwrap_or(s.length);
+    let maxdel = s.max_deleted_id.as_ref().map(id).unwrap_or_else(|| "0-0".into());
+    let added = added.to_string();
+    b.push(
+        db,
+        &[&b"XSETID"[..], tmp, last.as_bytes(), b"ENTRIESADDED", added.as_bytes(), b"MAXDELETEDID", maxdel.as_bytes()],
+    );
     for g in &s.groups {
         let gid = id(&g.last_delivered);
         let mut args: Vec<Vec<u8>> =
             vec![b"XGROUP".to_vec(), b"CREATE".to_vec(), tmp.to_vec(), g.name.to_vec(), gid.into_bytes()];
-        if let Some(read) = g.entries_read.filter(|r| *r >= 0) {
+        // Before RDB 10 the count is not stored; Redis estimates it on load when it can:
+        // a group that has read everything has read every entry ever added.
+        let estimated = (s.entries_added.is_none() && g.last_delivered == s.last_id).then_some(s.length as i64);
+        if let Some(read) = g.entries_read.filter(|r| *r >= 0).or(estimated) {
             args.push(b"ENTRIESREAD".to_vec());
             args.push(read.to_string().into_bytes());
         }

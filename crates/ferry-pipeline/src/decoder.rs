@@ -333,23 +333,7 @@ fn parse_rdb(
                 stats.entries_decoded.fetch_add(1, Relaxed);
                 conv.entry(&e, &mut b);
             }
-            Event::Function { code, name, engine, .. } => {
-                let code = match (name, engine) {
-                    // Pre-GA (7.0 RC) records carry the name apart; 7.0 GA wants a shebang line.
-                    (Some(name), Some(engine)) if !code.starts_with(b"#!") => {
-                        let mut c = format!(
-                            "#!{} name={}\n",
-                            String::from_utf8_lossy(&engine).to_lowercase(),
-                            String::from_utf8_lossy(&name)
-                        )
-                        .into_bytes();
-                        c.extend_from_slice(&code);
-                        Bytes::from(c)
-                    }
-                    _ => code,
-                };
-                b.push(0, &[&b"FUNCTION"[..], b"LOAD", b"REPLACE", &code]);
-            }
+            Event::Function { code, name, engine, .. } => conv.function(&code, name.as_ref(), engine.as_ref(), &mut b),
             _ => {}
         }
         if b.is_full() {

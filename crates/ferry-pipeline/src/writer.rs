@@ -305,6 +305,10 @@ impl ReplyCheck<'_> {
         let b = self.batch;
         if self.renamenx.front() == Some(&i) {
             self.renamenx.pop_front();
+            if reply.first_error().is_some_and(|e| e.starts_with(b"ERR no such key")) {
+                // The value's TTL passed while it was being built: like RESTORE of an expired key.
+                return Ok(());
+            }
             if *reply == Reply::Integer(0) {
                 if b.existing_is_fatal {
                     self.stats.count_error("BUSYKEY");

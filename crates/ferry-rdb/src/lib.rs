@@ -10,12 +10,14 @@
 //! - `crc`: [`crc64`] and [`dump_payload`].
 //! - `json`: [`entry_to_json`], [`value_to_json`], [`type_name`] (fixture schema rendering).
 //! - `error`: [`RdbError`] / [`ErrorKind`].
+//! - [`inspect`](mod@inspect): an RDB file as JSON lines (`ferry-decoder inspect`).
 //!
 //! The crate knows nothing of networking: it reads any [`std::io::Read`].
 
 mod crc;
 mod encodings;
 mod error;
+pub mod inspect;
 mod json;
 mod lzf;
 pub mod parser;
@@ -24,6 +26,7 @@ mod reader;
 pub use bytes::Bytes;
 pub use crc::{crc64, dump_payload};
 pub use error::{ErrorKind, RdbError};
+pub use inspect::{InspectError, inspect};
 pub use json::{bytes_to_json, bytes_to_json_key, entry_to_json, score_to_json, type_name, value_to_json};
 pub use parser::Parser;
 
