@@ -216,10 +216,19 @@ fn witness_writer(addr: String, stop: std::sync::Arc<std::sync::atomic::AtomicBo
         rt.block_on(async {
             let auth = ferry_resp::Auth::default();
             let mut c = ferry_resp::Connection::connect(&addr, &auth, Duration::from_secs(5)).await.unwrap();
+            // Lists in db 5: the stream switches dbs all the time, so a resume that lost track
+            // of the selected db would put writes in the wrong one.
+            let mut c5 = ferry_resp::Connection::connect(&addr, &auth, Duration::from_secs(5)).await.unwrap();
+            c5.call(&["SELECT", "5"]).await.unwrap();
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                c.call(&["INCR", &format!("witness:counter:{}", n % 5)]).await.unwrap();
-                c.call(&["RPUSH", &format!("witness:list:{}", n % 3), &n.to_string()]).await.unwrap();
+                // Runs of 20 writes per db, so most resume points fall inside a run, where the
+                // stream has no SELECT.
+                if (n / 20).is_multiple_of(2) {
+                    c.call(&["INCR", &format!("witness:counter:{}", n % 5)]).await.unwrap();
+                } else {
+                    c5.call(&["RPUSH", &format!("witness:list:{}", n % 3), &n.to_string()]).await.unwrap();
+                }
                 n += 1;
                 if n.is_multiple_of(50) {
                     tokio::time::sleep(Duration::from_millis(5)).await;

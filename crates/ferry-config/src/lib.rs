@@ -59,55 +59,48 @@ impl DeploymentType {
     }
 }
 
-/// Where the data comes from.
-#[derive(Clone, Debug, Deserialize)]
+/// A Redis deployment: the source or the target.
+///
+/// `standalone`: `address`. `sentinel`: the master `master_name` as the `sentinels` report
+/// it (re-resolved after every failure, so a failover is followed).
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SourceConfig {
+pub struct RedisConfig {
     #[serde(default, rename = "type")]
     pub kind: DeploymentType,
-    #[serde(default = "default_source_address")]
+    /// `host:port` of the server (standalone). Default: 127.0.0.1:6379 for the source,
+    /// 127.0.0.1:6380 for the target.
+    #[serde(default)]
     pub address: String,
     #[serde(default)]
     pub username: String,
     #[serde(default)]
     pub password: String,
+    /// `host:port` of each sentinel (type sentinel).
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor the master under (type sentinel).
+    #[serde(default)]
+    pub master_name: String,
+    /// Credentials of the sentinels themselves, when they have any.
+    #[serde(default)]
+    pub sentinel_username: String,
+    #[serde(default)]
+    pub sentinel_password: String,
 }
 
-impl Default for SourceConfig {
-    fn default() -> Self {
-        SourceConfig {
-            kind: DeploymentType::Standalone,
-            address: default_source_address(),
-            username: String::new(),
-            password: String::new(),
+impl RedisConfig {
+    /// A one-line description for logs and the status (never a secret).
+    pub fn describe(&self) -> String {
+        match self.kind {
+            DeploymentType::Sentinel => format!("sentinel {} via {}", self.master_name, self.sentinels.join(",")),
+            k => format!("{} {}", k.as_str(), self.address),
         }
     }
 }
 
-/// Where the data goes.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TargetConfig {
-    #[serde(default, rename = "type")]
-    pub kind: DeploymentType,
-    #[serde(default = "default_target_address")]
-    pub address: String,
-    #[serde(default)]
-    pub username: String,
-    #[serde(default)]
-    pub password: String,
-}
-
-impl Default for TargetConfig {
-    fn default() -> Self {
-        TargetConfig {
-            kind: DeploymentType::Standalone,
-            address: default_target_address(),
-            username: String::new(),
-            password: String::new(),
-        }
-    }
-}
+pub type SourceConfig = RedisConfig;
+pub type TargetConfig = RedisConfig;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -296,13 +289,23 @@ impl Config {
     }
 
     fn resolve_env(&mut self, name: &str) -> Result<(), ConfigError> {
-        let fields: [(&str, &mut String); 6] = [
+        if self.source.address.is_empty() {
+            self.source.address = default_source_address();
+        }
+        if self.target.address.is_empty() {
+            self.target.address = default_target_address();
+        }
+        let fields: [(&str, &mut String); 10] = [
             ("source.address", &mut self.source.address),
             ("source.username", &mut self.source.username),
             ("source.password", &mut self.source.password),
+            ("source.sentinel_username", &mut self.source.sentinel_username),
+            ("source.sentinel_password", &mut self.source.sentinel_password),
             ("target.address", &mut self.target.address),
             ("target.username", &mut self.target.username),
             ("target.password", &mut self.target.password),
+            ("target.sentinel_username", &mut self.target.sentinel_username),
+            ("target.sentinel_password", &mut self.target.sentinel_password),
         ];
         for (field, value) in fields {
             if let Some(var) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) {
@@ -328,15 +331,33 @@ impl Config {
             field: field.to_string(),
             message,
         };
-        for (field, kind) in [("source.type", self.source.kind), ("target.type", self.target.kind)] {
-            if kind != DeploymentType::Standalone {
-                return Err(invalid(
-                    field,
-                    format!(
-                        "\"{}\" is not supported by this version of ferry yet (only \"standalone\")",
-                        kind.as_str()
-                    ),
-                ));
+        for (side, r) in [("source", &self.source), ("target", &self.target)] {
+            match r.kind {
+                DeploymentType::Standalone => {}
+                DeploymentType::Sentinel => {
+                    if r.sentinels.is_empty() {
+                        return Err(invalid(
+                            &format!("{side}.sentinels"),
+                            "type \"sentinel\" needs at least one sentinel address".into(),
+                        ));
+                    }
+                    if r.master_name.is_empty() {
+                        return Err(invalid(
+                            &format!("{side}.master_name"),
+                            "type \"sentinel\" needs the master's name".into(),
+                        ));
+                    }
+                    for s in &r.sentinels {
+                        check_host_port(s).map_err(|m| invalid(&format!("{side}.sentinels"), m))?;
+                    }
+                }
+                DeploymentType::Cluster => {
+                    return Err(invalid(
+                        &format!("{side}.type"),
+                        "\"cluster\" is not supported by this version of ferry yet (use \"standalone\" or \"sentinel\")"
+                            .into(),
+                    ));
+                }
             }
         }
         for (field, addr) in [
@@ -407,5 +428,27 @@ mod tests {
         assert_eq!(c.source.password, "pw");
         let e = Config::parse("[source]\npassword = \"${FERRY_TEST_UNSET_Y}\"\n", "f").unwrap_err().to_string();
         assert!(e.contains("FERRY_TEST_UNSET_Y"));
+    }
+}
+
+#[cfg(test)]
+mod sentinel_tests {
+    use super::*;
+
+    #[test]
+    fn sentinel_needs_sentinels_and_a_name() {
+        let e = Config::parse("[target]\ntype = \"sentinel\"\nmaster_name = \"m\"\n", "f").unwrap_err().to_string();
+        assert!(e.contains("target.sentinels"), "{e}");
+        let e = Config::parse("[source]\ntype = \"sentinel\"\nsentinels = [\"127.0.0.1:26379\"]\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("source.master_name"), "{e}");
+        let c = Config::parse(
+            "[source]\ntype = \"sentinel\"\nsentinels = [\"127.0.0.1:26379\"]\nmaster_name = \"m\"\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(c.source.describe(), "sentinel m via 127.0.0.1:26379");
+        assert_eq!(c.target.address, "127.0.0.1:6380");
     }
 }

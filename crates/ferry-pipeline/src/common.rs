@@ -230,3 +230,51 @@ pub async fn report_loop(
 pub fn to_status(e: impl std::fmt::Display) -> tonic::Status {
     tonic::Status::internal(e.to_string())
 }
+
+/// The credentials of a deployment's data nodes.
+pub fn auth_of(r: &ferry_config::RedisConfig) -> ferry_resp::Auth {
+    ferry_resp::Auth {
+        username: Some(r.username.clone()).filter(|u| !u.is_empty()),
+        password: Some(r.password.clone()).filter(|p| !p.is_empty()),
+    }
+}
+
+/// Where the master of a deployment is now: its address (standalone), or what the
+/// sentinels say (sentinel).
+pub async fn resolve(r: &ferry_config::RedisConfig) -> anyhow::Result<String> {
+    match r.kind {
+        ferry_config::DeploymentType::Sentinel => {
+            let auth = ferry_resp::Auth {
+                username: Some(r.sentinel_username.clone()).filter(|u| !u.is_empty()),
+                password: Some(r.sentinel_password.clone()).filter(|p| !p.is_empty()),
+            };
+            Ok(ferry_resp::sentinel::resolve_master(&r.sentinels, &r.master_name, &auth, Duration::from_secs(3))
+                .await?)
+        }
+        _ => Ok(r.address.clone()),
+    }
+}
+
+/// Resolves and connects to the master of a deployment.
+pub async fn connect(r: &ferry_config::RedisConfig) -> anyhow::Result<(String, ferry_resp::Connection)> {
+    let addr = resolve(r).await?;
+    let conn = ferry_resp::Connection::connect(&addr, &auth_of(r), Duration::from_secs(10)).await?;
+    Ok((addr, conn))
+}
+
+/// Resolves when a sentinel-managed deployment's master is no longer `current` (polled
+/// every 500 ms: Sentinel answers with the new master as soon as it is promoted, while
+/// `+switch-master` can come much later). Never resolves for other deployments.
+pub async fn master_moved(r: &ferry_config::RedisConfig, current: &str) -> anyhow::Error {
+    if r.kind != ferry_config::DeploymentType::Sentinel {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Ok(now) = resolve(r).await
+            && now != current
+        {
+            return anyhow::anyhow!("the master moved from {current} to {now} (failover)");
+        }
+    }
+}

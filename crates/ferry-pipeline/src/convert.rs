@@ -109,6 +109,8 @@ impl BatchBuilder {
             existing_is_fatal: false,
             hello: false,
             begin: None,
+            resume_offset: offset,
+            resume_db: 0,
         };
         self.count = 0;
         self.keys = 0;

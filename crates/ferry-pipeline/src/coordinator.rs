@@ -33,10 +33,16 @@ pub struct PipelinePlan {
 
 /// Pipelines from the config (standalone source: one).
 pub fn plan(cfg: &Config) -> Vec<PipelinePlan> {
+    let (id, source) = match cfg.source.kind {
+        ferry_config::DeploymentType::Sentinel => {
+            (format!("sentinel-{}", cfg.source.master_name), cfg.source.describe())
+        }
+        _ => (cfg.source.address.clone(), cfg.source.address.clone()),
+    };
     vec![PipelinePlan {
-        id: cfg.source.address.clone(),
-        source: cfg.source.address.clone(),
-        target: format!("{} {}", cfg.target.kind.as_str(), cfg.target.address),
+        id,
+        source,
+        target: cfg.target.describe(),
         decoder: cfg.decoder.listen.clone(),
         writer: cfg.writer.listen.clone(),
     }]

@@ -177,7 +177,7 @@ async fn session(
 
     let policy = cfg.writer.existing_key;
     let mut rdb: Option<(mpsc::Sender<Bytes>, tokio::task::JoinHandle<anyhow::Result<()>>)> = None;
-    let mut cmds = CommandState { db: 0, in_multi: false, builder: BatchBuilder::new(BATCH_BYTES, u32::MAX) };
+    let mut cmds = CommandState::new();
     let result: anyhow::Result<()> = async {
         loop {
             let msg = tokio::select! {
@@ -189,6 +189,9 @@ async fn session(
                 frame::Kind::Hello(_) => bail!("protocol error: Hello in the middle of a session"),
                 frame::Kind::Start(start) => {
                     info!(pipeline = %hello.pipeline_id, replid = %start.replid, offset = start.offset, full = start.full, "replication session started");
+                    cmds.db = start.db as u64;
+                    cmds.data_offset = start.offset;
+                    cmds.data_db = start.db as u64;
                     let begin = Batch { begin: Some(start), offset: -1, ..Default::default() };
                     batch_tx.send(begin).await.map_err(|_| anyhow!("the writer stream is closed"))?;
                 }
@@ -220,7 +223,9 @@ async fn session(
                     }
                     info!(offset = end.offset, bytes = end.bytes, "rdb decoded");
                     let mut b = BatchBuilder::new(64, 1);
-                    let batch = b.take(end.offset, true);
+                    let mut batch = b.take(end.offset, true);
+                    batch.resume_offset = end.offset;
+                    cmds.data_offset = end.offset;
                     batch_tx.send(batch).await.map_err(|_| anyhow!("the writer stream is closed"))?;
                 }
                 frame::Kind::Commands(c) => {
@@ -239,16 +244,36 @@ async fn session(
     result
 }
 
-/// State of the command stream: the selected db and an open `MULTI`.
+/// State of the command stream: the selected db, an open `MULTI`, and where the last data
+/// command ended (the resume point stored with checkpoints).
 struct CommandState {
     db: u64,
     in_multi: bool,
     builder: BatchBuilder,
+    data_offset: i64,
+    data_db: u64,
+}
+
+/// Commands of the replication stream that change no data. Pub/Sub messages are not
+/// data: they are not forwarded to the target.
+fn is_non_data(name: &[u8]) -> bool {
+    [&b"PING"[..], b"REPLCONF", b"PUBLISH", b"SPUBLISH"].iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
 impl CommandState {
+    fn new() -> Self {
+        CommandState {
+            db: 0,
+            in_multi: false,
+            builder: BatchBuilder::new(BATCH_BYTES, u32::MAX),
+            data_offset: 0,
+            data_db: 0,
+        }
+    }
+
     /// Adds one frame of commands; returns a batch unless a `MULTI` is still open.
     fn frame(&mut self, data: &Bytes, lens: &[u32], end_offset: i64) -> anyhow::Result<Option<Batch>> {
+        let frame_start = end_offset - data.len() as i64;
         let mut pos = 0usize;
         for &len in lens {
             let end = pos + len as usize;
@@ -256,7 +281,7 @@ impl CommandState {
             pos = end;
             let name =
                 ferry_resp::command_name(cmd).ok_or_else(|| anyhow!("malformed command in the replication stream"))?;
-            if name.eq_ignore_ascii_case(b"PING") || name.eq_ignore_ascii_case(b"REPLCONF") {
+            if is_non_data(name) {
                 continue;
             } else if name.eq_ignore_ascii_case(b"SELECT") {
                 let args = ferry_resp::parse_command(&data.slice(pos - len as usize..pos))?;
@@ -276,12 +301,17 @@ impl CommandState {
                 self.in_multi = false;
             } else {
                 self.builder.push_raw(self.db, cmd, true);
+                self.data_offset = frame_start + pos as i64;
+                self.data_db = self.db;
             }
         }
         if self.in_multi {
             return Ok(None);
         }
-        Ok(Some(self.builder.take(end_offset, false)))
+        let mut batch = self.builder.take(end_offset, false);
+        batch.resume_offset = self.data_offset;
+        batch.resume_db = self.data_db as i64;
+        Ok(Some(batch))
     }
 }
 
@@ -357,7 +387,7 @@ mod tests {
 
     #[test]
     fn multi_exec_stays_in_one_batch_and_ping_is_dropped() {
-        let mut st = CommandState { db: 0, in_multi: false, builder: BatchBuilder::new(1 << 20, u32::MAX) };
+        let mut st = CommandState::new();
         let parts = [cmd(&["PING"]), cmd(&["MULTI"]), cmd(&["INCR", "a"])];
         let data: Bytes = parts.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>().into();
         let lens: Vec<u32> = parts.iter().map(|p| p.len() as u32).collect();
@@ -370,8 +400,28 @@ mod tests {
         assert_eq!(batch.count, 4);
         assert_eq!(batch.commands, 2);
         assert_eq!(batch.offset, 200);
+        // The SET ends the frame: the resume point is the frame's end, in db 2.
+        assert_eq!((batch.resume_offset, batch.resume_db), (200, 2));
         assert_eq!(st.db, 2);
         let next = st.frame(&cmd(&["DEL", "k"]), &[cmd(&["DEL", "k"]).len() as u32], 300).unwrap().unwrap();
         assert!(next.resp.starts_with(&cmd(&["SELECT", "2"])));
+    }
+
+    #[test]
+    fn a_resumed_stream_starts_in_the_checkpoint_db_and_tracks_the_last_data_command() {
+        let mut st = CommandState::new();
+        // As the Start frame of a partial resync sets it.
+        st.db = 5;
+        st.data_offset = 1000;
+        st.data_db = 5;
+        let parts = [cmd(&["RPUSH", "l", "x"]), cmd(&["PUBLISH", "ch", "m"]), cmd(&["PING"])];
+        let data: Bytes = parts.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>().into();
+        let lens: Vec<u32> = parts.iter().map(|p| p.len() as u32).collect();
+        let end = 1000 + data.len() as i64;
+        let batch = st.frame(&data, &lens, end).unwrap().unwrap();
+        assert!(batch.resp.starts_with(&cmd(&["SELECT", "5"])));
+        assert_eq!(batch.commands, 1, "PUBLISH and PING are not forwarded");
+        assert_eq!(batch.offset, end);
+        assert_eq!((batch.resume_offset, batch.resume_db), (1000 + parts[0].len() as i64, 5));
     }
 }

@@ -16,7 +16,6 @@ use ferry_config::Config;
 use ferry_proto::decoder_client::DecoderClient;
 use ferry_proto::{Commands, Frame, Hello, RdbEnd, SyncStart, frame};
 use ferry_resp::replication::{PsyncReply, ReplEvent, ReplicaOptions, handshake};
-use ferry_resp::{Auth, Connection};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -44,12 +43,19 @@ pub async fn run(
         stats.clone(),
         cancel.clone(),
     ));
-    let source = assignment.source_address.clone();
+    // A standalone source is where the coordinator says (a sidecar may be given its own
+    // leader); a sentinel-managed one is resolved at every session, following failovers.
+    let mut source_cfg = cfg.source.clone();
+    if source_cfg.kind == ferry_config::DeploymentType::Standalone && !assignment.source_address.is_empty() {
+        source_cfg.address = assignment.source_address.clone();
+    }
+    let source = source_cfg.describe();
     let decoder = common::grpc_url(&assignment.downstream_address);
     let mut backoff = Backoff::new();
     while !cancel.is_cancelled() {
         let session = Session {
             cfg: &cfg,
+            source_cfg: &source_cfg,
             pipeline_id: &assignment.pipeline_id,
             source: &source,
             decoder: &decoder,
@@ -76,6 +82,7 @@ pub async fn run(
 
 struct Session<'a> {
     cfg: &'a Config,
+    source_cfg: &'a ferry_config::RedisConfig,
     pipeline_id: &'a str,
     source: &'a str,
     decoder: &'a str,
@@ -87,11 +94,10 @@ impl Session<'_> {
     async fn run(&self, cancel: &CancellationToken, backoff: &mut Backoff) -> anyhow::Result<()> {
         let stats = self.stats;
         stats.set_phase("connecting");
-        let auth = Auth {
-            username: Some(self.cfg.source.username.clone()).filter(|u| !u.is_empty()),
-            password: Some(self.cfg.source.password.clone()).filter(|p| !p.is_empty()),
-        };
-        let conn = Connection::connect(self.source, &auth, Duration::from_secs(10)).await.context("source")?;
+        let (addr, conn) = common::connect(self.source_cfg).await.context("source")?;
+        if addr != self.source_cfg.address {
+            info!(source = %self.source, master = %addr, "source master resolved");
+        }
         let mut client = DecoderClient::connect(self.decoder.to_string())
             .await
             .with_context(|| format!("cannot reach the decoder at {}", self.decoder))?;
@@ -111,7 +117,9 @@ impl Session<'_> {
             .map_err(|s| anyhow!("downstream failed: {}", s.message()))?
             .ok_or_else(|| anyhow!("the decoder closed the stream"))?;
         let checkpoint = first.checkpoint.filter(|c| c.present && !c.replid.is_empty());
-        let psync = checkpoint.as_ref().map(|c| (c.replid.as_str(), c.offset + 1));
+        // Resume after the last data command: what followed it changed nothing, and a promoted
+        // replica may never have received it.
+        let psync = checkpoint.as_ref().map(|c| (c.replid.as_str(), c.resume_offset + 1));
         let (mut repl, mut acker, reply) =
             handshake(conn, psync, &opts).await.context("source replication handshake")?;
         let (replid, start, full) = match &reply {
@@ -137,14 +145,16 @@ impl Session<'_> {
         } else {
             stats.partial_resyncs.fetch_add(1, Relaxed);
             stats.applied_offset.store(start, Relaxed);
+            stats.rdb_applied.store(true, Relaxed);
             info!(source = %self.source, replid = %replid, offset = start, "partial resynchronization from the target's checkpoint");
         }
         stats.source_offset.store(start, Relaxed);
         stats.rdb_bytes.store(0, Relaxed);
         stats.rdb_size.store(0, Relaxed);
         stats.set_phase(if full { "full_sync" } else { "incremental" });
+        let db = if full { 0 } else { checkpoint.as_ref().map(|c| c.resume_db).unwrap_or(0) };
         let start_frame =
-            SyncStart { pipeline_id: self.pipeline_id.to_string(), replid: replid.clone(), offset: start, full };
+            SyncStart { pipeline_id: self.pipeline_id.to_string(), replid: replid.clone(), offset: start, full, db };
         tx.send(Frame { kind: Some(frame::Kind::Start(start_frame)) })
             .await
             .map_err(|_| anyhow!("the decoder stream is closed"))?;
@@ -171,11 +181,16 @@ impl Session<'_> {
                 }
             })
         };
+        // A sentinel-managed source: move to the new master after a failover (PSYNC from the
+        // checkpoint continues on the old replication id, which the new master keeps as replid2).
+        let moved = common::master_moved(self.source_cfg, &addr);
+        tokio::pin!(moved);
         let result = async {
             let mut rdb_bytes = 0u64;
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
+                    e = &mut moved => return Err(e.context("source")),
                     ack = acks.message() => match ack {
                         Ok(Some(ack)) => {
                             stats.applied_offset.store(ack.applied_offset, Relaxed);

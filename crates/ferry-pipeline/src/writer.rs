@@ -12,7 +12,6 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use bytes::{Bytes, BytesMut};
@@ -20,7 +19,7 @@ use ferry_config::Config;
 use ferry_proto::writer_server::{Writer, WriterServer};
 use ferry_proto::{Ack, Batch, Checkpoint};
 use ferry_resp::conn::printable;
-use ferry_resp::{Auth, Connection, Reply, encode_command_into};
+use ferry_resp::{Connection, Reply, encode_command_into};
 use futures::Stream;
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -132,9 +131,19 @@ async fn read_checkpoint(conn: &mut Connection, pipeline_id: &str) -> anyhow::Re
     let reply = conn.call(&["GET", &checkpoint_key(pipeline_id)]).await.context("target")?;
     let Some(v) = reply.as_bytes() else { return Ok(Checkpoint::default()) };
     let text = String::from_utf8_lossy(v);
-    let parsed = text.split_once(' ').and_then(|(id, off)| off.parse::<i64>().ok().map(|o| (id.to_string(), o)));
+    // "<replid> <offset> <resume_offset> <resume_db>"
+    let parts: Vec<&str> = text.split(' ').collect();
+    let num = |i: usize| parts.get(i).and_then(|p| p.parse::<i64>().ok());
+    let parsed = match (parts.first(), num(1), num(2), num(3)) {
+        (Some(id), Some(offset), Some(resume_offset), Some(resume_db)) => {
+            Some((id.to_string(), offset, resume_offset, resume_db))
+        }
+        _ => None,
+    };
     match parsed {
-        Some((replid, offset)) => Ok(Checkpoint { present: true, replid, offset }),
+        Some((replid, offset, resume_offset, resume_db)) => {
+            Ok(Checkpoint { present: true, replid, offset, resume_offset, resume_db })
+        }
         None => {
             warn!(key = %checkpoint_key(pipeline_id), "ignoring a malformed checkpoint on the target");
             Ok(Checkpoint::default())
@@ -149,11 +158,8 @@ async fn session(
     ack_tx: mpsc::Sender<Result<Ack, Status>>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let auth = Auth {
-        username: Some(cfg.target.username.clone()).filter(|u| !u.is_empty()),
-        password: Some(cfg.target.password.clone()).filter(|p| !p.is_empty()),
-    };
-    let mut conn = Connection::connect(&cfg.target.address, &auth, Duration::from_secs(10)).await.context("target")?;
+    let (target_addr, mut conn) = common::connect(&cfg.target).await.context("target")?;
+    info!(target = %cfg.target.describe(), master = %target_addr, "connected to the target");
     // The session opens with a hello: answer with the checkpoint the target holds.
     let hello = match batches.message().await.map_err(|s| anyhow!("decoder stream: {}", s.message()))? {
         Some(b) if b.hello => b,
@@ -207,7 +213,7 @@ async fn session(
                 let mut head = BytesMut::new();
                 encode_command_into(&mut head, &[&b"MULTI"[..]]);
                 let mut tail = BytesMut::new();
-                let value = format!("{replid} {}", b.offset);
+                let value = format!("{replid} {} {} {}", b.offset, b.resume_offset, b.resume_db);
                 encode_command_into(&mut tail, &[&b"SELECT"[..], b"0"]);
                 encode_command_into(&mut tail, &[&b"SET"[..], &ckpt_key, value.as_bytes()]);
                 encode_command_into(&mut tail, &[&b"EXEC"[..]]);
@@ -278,7 +284,10 @@ async fn session(
         }
         Ok::<(), anyhow::Error>(())
     };
-    tokio::pin!(sender, receiver);
+    // A sentinel-managed target: end the session when the master moved, so the next one
+    // resumes from the new master's checkpoint.
+    let moved = common::master_moved(&cfg.target, &target_addr);
+    tokio::pin!(sender, receiver, moved);
     // The receiver ends when the sender ends (channel closed) and every reply is in.
     let mut sender_done = false;
     loop {
@@ -288,6 +297,7 @@ async fn session(
                 sender_done = true;
             }
             r = &mut receiver => return r,
+            e = &mut moved => return Err(e.context("target")),
             _ = cancel.cancelled() => return Ok(()),
         }
     }

@@ -9,11 +9,13 @@
 //! - [`replication`]: the replica side of `PSYNC`: handshake, RDB transfer
 //!   (disk `$<len>` and diskless `$EOF:<mark>`), then the command stream framed
 //!   into whole commands with their end offsets.
+//! - [`sentinel`]: resolving a master through Sentinel.
 
 pub mod conn;
 pub mod encode;
 pub mod frame;
 pub mod replication;
+pub mod sentinel;
 
 pub use conn::{Auth, Connection, RespError};
 pub use encode::{encode_command, encode_command_into};

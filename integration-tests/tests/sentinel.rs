@@ -1,0 +1,178 @@
+//! Sentinel-managed sources and targets, followed through failovers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ferry_resp::{Auth, Connection, Reply};
+use integration_tests::*;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// INCR/RPUSH witnesses against whatever the sentinels say the master is; a write that
+/// fails during a failover is retried, so every acknowledged write happened once.
+fn witnesses(group_sentinels: Vec<String>, name: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        rt().block_on(async {
+            let mut n = 0u64;
+            let mut conn: Option<Connection> = None;
+            while !stop.load(Ordering::SeqCst) {
+                if conn.is_none() {
+                    let addr = ferry_resp::sentinel::resolve_master(
+                        &group_sentinels,
+                        &name,
+                        &Auth::default(),
+                        Duration::from_secs(1),
+                    )
+                    .await;
+                    if let Ok(addr) = addr {
+                        conn = Connection::connect(&addr, &Auth::default(), Duration::from_secs(1)).await.ok();
+                    }
+                    if conn.is_none() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
+                let c = conn.as_mut().unwrap();
+                // One MULTI per witness write so a failure leaves no half of it applied.
+                let key = format!("witness:{}", n % 7);
+                let ok = async {
+                    c.call(&["MULTI"]).await?;
+                    c.call(&["INCR", &format!("{key}:count")]).await?;
+                    c.call(&["RPUSH", &format!("{key}:list"), &n.to_string()]).await?;
+                    match c.call(&["EXEC"]).await? {
+                        Reply::Array(Some(r)) if r.iter().all(|x| x.first_error().is_none()) => anyhow::Ok(true),
+                        _ => anyhow::Ok(false),
+                    }
+                }
+                .await;
+                match ok {
+                    Ok(true) => n += 1,
+                    _ => {
+                        // READONLY or a dropped connection: the write did not happen; find the master again.
+                        conn = None;
+                    }
+                }
+                if n.is_multiple_of(20) {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            n
+        })
+    })
+}
+
+fn start_ferry(source: &str, target: &str) -> Ferry {
+    let (cfg, status) = config_with_ports(&format!("[source]\n{source}\n[target]\n{target}\n"));
+    Ferry::start(&cfg, &status)
+}
+
+fn master_offset(addr: &str) -> i64 {
+    rt().block_on(async {
+        let mut c = Connection::connect(addr, &Auth::default(), Duration::from_secs(2)).await.unwrap();
+        let info = c.call(&["INFO", "replication"]).await.unwrap();
+        ferry_resp::replication::info_field(&info, "master_repl_offset").unwrap().parse().unwrap()
+    })
+}
+
+fn compare_addrs(a: &str, b: &str, ferry: &Ferry) {
+    rt().block_on(async {
+        let mut x = Connection::connect(a, &Auth::default(), Duration::from_secs(2)).await.unwrap();
+        let mut y = Connection::connect(b, &Auth::default(), Duration::from_secs(2)).await.unwrap();
+        compare(&mut x, &mut y, 2000).await.unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
+    });
+}
+
+#[test]
+fn sentinel_target_followed_through_failover_exactly_once() {
+    let src = RedisServer::start(&["--repl-backlog-size", "64mb"]);
+    let group = SentinelGroup::start(2, 3);
+    rt().block_on(async {
+        let mut c = src.connect().await.unwrap();
+        populate(&mut c).await.unwrap();
+    });
+    let ferry = start_ferry(&format!("address = \"{}\"", src.addr()), &group.toml());
+    ferry.wait_caught_up(rt().block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
+    // Witnesses on the (standalone) source while the target fails over.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let addr = src.addr();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            rt().block_on(async {
+                let mut c = Connection::connect(&addr, &Auth::default(), Duration::from_secs(2)).await.unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    c.call(&["INCR", &format!("witness:{}:count", n % 7)]).await.unwrap();
+                    c.call(&["RPUSH", &format!("witness:{}:list", n % 7), &n.to_string()]).await.unwrap();
+                    n += 1;
+                    if n.is_multiple_of(20) {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+                n
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let new_master = group.failover();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::SeqCst);
+    let n = writer.join().unwrap();
+    assert!(n > 100);
+    let p = ferry.wait_caught_up(rt().block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
+    assert!(p["error"].is_null(), "{p:#}");
+    assert_eq!(group.master_addr(), new_master);
+    compare_addrs(&src.addr(), &new_master, &ferry);
+}
+
+#[test]
+fn sentinel_source_failover_continues_without_a_full_copy() {
+    let group = SentinelGroup::start(2, 3);
+    let tgt = RedisServer::start(&[]);
+    let master = group.master();
+    rt().block_on(async {
+        let mut c = master.connect().await.unwrap();
+        populate(&mut c).await.unwrap();
+    });
+    let ferry = start_ferry(&group.toml(), &format!("address = \"{}\"", tgt.addr()));
+    ferry.wait_caught_up(master_offset(&group.master_addr()), Duration::from_secs(60));
+
+    // 1. Writes, then a failover once the replicas have everything (as CLUSTER FAILOVER or
+    //    a planned switch-over does): ferry continues on the new master with PSYNC.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = witnesses(group.sentinel_addrs(), group.name.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    assert!(writer.join().unwrap() > 50);
+    rt().block_on(async {
+        let mut c = master.connect().await.unwrap();
+        c.call(&["WAIT", "2", "5000"]).await.unwrap();
+    });
+    let new_master = group.failover();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = witnesses(group.sentinel_addrs(), group.name.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let p = ferry.wait_caught_up(master_offset(&new_master), Duration::from_secs(60));
+    assert_eq!(p["full_syncs"], 1, "the source failover caused a full copy: {p:#}\n{}\n{}", ferry.logs(), group.logs());
+    assert!(p["partial_resyncs"].as_u64().unwrap() >= 1, "{p:#}");
+    compare_addrs(&new_master, &tgt.addr(), &ferry);
+
+    // 2. A failover under write load: the old master accepts writes until Sentinel demotes it,
+    //    and Redis itself drops them; ferry follows the new master (with a full copy when its
+    //    checkpoint is past what the new master has) and ends equal to it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = witnesses(group.sentinel_addrs(), group.name.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let newer = group.failover();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let p = ferry.wait_caught_up(master_offset(&newer), Duration::from_secs(60));
+    assert!(p["error"].is_null(), "{p:#}");
+    compare_addrs(&newer, &tgt.addr(), &ferry);
+}
