@@ -410,9 +410,16 @@ fn strip_volatile(r: Reply) -> Reply {
 }
 
 /// Every key of every db (skipping ferry's own keys): db → key → (value, expire time ms).
-pub async fn snapshot(c: &mut Connection) -> anyhow::Result<BTreeMap<u32, BTreeMap<Bytes, (String, i64)>>> {
+pub type Snapshot = BTreeMap<u32, BTreeMap<Bytes, (String, i64)>>;
+
+pub async fn snapshot(c: &mut Connection) -> anyhow::Result<Snapshot> {
+    snapshot_dbs(c, 0..16).await
+}
+
+/// Like [`snapshot`] for some dbs only (a cluster node has only db 0).
+pub async fn snapshot_dbs(c: &mut Connection, dbs: std::ops::Range<u32>) -> anyhow::Result<Snapshot> {
     let mut out = BTreeMap::new();
-    for db in 0..16u32 {
+    for db in dbs {
         let dbs = db.to_string();
         c.call(&[&b"SELECT"[..], dbs.as_bytes()]).await?;
         let mut cursor = b"0".to_vec();
@@ -457,6 +464,11 @@ fn describe_diff(x: &(String, i64), y: &(String, i64)) -> String {
 pub async fn compare(a: &mut Connection, b: &mut Connection, ttl_tolerance_ms: i64) -> anyhow::Result<usize> {
     let sa = snapshot(a).await?;
     let sb = snapshot(b).await?;
+    compare_snapshots(&sa, &sb, ttl_tolerance_ms)
+}
+
+/// Compares two snapshots key by key; an error lists the first differences.
+pub fn compare_snapshots(sa: &Snapshot, sb: &Snapshot, ttl_tolerance_ms: i64) -> anyhow::Result<usize> {
     let mut diffs = Vec::new();
     let mut total = 0;
     let dbs: std::collections::BTreeSet<u32> = sa.keys().chain(sb.keys()).copied().collect();
@@ -493,6 +505,11 @@ pub async fn compare(a: &mut Connection, b: &mut Connection, ttl_tolerance_ms: i
 /// Fills a server with every type in small and large encodings, TTLs, several dbs and a
 /// function library. Returns the number of keys written.
 pub async fn populate(c: &mut Connection) -> anyhow::Result<usize> {
+    populate_with(c, true).await
+}
+
+/// [`populate`], with keys in dbs 1, 7 and 15 or not (a cluster target has only db 0).
+pub async fn populate_with(c: &mut Connection, other_dbs: bool) -> anyhow::Result<usize> {
     let mut n = 0;
     let mut run = async |args: Vec<Vec<u8>>| -> anyhow::Result<()> {
         let refs: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
@@ -600,7 +617,7 @@ pub async fn populate(c: &mut Connection) -> anyhow::Result<usize> {
     run(vec![s("RPUSH"), s("ttl:list"), s("a"), s("b")]).await?;
     run(vec![s("PEXPIRE"), s("ttl:list"), s("5000000")]).await?;
     n += 3;
-    for db in ["1", "7", "15"] {
+    for db in if other_dbs { &["1", "7", "15"][..] } else { &[][..] } {
         run(vec![s("SELECT"), s(db)]).await?;
         run(vec![s("SET"), s("str:ascii"), format!("db {db}").into_bytes()]).await?;
         run(vec![s("HSET"), format!("h{db}").into_bytes(), s("a"), s("b")]).await?;
@@ -797,6 +814,142 @@ impl SentinelGroup {
                 }
             }
             assert!(Instant::now() < deadline, "no failover happened");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A Redis Cluster of `masters` masters with `replicas` replicas each, on loopback.
+pub struct Cluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl Cluster {
+    pub fn start(masters: usize, replicas: usize) -> Cluster {
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
+            .map(|_| {
+                RedisServer::start(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--repl-backlog-size",
+                    "64mb",
+                ])
+            })
+            .collect();
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(nodes.iter().map(|n| n.addr()));
+        args.extend(["--cluster-replicas".into(), replicas.to_string(), "--cluster-yes".into()]);
+        let out = Command::new("redis-cli").args(&args).output().expect("run redis-cli --cluster create");
+        assert!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        let c = Cluster { nodes };
+        c.wait_ok(masters);
+        c
+    }
+
+    pub fn seed(&self) -> String {
+        self.nodes[0].addr()
+    }
+
+    /// TOML lines for a `[target]` of type cluster.
+    pub fn toml(&self) -> String {
+        format!("type = \"cluster\"\naddress = \"{}\"\n", self.seed())
+    }
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
+    /// The slot map as the first node that answers sees it.
+    pub fn slot_map(&self) -> Option<ferry_resp::cluster::SlotMap> {
+        Self::block_on(async {
+            for n in &self.nodes {
+                if let Ok(mut c) = n.connect().await
+                    && let Ok(r) = c.call(&["CLUSTER", "SLOTS"]).await
+                {
+                    return ferry_resp::cluster::SlotMap::from_cluster_slots(&r);
+                }
+            }
+            None
+        })
+    }
+
+    fn wait_ok(&self, masters: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = Self::block_on(async {
+                for n in &self.nodes {
+                    let mut c = n.connect().await.ok()?;
+                    let info = c.call(&["CLUSTER", "INFO"]).await.ok()?;
+                    if ferry_resp::replication::info_field(&info, "cluster_state") != Some("ok") {
+                        return None;
+                    }
+                    let map =
+                        ferry_resp::cluster::SlotMap::from_cluster_slots(&c.call(&["CLUSTER", "SLOTS"]).await.ok()?)?;
+                    if !map.complete() || map.masters.len() != masters {
+                        return None;
+                    }
+                }
+                Some(())
+            });
+            if ok.is_some() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every key of the cluster (db 0), read from the master that serves it.
+    pub fn snapshot(&self) -> Snapshot {
+        let map = self.slot_map().expect("slot map");
+        Self::block_on(async {
+            let mut all: BTreeMap<Bytes, (String, i64)> = BTreeMap::new();
+            for m in &map.masters {
+                let mut c = Connection::connect(m, &Auth::default(), Duration::from_secs(5)).await.unwrap();
+                let s = snapshot_dbs(&mut c, 0..1).await.unwrap();
+                if let Some(keys) = s.get(&0) {
+                    all.extend(keys.clone());
+                }
+            }
+            let mut out = BTreeMap::new();
+            if !all.is_empty() {
+                out.insert(0, all);
+            }
+            out
+        })
+    }
+
+    /// `CLUSTER FAILOVER` on a replica of the master serving `slot`; waits until it serves it.
+    pub fn failover_slot(&self, slot: u16) -> String {
+        let map = self.slot_map().unwrap();
+        let old = map.masters[map.node_of(slot).unwrap()].clone();
+        let replica = Self::block_on(async {
+            for n in &self.nodes {
+                let mut c = n.connect().await.ok()?;
+                let info = c.call(&["INFO", "replication"]).await.ok()?;
+                let port = ferry_resp::replication::info_field(&info, "master_port").map(str::to_string);
+                if ferry_resp::replication::info_field(&info, "role") == Some("slave")
+                    && old.ends_with(&format!(":{}", port?))
+                {
+                    c.call(&["CLUSTER", "FAILOVER"]).await.ok()?;
+                    return Some(n.addr());
+                }
+            }
+            None
+        })
+        .expect("a replica of the master");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(m) = self.slot_map()
+                && m.node_of(slot).map(|i| m.masters[i].clone()) == Some(replica.clone())
+            {
+                return replica;
+            }
+            assert!(Instant::now() < deadline, "CLUSTER FAILOVER did not complete");
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -1,12 +1,30 @@
-//! `cargo xtask bench`: ferry against Redis's own replication, measured in one run on
-//! the same machine, reported as ratios (the machines are shared and noisy: absolute
-//! numbers mean little, ratios against a baseline of the same run mean more).
+//! `cargo xtask bench`: ferry against Redis's own tools, measured in one run on the same
+//! machine, reported as ratios where a baseline exists (the machines are shared and noisy:
+//! absolute numbers mean little, ratios against a baseline of the same run mean more).
+//!
+//! Phases, each bounded in time:
+//! 1. fill a source `redis-server` with a deterministic data set;
+//! 2. baselines for the full copy: a native replica's full sync, and `redis-cli --pipe`
+//!    loading the same data set (written as RESP to a file) into an empty server;
+//! 3. ferry's full copy into a new target (start to `incremental` with lag 0); ferry and
+//!    the target then stay up for the next phases;
+//! 4. incremental at a sustained rate: `redis-benchmark` writes on the source while
+//!    `/status` is sampled every 100 ms (max lag, catch-up time, applied bytes/s);
+//! 5. end-to-end lag at a fixed moderate rate: probe keys holding their write time are
+//!    written on the source and polled on the target.
+//!
+//! Environment: `FERRY_BENCH_RATE` (writes/s of phase 5, default 20000),
+//! `FERRY_BENCH_REQUESTS` (`-n` of redis-benchmark per command, default 500000, 50000
+//! with --quick), `FERRY_BENCH_LAG_SECS` (length of phase 5, default 5, 2 with --quick).
 
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ferry_resp::Connection;
+use ferry_resp::{Connection, Reply};
 use integration_tests::{RedisServer, config_with_ports, http_get};
 use serde_json::json;
 
@@ -14,24 +32,54 @@ use serde_json::json;
 pub struct BenchOpts {
     pub keys: u64,
     pub value_size: usize,
+    /// Short phases (CI).
+    pub quick: bool,
 }
 
-/// Fills `c` with `keys` keys, deterministically: 70 % strings of `value_size` bytes,
-/// 10 % hashes, 10 % lists, 5 % sets, 5 % sorted sets (10 small elements each).
-pub async fn fill(c: &mut Connection, keys: u64, value_size: usize) -> anyhow::Result<()> {
-    let mut buf = bytes::BytesMut::with_capacity(4 << 20);
-    let mut pending = 0u64;
-    let value: Vec<u8> = (0..value_size).map(|i| b'a' + (i % 26) as u8).collect();
-    for i in 0..keys {
-        let key = format!("bench:{i:010}");
-        let kind = i % 20;
-        let mut args: Vec<Vec<u8>> = match kind {
-            0..=13 => vec![b"SET".to_vec(), key.into_bytes(), value.clone()],
+/// Knobs read from the environment (no CLI flag for them).
+struct EnvOpts {
+    quick: bool,
+    rate: u64,
+    requests: u64,
+    lag_secs: f64,
+}
+
+impl EnvOpts {
+    fn read(opts: &BenchOpts) -> anyhow::Result<EnvOpts> {
+        let quick = opts.quick;
+        let num = |name: &str, default: f64| -> anyhow::Result<f64> {
+            match std::env::var(name) {
+                Ok(v) => match v.trim().parse::<f64>() {
+                    Ok(n) if n > 0.0 && n.is_finite() => Ok(n),
+                    _ => bail!("{name}={v:?}: expected a positive number"),
+                },
+                Err(_) => Ok(default),
+            }
+        };
+        Ok(EnvOpts {
+            quick,
+            rate: num("FERRY_BENCH_RATE", 20_000.0)? as u64,
+            requests: num("FERRY_BENCH_REQUESTS", if quick { 50_000.0 } else { 500_000.0 })? as u64,
+            lag_secs: num("FERRY_BENCH_LAG_SECS", if quick { 2.0 } else { 5.0 })?,
+        })
+    }
+}
+
+/// Appends the command that creates key number `i` of the data set to `buf`.
+/// 70 % strings of `value.len()` bytes, 10 % hashes, 10 % lists, 5 % sets, 5 % sorted
+/// sets (10 small elements each), and a TTL on every 1000th key.
+fn encode_key(buf: &mut bytes::BytesMut, i: u64, value: &[u8]) {
+    let key = format!("bench:{i:010}");
+    let args: Vec<Vec<u8>> = if i.is_multiple_of(1000) {
+        vec![b"SET".to_vec(), key.into_bytes(), value.to_vec(), b"EX".to_vec(), b"86400".to_vec()]
+    } else {
+        match i % 20 {
+            0..=13 => vec![b"SET".to_vec(), key.into_bytes(), value.to_vec()],
             14 | 15 => {
                 let mut a = vec![b"HSET".to_vec(), key.into_bytes()];
                 for f in 0..10 {
                     a.push(format!("field{f}").into_bytes());
-                    a.push(value[..value_size.min(32)].to_vec());
+                    a.push(value[..value.len().min(32)].to_vec());
                 }
                 a
             }
@@ -53,18 +101,22 @@ pub async fn fill(c: &mut Connection, keys: u64, value_size: usize) -> anyhow::R
                 }
                 a
             }
-        };
-        if i % 1000 == 0 {
-            // Some TTLs too.
-            args = vec![
-                b"SET".to_vec(),
-                format!("bench:{i:010}").into_bytes(),
-                value.clone(),
-                b"EX".to_vec(),
-                b"86400".to_vec(),
-            ];
         }
-        ferry_resp::encode_command_into(&mut buf, &args);
+    };
+    ferry_resp::encode_command_into(buf, &args);
+}
+
+fn string_value(value_size: usize) -> Vec<u8> {
+    (0..value_size).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// Fills `c` with `keys` keys, deterministically (see [`encode_key`]).
+pub async fn fill(c: &mut Connection, keys: u64, value_size: usize) -> anyhow::Result<()> {
+    let mut buf = bytes::BytesMut::with_capacity(4 << 20);
+    let mut pending = 0u64;
+    let value = string_value(value_size);
+    for i in 0..keys {
+        encode_key(&mut buf, i, &value);
         pending += 1;
         if pending == 2000 {
             flush(c, &mut buf, pending).await?;
@@ -74,11 +126,32 @@ pub async fn fill(c: &mut Connection, keys: u64, value_size: usize) -> anyhow::R
     flush(c, &mut buf, pending).await
 }
 
+/// Writes the same data set as [`fill`] as RESP to `path`; returns its size in bytes.
+fn write_resp_file(path: &Path, keys: u64, value_size: usize) -> anyhow::Result<u64> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let mut buf = bytes::BytesMut::with_capacity(8 << 20);
+    let value = string_value(value_size);
+    let mut total = 0u64;
+    for i in 0..keys {
+        encode_key(&mut buf, i, &value);
+        if buf.len() >= 4 << 20 {
+            f.write_all(&buf)?;
+            total += buf.len() as u64;
+            buf.clear();
+        }
+    }
+    f.write_all(&buf)?;
+    total += buf.len() as u64;
+    f.flush()?;
+    Ok(total)
+}
+
 async fn flush(c: &mut Connection, buf: &mut bytes::BytesMut, n: u64) -> anyhow::Result<()> {
     c.send_raw(buf).await?;
     buf.clear();
     for _ in 0..n {
-        if let ferry_resp::Reply::Error(e) = c.read_reply().await? {
+        if let Reply::Error(e) = c.read_reply().await? {
             bail!("fill: {}", String::from_utf8_lossy(&e));
         }
     }
@@ -88,6 +161,13 @@ async fn flush(c: &mut Connection, buf: &mut bytes::BytesMut, n: u64) -> anyhow:
 async fn info(c: &mut Connection, field: &str) -> anyhow::Result<String> {
     let r = c.call(&["INFO", "all"]).await?;
     Ok(ferry_resp::replication::info_field(&r, field).unwrap_or("").to_string())
+}
+
+async fn dbsize(c: &mut Connection) -> anyhow::Result<i64> {
+    match c.call(&["DBSIZE"]).await? {
+        Reply::Integer(n) => Ok(n),
+        r => bail!("DBSIZE answered {r:?}"),
+    }
 }
 
 /// A native replica's full sync of `src`: seconds until it is online and caught up.
@@ -109,7 +189,39 @@ async fn native_replica(src: &RedisServer) -> anyhow::Result<f64> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(t0.elapsed().as_secs_f64())
+    let secs = t0.elapsed().as_secs_f64();
+    // Detach it: the source then has ferry as its only replica.
+    c.call(&["REPLICAOF", "NO", "ONE"]).await?;
+    Ok(secs)
+}
+
+/// `redis-cli --pipe < file` into an empty server: seconds until every reply is back.
+fn redis_cli_pipe(rt: &tokio::runtime::Runtime, file: &Path, keys: u64) -> anyhow::Result<(f64, serde_json::Value)> {
+    let srv = RedisServer::start(&[]);
+    let input = std::fs::File::open(file)?;
+    let t0 = Instant::now();
+    let out = Command::new("redis-cli")
+        .args(["-p", &srv.port.to_string(), "--pipe"])
+        .stdin(input)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run redis-cli (it comes with redis-server: apt-get install -y redis-server)")?;
+    let secs = t0.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        bail!("redis-cli --pipe failed ({}): {}", out.status, text.trim());
+    }
+    // "errors: 0, replies: 1000000"
+    let field = |name: &str| -> Option<u64> {
+        let rest = &text[text.find(name)? + name.len()..];
+        rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    let (errors, replies) = (field("errors:"), field("replies:"));
+    let loaded = rt.block_on(async { dbsize(&mut srv.connect().await?).await })?;
+    if errors != Some(0) || loaded != keys as i64 {
+        eprintln!("warning: redis-cli --pipe: errors {errors:?}, {loaded} keys loaded of {keys}");
+    }
+    Ok((secs, json!({"errors": errors, "replies": replies, "keys_loaded": loaded})))
 }
 
 /// Peak RSS (VmHWM) of a process, in KiB.
@@ -121,31 +233,55 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The four ferry processes and their target, kept up across the phases.
+struct Ferry {
+    // Declared first: dropped (stopped) before the target is killed.
+    procs: crate::Processes,
+    tgt: RedisServer,
+    status: String,
+}
+
+impl Ferry {
+    /// Pipeline 0 of `/status`, or None when the coordinator does not answer (yet); an
+    /// error when a process exited or the pipeline failed.
+    fn pipeline(&mut self) -> anyhow::Result<Option<serde_json::Value>> {
+        if let Some((name, st)) = self.procs.exited() {
+            bail!("{name} exited ({st}) during the bench; see its log in the run directory");
+        }
+        let Ok(body) = http_get(&self.status, "/status") else { return Ok(None) };
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        let p = v["pipelines"][0].clone();
+        if p["phase"] == "failed" {
+            bail!("ferry failed: {}", p["error"]);
+        }
+        Ok(Some(p))
+    }
+
+    fn peak_rss_mib(&self) -> serde_json::Value {
+        self.procs.children.iter().map(|(n, c)| (n.clone(), json!(peak_rss_kib(c.id()) / 1024))).collect()
+    }
+}
+
 /// ferry's full copy of `src` into a new target: seconds until incremental with lag 0.
-fn ferry_full_copy(bins: &Path, src: &RedisServer, dir: &Path) -> anyhow::Result<(f64, serde_json::Value)> {
+/// Ferry keeps running afterwards.
+fn ferry_full_copy(bins: &Path, src: &RedisServer, dir: &Path) -> anyhow::Result<(Ferry, f64, serde_json::Value)> {
     let tgt = RedisServer::start(&[]);
     let (text, status) =
         config_with_ports(&format!("[source]\naddress = \"{}\"\n[target]\naddress = \"{}\"\n", src.addr(), tgt.addr()));
     let config = dir.join("bench-ferry.toml");
     std::fs::write(&config, text)?;
     let t0 = Instant::now();
-    let mut procs = crate::Processes::start(bins, &config, dir)?;
+    let procs = crate::Processes::start(bins, &config, dir)?;
+    let mut ferry = Ferry { procs, tgt, status };
     let mut last = serde_json::Value::Null;
     loop {
-        if let Some((name, st)) = procs.exited() {
-            bail!("{name} exited ({st}) during the bench");
-        }
-        if let Ok(body) = http_get(&status, "/status") {
-            let v: serde_json::Value = serde_json::from_str(&body)?;
-            let p = v["pipelines"][0].clone();
-            if p["phase"] == "incremental" && p["lag_bytes"] == 0 && p["keys_applied"].as_u64().unwrap_or(0) > 0 {
-                last = p;
+        if let Some(p) = ferry.pipeline()? {
+            let done =
+                p["phase"] == "incremental" && p["lag_bytes"] == 0 && p["keys_applied"].as_u64().unwrap_or(0) > 0;
+            last = p;
+            if done {
                 break;
             }
-            if p["phase"] == "failed" {
-                bail!("ferry failed: {}", p["error"]);
-            }
-            last = p;
         }
         if t0.elapsed() > Duration::from_secs(1800) {
             bail!("ferry did not finish: {last}");
@@ -153,14 +289,350 @@ fn ferry_full_copy(bins: &Path, src: &RedisServer, dir: &Path) -> anyhow::Result
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = t0.elapsed().as_secs_f64();
-    let rss: serde_json::Map<String, serde_json::Value> =
-        procs.children.iter().map(|(n, c)| (n.clone(), json!(peak_rss_kib(c.id()) / 1024))).collect();
-    procs.stop();
-    Ok((secs, json!({"status": last, "peak_rss_mib": rss})))
+    let details = json!({"status": last, "peak_rss_mib": ferry.peak_rss_mib()});
+    Ok((ferry, secs, details))
+}
+
+fn as_i64(v: &serde_json::Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+/// "SET: 123456.79 requests per second, p50=0.151 msec" lines of `redis-benchmark -q`
+/// (progress lines, separated by `\r`, say "rps=" instead).
+fn parse_benchmark(out: &str) -> serde_json::Map<String, serde_json::Value> {
+    out.split(['\r', '\n'])
+        .filter(|l| l.contains("requests per second"))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let rps: f64 = rest.split_whitespace().next()?.parse().ok()?;
+            Some((name.trim().to_string(), json!(rps)))
+        })
+        .collect()
+}
+
+/// Phase 4: redis-benchmark writes on the source at full speed while ferry follows.
+fn incremental(
+    rt: &tokio::runtime::Runtime,
+    src: &RedisServer,
+    ferry: &mut Ferry,
+    env: &EnvOpts,
+) -> anyhow::Result<serde_json::Value> {
+    const TESTS: &str = "set,incr,lpush,hset";
+    const SUSTAINED_PROBE_RATE: u64 = 1000;
+    let bench_limit = Duration::from_secs(if env.quick { 60 } else { 300 });
+    let catch_up_limit = Duration::from_secs(if env.quick { 30 } else { 120 });
+    let sample_every = Duration::from_millis(100);
+
+    let off0 = rt.block_on(src.repl_offset())?;
+    let st0 = ferry.pipeline()?.context("no /status before the incremental phase")?;
+    let args = [
+        "-p".to_string(),
+        src.port.to_string(),
+        "-t".into(),
+        TESTS.into(),
+        "-n".into(),
+        env.requests.to_string(),
+        "-P".into(),
+        "16".into(),
+        "-c".into(),
+        "4".into(),
+        "-r".into(),
+        "100000".into(),
+        "-q".into(),
+    ];
+    let command_line = format!("redis-benchmark {}", args.join(" "));
+    let t0 = Instant::now();
+    let mut child = Command::new("redis-benchmark")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run redis-benchmark (it comes with redis-server: apt-get install -y redis-server)")?;
+    // Probes at a low rate while it runs: the real lag in time, which /status cannot
+    // show finely (each stage reports its offsets every 500 ms).
+    let stop_probes = Arc::new(AtomicBool::new(false));
+    let probes = rt.spawn(probe_lag(
+        src.addr(),
+        ferry.tgt.addr(),
+        "bench:sustained:probe:",
+        SUSTAINED_PROBE_RATE,
+        bench_limit.as_secs_f64(),
+        stop_probes.clone(),
+        catch_up_limit,
+    ));
+    // Read its output on threads so a full pipe never blocks it.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+
+    // (seconds since t0, source_offset, applied_offset, lag_bytes) of each /status sample.
+    let mut samples: Vec<(f64, i64, i64, i64)> = Vec::new();
+    let sample = |ferry: &mut Ferry, samples: &mut Vec<(f64, i64, i64, i64)>| -> anyhow::Result<()> {
+        if let Some(p) = ferry.pipeline()? {
+            samples.push((
+                t0.elapsed().as_secs_f64(),
+                as_i64(&p["source_offset"]),
+                as_i64(&p["applied_offset"]),
+                as_i64(&p["lag_bytes"]),
+            ));
+        }
+        Ok(())
+    };
+    let mut next = t0;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if t0.elapsed() > bench_limit {
+            eprintln!("redis-benchmark still running after {bench_limit:?}: stopping it");
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        if let Err(e) = sample(ferry, &mut samples) {
+            stop_probes.store(true, Ordering::Release);
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        next += sample_every;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    };
+    let bench_secs = t0.elapsed().as_secs_f64();
+    let bench_end = Instant::now();
+    stop_probes.store(true, Ordering::Release);
+    let out = out_thread.join().unwrap_or_default();
+    let err = err_thread.join().unwrap_or_default();
+    if !status.success() {
+        bail!("{command_line} failed ({status}): {}", err.trim());
+    }
+    let rps = parse_benchmark(&out);
+    let off1 = rt.block_on(src.repl_offset())?;
+
+    // Catch-up, measured two ways: a marker key written on the source after the benchmark
+    // is polled on the target (exact: ferry applies in source order), and /status sampled
+    // until applied_offset reaches the source's offset at the end of the benchmark
+    // (as coarse as the stages' reports to the coordinator: every 500 ms).
+    let token = format!("{}", std::process::id() as u128 * 1_000_000 + t0.elapsed().as_micros());
+    let (mut s, mut t) = rt.block_on(async { anyhow::Ok((src.connect().await?, ferry.tgt.connect().await?)) })?;
+    rt.block_on(s.call(&["SET", "bench:catchup:marker", &token]))?;
+    let mut marker_s: Option<f64> = None;
+    let mut status_s: Option<f64> = None;
+    let mut applied_at_catch_up: Option<(f64, i64)> = None;
+    let mut last_sample = Instant::now() - sample_every;
+    while (marker_s.is_none() || status_s.is_none()) && bench_end.elapsed() < catch_up_limit {
+        if marker_s.is_none() {
+            let r = rt.block_on(t.call(&["GET", "bench:catchup:marker"]))?;
+            if r.as_bytes().is_some_and(|b| b == token.as_bytes()) {
+                marker_s = Some(bench_end.elapsed().as_secs_f64());
+            }
+        }
+        if status_s.is_none() && last_sample.elapsed() >= sample_every {
+            last_sample = Instant::now();
+            sample(ferry, &mut samples)?;
+            if let Some(&(at, _, applied, _)) = samples.last()
+                && applied >= off1
+            {
+                status_s = Some(bench_end.elapsed().as_secs_f64());
+                applied_at_catch_up = Some((at, applied));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if marker_s.is_none() {
+        eprintln!("warning: ferry did not catch up within {catch_up_limit:?} after the benchmark");
+    }
+    let st1 = ferry.pipeline()?.unwrap_or_default();
+    let probes = rt.block_on(probes)??;
+
+    let bytes = off1 - off0;
+    let total_requests = rps.len() as u64 * env.requests;
+    let max_lag = samples.iter().map(|s| s.3).max().unwrap_or(0);
+    // Applied bytes/s: every byte of the benchmark's stream was applied once the marker
+    // was seen, so offset delta / (benchmark + catch-up); and the same from /status.
+    let applied_bps = marker_s.map(|c| bytes as f64 / (bench_secs + c));
+    let status_applied_bps =
+        applied_at_catch_up.map(|(at, applied)| (applied - as_i64(&st0["applied_offset"])) as f64 / at);
+    Ok(json!({
+        "command": command_line,
+        "requests": total_requests,
+        "benchmark_s": bench_secs,
+        "requests_per_s_by_command": rps,
+        "requests_per_s": total_requests as f64 / bench_secs,
+        "source_offset_delta_bytes": bytes,
+        "source_bytes_per_s": bytes as f64 / bench_secs,
+        "max_lag_bytes": max_lag,
+        "probes": probes,
+        "catch_up_s": marker_s,
+        "catch_up_status_s": status_s,
+        "ferry_applied_bytes_per_s": applied_bps,
+        "ferry_applied_bytes_per_s_status": status_applied_bps,
+        "commands_applied_delta": as_i64(&st1["commands_applied"]) - as_i64(&st0["commands_applied"]),
+        "source_offset_at_end": off1,
+        "status_at_end": st1,
+        "status_samples": samples.iter().map(|s| json!([(s.0 * 1000.0).round() / 1000.0, s.1, s.2, s.3])).collect::<Vec<_>>(),
+        "status_samples_columns": ["s_since_benchmark_start", "source_offset", "applied_offset", "lag_bytes"],
+    }))
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// End-to-end lag: probe keys `{prefix}N` = write time in µs, written on the source at
+/// `rate`/s (a pipelined batch every 1 ms) for `secs` or until `stop` is set, polled on
+/// the target in order (MGET of the next unseen ones); lag = time first seen on the
+/// target − time written. The poller waits up to `drain` for the last probes.
+async fn probe_lag(
+    src: String,
+    tgt: String,
+    prefix: &'static str,
+    rate: u64,
+    secs: f64,
+    stop: Arc<AtomicBool>,
+    drain: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let auth = ferry_resp::Auth { username: None, password: None };
+    let mut w = Connection::connect(&src, &auth, Duration::from_secs(5)).await?;
+    let mut r = Connection::connect(&tgt, &auth, Duration::from_secs(5)).await?;
+    let total = ((rate as f64 * secs) as u64).max(1);
+    let sent = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+
+    let writer = {
+        let (sent, done) = (sent.clone(), done.clone());
+        tokio::spawn(async move {
+            let res = async {
+                let mut buf = bytes::BytesMut::with_capacity(1 << 16);
+                let mut tick = tokio::time::interval(Duration::from_millis(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                let t0 = Instant::now();
+                let mut n = 0u64;
+                // Bounded: the schedule ends after `secs` whatever was sent.
+                while n < total && !stop.load(Ordering::Acquire) && t0.elapsed().as_secs_f64() < secs * 2.0 + 5.0 {
+                    tick.tick().await;
+                    let due = ((t0.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+                    if due <= n {
+                        continue;
+                    }
+                    buf.clear();
+                    let now = unix_us().to_string();
+                    for k in n..due {
+                        ferry_resp::encode_command_into(
+                            &mut buf,
+                            &[b"SET".as_slice(), format!("{prefix}{k}").as_bytes(), now.as_bytes()],
+                        );
+                    }
+                    w.send_raw(&buf).await?;
+                    for _ in n..due {
+                        if let Reply::Error(e) = w.read_reply().await? {
+                            bail!("probe SET: {}", String::from_utf8_lossy(&e));
+                        }
+                    }
+                    n = due;
+                    sent.store(n, Ordering::Release);
+                }
+                anyhow::Ok((n, t0.elapsed().as_secs_f64()))
+            }
+            .await;
+            done.store(true, Ordering::Release);
+            res
+        })
+    };
+
+    let poller = tokio::spawn(async move {
+        let mut lags_us: Vec<u64> = Vec::with_capacity(total as usize);
+        let mut next = 0u64;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let avail = sent.load(Ordering::Acquire);
+            if done.load(Ordering::Acquire) {
+                if next >= avail {
+                    break;
+                }
+                let d = *deadline.get_or_insert_with(|| Instant::now() + drain);
+                if Instant::now() > d {
+                    break;
+                }
+            }
+            if next >= avail {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+            let end = avail.min(next + 256);
+            let mut args: Vec<Vec<u8>> = vec![b"MGET".to_vec()];
+            args.extend((next..end).map(|k| format!("{prefix}{k}").into_bytes()));
+            let reply = r.call(&args).await?;
+            let now = unix_us();
+            let Reply::Array(Some(values)) = reply else { bail!("MGET answered {reply:?}") };
+            // ferry applies in source order: the probes seen are a prefix; a probe
+            // missing below the highest one seen is not waited for (counted missing).
+            let mut highest = None;
+            for (j, v) in values.iter().enumerate() {
+                if let Some(b) = v.as_bytes() {
+                    let written: u64 = std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).unwrap_or(now);
+                    lags_us.push(now.saturating_sub(written));
+                    highest = Some(j as u64);
+                }
+            }
+            match highest {
+                Some(j) => next += j + 1,
+                None => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+        anyhow::Ok(lags_us)
+    });
+
+    let (written, write_secs) = writer.await??;
+    let mut lags_us = poller.await??;
+    let seen = lags_us.len() as u64;
+    lags_us.sort_unstable();
+    let pct = |p: f64| -> Option<f64> {
+        if lags_us.is_empty() {
+            return None;
+        }
+        let i = ((lags_us.len() - 1) as f64 * p).round() as usize;
+        Some(lags_us[i] as f64 / 1000.0)
+    };
+    Ok(json!({
+        "rate_target_per_s": rate,
+        "rate_achieved_per_s": written as f64 / write_secs,
+        "duration_s": write_secs,
+        "probes_written": written,
+        "probes_seen": seen,
+        "probes_missing": written - seen.min(written),
+        "lag_ms_p50": pct(0.50),
+        "lag_ms_p99": pct(0.99),
+        "lag_ms_max": pct(1.0),
+    }))
+}
+
+fn fmt_opt(v: &serde_json::Value, unit: &str, digits: usize) -> String {
+    match v.as_f64() {
+        Some(x) => format!("{x:.digits$}{unit}"),
+        None => "n/a".into(),
+    }
+}
+
+fn mb(bytes_per_s: &serde_json::Value) -> String {
+    match bytes_per_s.as_f64() {
+        Some(x) => format!("{:.1} MB/s", x / 1e6),
+        None => "n/a".into(),
+    }
 }
 
 pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let env = EnvOpts::read(opts)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let src = RedisServer::start(&["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]);
     eprintln!("filling the source with {} keys...", opts.keys);
     rt.block_on(async {
@@ -172,24 +644,99 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
         let mut c = src.connect().await?;
         info(&mut c, "used_memory_human").await
     })?;
+
     eprintln!("source holds {used}; native replica...");
     let native = rt.block_on(native_replica(&src))?;
-    eprintln!("native replica: {native:.2}s; ferry full copy...");
-    let (ferry, details) = ferry_full_copy(bins, &src, dir)?;
-    eprintln!("ferry: {ferry:.2}s");
+
+    eprintln!("native replica: {native:.2}s; redis-cli --pipe...");
+    let resp_dir = tempfile::tempdir()?;
+    let resp_file = resp_dir.path().join("dataset.resp");
+    let resp_bytes = write_resp_file(&resp_file, opts.keys, opts.value_size)?;
+    let (pipe, pipe_details) = redis_cli_pipe(&rt, &resp_file, opts.keys)?;
+    drop(resp_dir);
+
+    eprintln!("redis-cli --pipe: {pipe:.2}s; ferry full copy...");
+    let (mut ferry, full, details) = ferry_full_copy(bins, &src, dir)?;
+
+    eprintln!("ferry: {full:.2}s; incremental: redis-benchmark -n {} per command...", env.requests);
+    let incr = incremental(&rt, &src, &mut ferry, &env).context("incremental phase")?;
+
+    eprintln!(
+        "incremental: {} req/s, catch-up {}; end-to-end lag at {} writes/s for {} s...",
+        fmt_opt(&incr["requests_per_s"], "", 0),
+        fmt_opt(&incr["catch_up_s"], " s", 2),
+        env.rate,
+        env.lag_secs
+    );
+    let drain = Duration::from_secs(if env.quick { 5 } else { 10 });
+    let never = Arc::new(AtomicBool::new(false));
+    let lag = rt
+        .block_on(probe_lag(src.addr(), ferry.tgt.addr(), "bench:probe:", env.rate, env.lag_secs, never, drain))
+        .context("end-to-end lag phase")?;
+    let rss_end = ferry.peak_rss_mib();
+    drop(ferry);
+
     let result = json!({
         "keys": opts.keys,
         "value_size": opts.value_size,
         "source_used_memory": used,
         "native_replica_full_sync_s": native,
-        "ferry_full_copy_s": ferry,
-        "ratio_ferry_over_native": ferry / native,
+        "redis_cli_pipe_s": pipe,
+        "redis_cli_pipe": {"resp_file_bytes": resp_bytes, "details": pipe_details},
+        "ferry_full_copy_s": full,
+        "ratio_ferry_over_native": full / native,
+        "ratio_ferry_over_redis_cli_pipe": full / pipe,
         "ferry": details,
+        "ferry_peak_rss_mib_at_end": rss_end,
+        "incremental": incr,
+        "end_to_end_lag": lag,
     });
-    println!("| measure | native replica | ferry | ferry / native |");
-    println!("|---|---|---|---|");
-    println!("| full copy of {} keys ({used}) | {native:.2} s | {ferry:.2} s | {:.2} |", opts.keys, ferry / native);
-    println!("peak RSS (MiB): {}", result["ferry"]["peak_rss_mib"]);
+
+    let i = &result["incremental"];
+    let l = &result["end_to_end_lag"];
+    println!("| full copy of {} keys ({used}) | time | ferry / this |", opts.keys);
+    println!("|---|---|---|");
+    println!("| native replica (full sync) | {native:.2} s | {:.2} |", full / native);
+    println!("| redis-cli --pipe (RESP file) | {pipe:.2} s | {:.2} |", full / pipe);
+    println!("| ferry (start to incremental, lag 0) | {full:.2} s | 1.00 |");
+    println!();
+    println!("| incremental | value |");
+    println!("|---|---|");
+    let by_cmd = i["requests_per_s_by_command"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k} {:.0}", v.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    println!(
+        "| source writes (`{}`) | {} req/s ({by_cmd}); {} of replication stream |",
+        i["command"].as_str().unwrap_or(""),
+        fmt_opt(&i["requests_per_s"], "", 0),
+        mb(&i["source_bytes_per_s"])
+    );
+    println!("| ferry applied (offset delta / time to catch up) | {} |", mb(&i["ferry_applied_bytes_per_s"]));
+    println!("| max lag_bytes during the run (/status every 100 ms) | {} |", i["max_lag_bytes"]);
+    println!(
+        "| end-to-end lag during the run (probes at 1000/s) | p50 {} / p99 {} / max {} |",
+        fmt_opt(&i["probes"]["lag_ms_p50"], " ms", 1),
+        fmt_opt(&i["probes"]["lag_ms_p99"], " ms", 1),
+        fmt_opt(&i["probes"]["lag_ms_max"], " ms", 1)
+    );
+    println!(
+        "| catch-up after the benchmark | {} (marker key), {} (/status) |",
+        fmt_opt(&i["catch_up_s"], " s", 2),
+        fmt_opt(&i["catch_up_status_s"], " s", 2)
+    );
+    println!(
+        "| end-to-end lag at {} writes/s ({} probes, {} missing) | p50 {} / p99 {} / max {} |",
+        fmt_opt(&l["rate_achieved_per_s"], "", 0),
+        l["probes_written"],
+        l["probes_missing"],
+        fmt_opt(&l["lag_ms_p50"], " ms", 1),
+        fmt_opt(&l["lag_ms_p99"], " ms", 1),
+        fmt_opt(&l["lag_ms_max"], " ms", 1)
+    );
+    println!();
+    println!("peak RSS (MiB) after the full copy: {}", result["ferry"]["peak_rss_mib"]);
+    println!("peak RSS (MiB) at the end: {}", result["ferry_peak_rss_mib_at_end"]);
     let out = dir.join("bench.json");
     std::fs::write(&out, serde_json::to_string_pretty(&result)?)?;
     eprintln!("results written to {}", out.display());

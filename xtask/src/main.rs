@@ -70,7 +70,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Bench { quick, keys, value_size } => (|| {
             require_redis()?;
             let bins = build(true)?;
-            let opts = bench::BenchOpts { keys: keys.unwrap_or(if quick { 20_000 } else { 1_000_000 }), value_size };
+            let opts =
+                bench::BenchOpts { keys: keys.unwrap_or(if quick { 20_000 } else { 1_000_000 }), value_size, quick };
             bench::run(&bins, &run_dir()?, &opts)
         })(),
     };

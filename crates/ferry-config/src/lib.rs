@@ -351,13 +351,13 @@ impl Config {
                         check_host_port(s).map_err(|m| invalid(&format!("{side}.sentinels"), m))?;
                     }
                 }
-                DeploymentType::Cluster => {
+                DeploymentType::Cluster if side == "source" => {
                     return Err(invalid(
-                        &format!("{side}.type"),
-                        "\"cluster\" is not supported by this version of ferry yet (use \"standalone\" or \"sentinel\")"
-                            .into(),
+                        "source.type",
+                        "a \"cluster\" source is not supported by this version of ferry yet (run one ferry per source master with type \"standalone\")".into(),
                     ));
                 }
+                DeploymentType::Cluster => {}
             }
         }
         for (field, addr) in [

@@ -27,6 +27,10 @@ pub struct BatchBuilder {
     /// db of the last command added (what the target connection has selected).
     db: u64,
     renamenx: Vec<u32>,
+    /// Source offset at the end of each command (incremental batches only).
+    offsets: Vec<i64>,
+    /// Offset given to commands added without one (the start of the current frame).
+    base_offset: Option<i64>,
     max_bytes: usize,
     max_count: u32,
 }
@@ -40,6 +44,8 @@ impl BatchBuilder {
             commands: 0,
             db: 0,
             renamenx: Vec::new(),
+            offsets: Vec::new(),
+            base_offset: None,
             max_bytes,
             max_count,
         }
@@ -52,7 +58,16 @@ impl BatchBuilder {
             encode_command_into(&mut self.resp, &[&b"SELECT"[..], n.as_bytes()]);
             self.count += 1;
             self.db = db;
+            if let Some(o) = self.base_offset {
+                self.offsets.push(o);
+            }
         }
+    }
+
+    /// Commands added from now on carry source offsets; `base` is given to the ones that do
+    /// not come from the stream (the SELECTs the builder inserts).
+    pub fn set_base_offset(&mut self, base: i64) {
+        self.base_offset = Some(base);
     }
 
     /// Adds a command given as arguments, applied to `db`.
@@ -64,10 +79,13 @@ impl BatchBuilder {
     }
 
     /// Adds a command that is already RESP. `data` says whether it counts as a data command.
-    pub fn push_raw(&mut self, db: u64, cmd: &[u8], data: bool) {
+    pub fn push_raw(&mut self, db: u64, cmd: &[u8], data: bool, end_offset: i64) {
         self.select(db);
         self.resp.extend_from_slice(cmd);
         self.count += 1;
+        if self.base_offset.is_some() {
+            self.offsets.push(end_offset);
+        }
         if data {
             self.commands += 1;
         }
@@ -111,6 +129,7 @@ impl BatchBuilder {
             begin: None,
             resume_offset: offset,
             resume_db: 0,
+            cmd_offsets: std::mem::take(&mut self.offsets),
         };
         self.count = 0;
         self.keys = 0;
@@ -137,9 +156,21 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// A hash tag for every cluster slot.
+pub fn slot_tags() -> &'static [String] {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    TAGS.get_or_init(ferry_resp::cluster::slot_tags)
+}
+
+/// `ferry:tmp:{<tag>}:<key>`: the tag puts the temporary key in the key's cluster slot, so it
+/// can be renamed into place on a cluster too.
 fn tmp_key(key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(TMP_PREFIX.len() + key.len());
+    let tag = &slot_tags()[ferry_resp::cluster::key_slot(key) as usize];
+    let mut k = Vec::with_capacity(TMP_PREFIX.len() + tag.len() + 3 + key.len());
     k.extend_from_slice(TMP_PREFIX);
+    k.push(b'{');
+    k.extend_from_slice(tag.as_bytes());
+    k.extend_from_slice(b"}:");
     k.extend_from_slice(key);
     k
 }

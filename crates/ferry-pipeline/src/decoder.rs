@@ -274,6 +274,7 @@ impl CommandState {
     /// Adds one frame of commands; returns a batch unless a `MULTI` is still open.
     fn frame(&mut self, data: &Bytes, lens: &[u32], end_offset: i64) -> anyhow::Result<Option<Batch>> {
         let frame_start = end_offset - data.len() as i64;
+        self.builder.set_base_offset(frame_start);
         let mut pos = 0usize;
         for &len in lens {
             let end = pos + len as usize;
@@ -290,7 +291,7 @@ impl CommandState {
                     .and_then(|a| std::str::from_utf8(a).ok())
                     .and_then(|a| a.parse::<u64>().ok())
                     .ok_or_else(|| anyhow!("malformed SELECT in the replication stream"))?;
-                self.builder.push_raw(self.db, cmd, false);
+                self.builder.push_raw(self.db, cmd, false, frame_start + pos as i64);
                 self.db = db;
                 self.builder.set_db(db);
             } else if name.eq_ignore_ascii_case(b"MULTI") {
@@ -300,7 +301,7 @@ impl CommandState {
             } else if name.eq_ignore_ascii_case(b"EXEC") {
                 self.in_multi = false;
             } else {
-                self.builder.push_raw(self.db, cmd, true);
+                self.builder.push_raw(self.db, cmd, true, frame_start + pos as i64);
                 self.data_offset = frame_start + pos as i64;
                 self.data_db = self.db;
             }
@@ -421,6 +422,7 @@ mod tests {
         let batch = st.frame(&data, &lens, end).unwrap().unwrap();
         assert!(batch.resp.starts_with(&cmd(&["SELECT", "5"])));
         assert_eq!(batch.commands, 1, "PUBLISH and PING are not forwarded");
+        assert_eq!(batch.cmd_offsets, vec![1000, 1000 + parts[0].len() as i64]);
         assert_eq!(batch.offset, end);
         assert_eq!((batch.resume_offset, batch.resume_db), (1000 + parts[0].len() as i64, 5));
     }

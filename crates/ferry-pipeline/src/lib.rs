@@ -9,10 +9,13 @@
 //!   target out ([`convert`] turns RDB entries into `RESTORE`s or chunked commands).
 //! - [`writer`]: the `Writer` gRPC service: applies batches to the target, pipelined, and
 //!   acknowledges the source offsets it made durable.
+//! - [`cluster_writer`]: the writer's routing for a Redis Cluster target (slots, MOVED/ASK,
+//!   one checkpoint per master).
 //! - [`coordinator`]: assignments, the status API (`/status`, `/metrics`, `/healthz`).
 //! - [`cli`]: the command-line arguments the binaries share.
 
 pub mod cli;
+pub mod cluster_writer;
 pub mod common;
 pub mod convert;
 pub mod coordinator;

@@ -8,7 +8,6 @@
 //! key; any other error stops the session with the reply, the command name and the key
 //! (never the value) in the log and the status.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -158,6 +157,9 @@ async fn session(
     ack_tx: mpsc::Sender<Result<Ack, Status>>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
+    if cfg.target.kind == ferry_config::DeploymentType::Cluster {
+        return crate::cluster_writer::session(cfg, stats, batches, ack_tx, cancel).await;
+    }
     let (target_addr, mut conn) = common::connect(&cfg.target).await.context("target")?;
     info!(target = %cfg.target.describe(), master = %target_addr, "connected to the target");
     // The session opens with a hello: answer with the checkpoint the target holds.
@@ -230,7 +232,7 @@ async fn session(
     };
     let receiver = async {
         while let Some(InFlight { batch: b, wrapped, permits }) = inflight_rx.recv().await {
-            let mut check = ReplyCheck { batch: &b, stats, renamenx: b.renamenx.iter().copied().collect() };
+            let check = ReplyCheck { batch: &b, stats };
             if wrapped {
                 let ok = rd.read_reply().await.context("target")?;
                 if let Some(e) = ok.first_error() {
@@ -304,17 +306,15 @@ async fn session(
 }
 
 /// Checks the reply to command `i` of a batch against the existing-key policy.
-struct ReplyCheck<'a> {
-    batch: &'a Batch,
-    stats: &'a Stats,
-    renamenx: VecDeque<u32>,
+pub(crate) struct ReplyCheck<'a> {
+    pub batch: &'a Batch,
+    pub stats: &'a Stats,
 }
 
 impl ReplyCheck<'_> {
-    fn reply(&mut self, i: u32, reply: &Reply) -> anyhow::Result<()> {
+    pub fn reply(&self, i: u32, reply: &Reply) -> anyhow::Result<()> {
         let b = self.batch;
-        if self.renamenx.front() == Some(&i) {
-            self.renamenx.pop_front();
+        if b.renamenx.binary_search(&i).is_ok() {
             if reply.first_error().is_some_and(|e| e.starts_with(b"ERR no such key")) {
                 // The value's TTL passed while it was being built: like RESTORE of an expired key.
                 return Ok(());
@@ -345,7 +345,7 @@ impl ReplyCheck<'_> {
 }
 
 /// The i-th command of a RESP blob, parsed (rare path: only for error messages).
-fn nth_command(resp: &Bytes, i: usize) -> Option<Vec<Bytes>> {
+pub(crate) fn nth_command(resp: &Bytes, i: usize) -> Option<Vec<Bytes>> {
     let mut pos = 0;
     for _ in 0..i {
         pos += ferry_resp::scan_command(&resp[pos..], usize::MAX).ok()??;
@@ -354,12 +354,12 @@ fn nth_command(resp: &Bytes, i: usize) -> Option<Vec<Bytes>> {
     ferry_resp::parse_command(&resp.slice(pos..pos + len)).ok()
 }
 
-fn command_name_at(resp: &Bytes, i: usize) -> String {
+pub(crate) fn command_name_at(resp: &Bytes, i: usize) -> String {
     nth_command(resp, i).and_then(|a| a.first().map(|n| printable(n).to_uppercase())).unwrap_or_else(|| "?".into())
 }
 
 /// The key a command names, quoted for a log line (never the value).
-fn command_key(resp: &Bytes, i: usize) -> String {
+pub(crate) fn command_key(resp: &Bytes, i: usize) -> String {
     match nth_command(resp, i) {
         Some(args) if args.len() > 1 => format!("{:?}", printable(&args[1])),
         _ => "(none)".into(),

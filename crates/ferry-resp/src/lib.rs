@@ -10,7 +10,9 @@
 //!   (disk `$<len>` and diskless `$EOF:<mark>`), then the command stream framed
 //!   into whole commands with their end offsets.
 //! - [`sentinel`]: resolving a master through Sentinel.
+//! - [`cluster`]: key slots and the slot map of a Redis Cluster.
 
+pub mod cluster;
 pub mod conn;
 pub mod encode;
 pub mod frame;

@@ -1,0 +1,561 @@
+//! The writer for a Redis Cluster target.
+//!
+//! Every command is routed to the master that serves its key's slot (hash tags included).
+//! Redis Cluster runs a transaction only within one slot, so an incremental batch is applied
+//! slot by slot: the commands of each slot in one `MULTI`/`EXEC` together with that slot's
+//! checkpoint key (`ferry:checkpoint:{<tag>}:<pipeline>`, the tag placing it in the slot).
+//! Each master also holds a floor (`ferry:checkpoint:floor:{<tag>}:<pipeline>`), written
+//! about once a second once every master has applied a batch: everything up to it is applied
+//! everywhere. After a restart or a failover the pipeline resumes from the lowest floor, and
+//! a command is skipped when its slot's checkpoint (or its master's floor) already covers it. `MOVED` refreshes the slot map and
+//! re-routes the commands of the master that refused them (its transaction was aborted, so
+//! nothing of it was applied); `ASK`, `TRYAGAIN`, `CLUSTERDOWN` and `LOADING` are retried
+//! with backoff. Multi-key commands whose keys live in different slots are split where that
+//! keeps their meaning (`DEL`, `UNLINK`, `EXISTS`, `TOUCH`, `MSET`) and otherwise refused
+//! with an error naming the command.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use bytes::{Bytes, BytesMut};
+use ferry_config::Config;
+use ferry_proto::{Ack, Batch, Checkpoint};
+use ferry_resp::cluster::{SlotMap, key_slot};
+use ferry_resp::conn::printable;
+use ferry_resp::{Connection, Reply, encode_command, encode_command_into};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use tracing::{info, warn};
+
+use crate::common::{self, Stats};
+use crate::convert::slot_tags;
+use crate::writer::{ReplyCheck, command_key, command_name_at};
+
+/// Where a command's keys say it must go.
+enum Route {
+    /// No key: every master (FLUSHALL, FUNCTION LOAD, ...).
+    All,
+    Slot(u16),
+}
+
+/// First key, last key (negative: from the end) and step of a command, from `COMMAND`.
+#[derive(Clone, Copy)]
+struct KeySpec {
+    first: i64,
+    last: i64,
+    step: i64,
+    movable: bool,
+}
+
+struct ClusterTarget {
+    cfg: ferry_config::RedisConfig,
+    pipeline_id: String,
+    map: SlotMap,
+    conns: HashMap<String, Connection>,
+    specs: HashMap<Vec<u8>, KeySpec>,
+    /// Source offset each slot has applied (from its checkpoint).
+    slot_done: HashMap<u16, i64>,
+    /// Floor of each master, by address: everything up to it is applied on every master.
+    floor: HashMap<String, i64>,
+    last_floor_write: std::time::Instant,
+}
+
+impl ClusterTarget {
+    async fn connect(cfg: &Config, pipeline_id: &str) -> anyhow::Result<ClusterTarget> {
+        let t = &cfg.target;
+        let mut seed = Connection::connect(&t.address, &common::auth_of(t), Duration::from_secs(10)).await?;
+        let map = load_map(&mut seed).await?;
+        let specs = load_specs(&mut seed).await?;
+        let mut ct = ClusterTarget {
+            cfg: t.clone(),
+            pipeline_id: pipeline_id.to_string(),
+            map,
+            conns: HashMap::new(),
+            specs,
+            slot_done: HashMap::new(),
+            floor: HashMap::new(),
+            last_floor_write: std::time::Instant::now(),
+        };
+        ct.connect_masters().await?;
+        Ok(ct)
+    }
+
+    async fn connect_masters(&mut self) -> anyhow::Result<()> {
+        for m in self.map.masters.clone() {
+            if !self.conns.contains_key(&m) {
+                let c = Connection::connect(&m, &common::auth_of(&self.cfg), Duration::from_secs(10)).await?;
+                self.conns.insert(m, c);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the slot map again (after MOVED, or when a master changed).
+    async fn refresh(&mut self) -> anyhow::Result<()> {
+        let mut last = None;
+        let candidates: Vec<String> = self.map.masters.iter().cloned().chain([self.cfg.address.clone()]).collect();
+        for addr in candidates {
+            let res = async {
+                let mut c = Connection::connect(&addr, &common::auth_of(&self.cfg), Duration::from_secs(5)).await?;
+                load_map(&mut c).await
+            }
+            .await;
+            match res {
+                Ok(map) => {
+                    self.map = map;
+                    self.conns.retain(|a, _| self.map.masters.contains(a));
+                    return self.connect_masters().await;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no cluster node answered")))
+    }
+
+    fn slot_key(&self, slot: u16) -> String {
+        format!("ferry:checkpoint:{{{}}}:{}", slot_tags()[slot as usize], self.pipeline_id)
+    }
+
+    fn floor_key(&self, node: usize) -> String {
+        let slot = self.map.a_slot_of(node).unwrap_or(0);
+        format!("ferry:checkpoint:floor:{{{}}}:{}", slot_tags()[slot as usize], self.pipeline_id)
+    }
+
+    /// Every checkpoint key of this pipeline on a master (`SCAN MATCH`).
+    async fn checkpoint_keys(&mut self, addr: &str) -> anyhow::Result<Vec<Bytes>> {
+        let suffix = format!(":{}", self.pipeline_id);
+        let c = self.conns.get_mut(addr).ok_or_else(|| anyhow!("no connection to {addr}"))?;
+        let mut keys = Vec::new();
+        let mut cursor = b"0".to_vec();
+        loop {
+            let r = c.call(&[&b"SCAN"[..], &cursor, b"MATCH", b"ferry:checkpoint:*", b"COUNT", b"1000"]).await?;
+            let Reply::Array(Some(mut parts)) = r else { bail!("bad reply to SCAN") };
+            let batch = parts.pop();
+            cursor = parts.pop().and_then(|c| c.as_bytes().map(|b| b.to_vec())).unwrap_or_else(|| b"0".to_vec());
+            if let Some(Reply::Array(Some(ks))) = batch {
+                keys.extend(
+                    ks.into_iter().filter_map(|k| k.as_bytes().cloned()).filter(|k| k.ends_with(suffix.as_bytes())),
+                );
+            }
+            if cursor == b"0" {
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// The checkpoint of the whole target: present only if every master has a floor of the
+    /// same replication id; resume from the lowest floor.
+    async fn read_checkpoints(&mut self) -> anyhow::Result<Checkpoint> {
+        self.slot_done.clear();
+        self.floor.clear();
+        let mut floors: Vec<(String, i64, i64, i64)> = Vec::new();
+        for (n, m) in self.map.masters.clone().iter().enumerate() {
+            let floor_key = self.floor_key(n);
+            for key in self.checkpoint_keys(m).await? {
+                let c = self.conns.get_mut(m).ok_or_else(|| anyhow!("no connection to {m}"))?;
+                let Some(v) = c.call(&[&b"GET"[..], &key]).await?.as_bytes().cloned() else { continue };
+                let text = String::from_utf8_lossy(&v).to_string();
+                let p: Vec<&str> = text.split(' ').collect();
+                let num = |i: usize| p.get(i).and_then(|x| x.parse::<i64>().ok());
+                let (Some(o), Some(r), Some(d)) = (num(1), num(2), num(3)) else { continue };
+                if key[..] == *floor_key.as_bytes() {
+                    floors.push((p[0].to_string(), o, r, d));
+                    self.floor.insert(m.clone(), o);
+                } else if !key.starts_with(b"ferry:checkpoint:floor:") {
+                    self.slot_done.insert(key_slot(&key), o);
+                }
+            }
+        }
+        if floors.len() != self.map.masters.len() || floors.iter().any(|f| f.0 != floors[0].0) {
+            info!("the target cluster holds no complete checkpoint of this pipeline: a full copy is needed");
+            return Ok(Checkpoint::default());
+        }
+        let min = floors.iter().min_by_key(|f| f.2).expect("not empty");
+        Ok(Checkpoint { present: true, replid: min.0.clone(), offset: min.1, resume_offset: min.2, resume_db: min.3 })
+    }
+
+    async fn delete_checkpoints(&mut self) -> anyhow::Result<()> {
+        for m in self.map.masters.clone() {
+            for key in self.checkpoint_keys(&m).await? {
+                let c = self.conns.get_mut(&m).ok_or_else(|| anyhow!("no connection to {m}"))?;
+                c.call(&[&b"DEL"[..], &key]).await?;
+            }
+        }
+        self.slot_done.clear();
+        self.floor.clear();
+        Ok(())
+    }
+
+    /// Writes every master's floor: all of batch `b` (and what came before) is applied everywhere.
+    async fn write_floors(&mut self, value: &str, offset: i64) -> anyhow::Result<()> {
+        for (n, m) in self.map.masters.clone().iter().enumerate() {
+            let key = self.floor_key(n);
+            let c = self.conns.get_mut(m).ok_or_else(|| anyhow!("no connection to {m}"))?;
+            c.call(&["SET", &key, value]).await.with_context(|| format!("target {m}"))?;
+            self.floor.insert(m.clone(), offset);
+        }
+        self.last_floor_write = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// Keys of a command, by its key spec (`COMMAND GETKEYS` for commands with movable keys).
+    async fn keys(&mut self, args: &[Bytes]) -> anyhow::Result<Vec<Bytes>> {
+        let name = args[0].to_ascii_lowercase();
+        let Some(spec) = self.specs.get(&name).copied() else {
+            bail!("the target does not know the command {}", printable(&args[0]).to_uppercase());
+        };
+        if spec.movable {
+            let m = self.map.masters.first().cloned().ok_or_else(|| anyhow!("empty cluster"))?;
+            let c = self.conns.get_mut(&m).ok_or_else(|| anyhow!("no connection to {m}"))?;
+            let mut q: Vec<&[u8]> = vec![b"COMMAND", b"GETKEYS"];
+            q.extend(args.iter().map(|a| &a[..]));
+            return match c.call(&q).await {
+                Ok(Reply::Array(Some(keys))) => Ok(keys.into_iter().filter_map(|k| k.as_bytes().cloned()).collect()),
+                Ok(_) => Ok(vec![]),
+                // "Invalid arguments" for commands without keys in this form.
+                Err(_) => Ok(vec![]),
+            };
+        }
+        if spec.first <= 0 {
+            return Ok(vec![]);
+        }
+        let n = args.len() as i64;
+        let last = if spec.last < 0 { n + spec.last } else { spec.last.min(n - 1) };
+        let mut keys = Vec::new();
+        let mut i = spec.first;
+        while i <= last && i < n {
+            keys.push(args[i as usize].clone());
+            i += spec.step.max(1);
+        }
+        Ok(keys)
+    }
+
+    /// Splits command `cmd` into routed pieces (usually one: itself).
+    async fn route(&mut self, cmd: Bytes) -> anyhow::Result<Vec<(Route, Bytes)>> {
+        let args = ferry_resp::parse_command(&cmd)?;
+        let name = args[0].to_ascii_uppercase();
+        if name == b"SELECT" {
+            if args.get(1).map(|a| &a[..]) != Some(b"0") {
+                bail!(
+                    "the source writes to db {}, but a cluster target has only db 0 (map or filter the source's dbs)",
+                    printable(args.get(1).map(|a| &a[..]).unwrap_or(b"?"))
+                );
+            }
+            return Ok(vec![]);
+        }
+        let keys = self.keys(&args).await?;
+        if keys.is_empty() {
+            return Ok(vec![(Route::All, cmd)]);
+        }
+        let slot = key_slot(&keys[0]);
+        if keys.iter().all(|k| key_slot(k) == slot) {
+            return Ok(vec![(Route::Slot(slot), cmd)]);
+        }
+        match &name[..] {
+            b"DEL" | b"UNLINK" | b"EXISTS" | b"TOUCH" => Ok(args[1..]
+                .iter()
+                .map(|k| (Route::Slot(key_slot(k)), encode_command(&[&args[0][..], &k[..]])))
+                .collect()),
+            b"MSET" => Ok(args[1..]
+                .chunks(2)
+                .map(|kv| {
+                    (
+                        Route::Slot(key_slot(&kv[0])),
+                        encode_command(&[&b"SET"[..], &kv[0], kv.get(1).map(|v| &v[..]).unwrap_or(b"")]),
+                    )
+                })
+                .collect()),
+            _ => bail!(
+                "{} has keys in different cluster slots: the target cluster cannot apply it atomically",
+                printable(&args[0]).to_uppercase()
+            ),
+        }
+    }
+}
+
+async fn load_map(c: &mut Connection) -> anyhow::Result<SlotMap> {
+    let r = c.call(&["CLUSTER", "SLOTS"]).await.context("CLUSTER SLOTS (is the target a cluster?)")?;
+    let map = SlotMap::from_cluster_slots(&r).ok_or_else(|| anyhow!("cannot read the reply to CLUSTER SLOTS"))?;
+    if !map.complete() {
+        bail!("the target cluster does not serve every slot (cluster_state not ok)");
+    }
+    Ok(map)
+}
+
+async fn load_specs(c: &mut Connection) -> anyhow::Result<HashMap<Vec<u8>, KeySpec>> {
+    let Reply::Array(Some(cmds)) = c.call(&["COMMAND"]).await? else { bail!("bad reply to COMMAND") };
+    let mut specs = HashMap::new();
+    for cmd in cmds {
+        let Reply::Array(Some(f)) = cmd else { continue };
+        let (
+            Some(name),
+            Some(Reply::Array(Some(flags))),
+            Some(Reply::Integer(first)),
+            Some(Reply::Integer(last)),
+            Some(Reply::Integer(step)),
+        ) = (f.first().and_then(|n| n.as_bytes()), f.get(2), f.get(3), f.get(4), f.get(5))
+        else {
+            continue;
+        };
+        let movable = flags.iter().any(|fl| fl.as_bytes().is_some_and(|b| &b[..] == b"movablekeys"));
+        specs.insert(name.to_ascii_lowercase(), KeySpec { first: *first, last: *last, step: *step, movable });
+    }
+    Ok(specs)
+}
+
+fn split_commands(resp: &Bytes) -> anyhow::Result<Vec<Bytes>> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < resp.len() {
+        let n = ferry_resp::scan_command(&resp[pos..], usize::MAX)?.ok_or_else(|| anyhow!("truncated batch"))?;
+        out.push(resp.slice(pos..pos + n));
+        pos += n;
+    }
+    Ok(out)
+}
+
+/// The error that makes a command worth retrying elsewhere or later.
+fn redirect(err: &[u8]) -> Option<&'static str> {
+    ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING"].into_iter().find(|kind| err.starts_with(kind.as_bytes()))
+}
+
+pub(crate) async fn session(
+    cfg: &Config,
+    stats: &Arc<Stats>,
+    mut batches: Streaming<Batch>,
+    ack_tx: mpsc::Sender<Result<Ack, Status>>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let hello = match batches.message().await.map_err(|s| anyhow!("decoder stream: {}", s.message()))? {
+        Some(b) if b.hello => b,
+        Some(_) => bail!("protocol error: the first batch of a session must be a hello"),
+        None => return Ok(()),
+    };
+    let mut ct = ClusterTarget::connect(cfg, &hello.pipeline_id).await.context("target cluster")?;
+    info!(target = %cfg.target.describe(), masters = ct.map.masters.len(), "connected to the target cluster");
+    let checkpoint = ct.read_checkpoints().await.context("target cluster")?;
+    if checkpoint.present {
+        stats.applied_offset.store(checkpoint.offset, Relaxed);
+    }
+    let _ = ack_tx
+        .send(Ok(Ack { applied_offset: checkpoint.offset, rdb_applied: false, checkpoint: Some(checkpoint) }))
+        .await;
+    stats.clear_error();
+    let mut replid = String::new();
+    loop {
+        let msg = tokio::select! {
+            m = batches.message() => m.map_err(|s| anyhow!("decoder stream: {}", s.message()))?,
+            _ = cancel.cancelled() => return Ok(()),
+        };
+        let Some(mut b) = msg else { return Ok(()) };
+        if let Some(begin) = b.begin.take() {
+            replid = begin.replid.clone();
+            if begin.full {
+                ct.delete_checkpoints().await.context("target cluster")?;
+            } else {
+                stats.rdb_applied.store(true, Relaxed);
+            }
+            continue;
+        }
+        apply(&mut ct, &b, &replid, stats).await?;
+        if b.offset >= 0 && (b.rdb_end || ct.last_floor_write.elapsed() >= Duration::from_secs(1)) {
+            let value = format!("{replid} {} {} {}", b.offset, b.resume_offset, b.resume_db);
+            ct.write_floors(&value, b.offset).await?;
+        }
+        stats.keys_applied.fetch_add(b.keys as u64, Relaxed);
+        stats.commands_applied.fetch_add(b.commands as u64, Relaxed);
+        if b.rdb_end {
+            stats.rdb_applied.store(true, Relaxed);
+            info!(offset = b.offset, "full copy applied");
+        }
+        if b.offset >= 0 {
+            stats.applied_offset.store(b.offset, Relaxed);
+            let ack = Ack { applied_offset: b.offset, rdb_applied: stats.rdb_applied.load(Relaxed), checkpoint: None };
+            if ack_tx.send(Ok(ack)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Applies one batch: routes its commands, sends each master its part (for incremental
+/// batches, one transaction per slot with the slot's checkpoint), and retries what was
+/// redirected. A keyless command (FLUSHALL, FUNCTION LOAD...) goes to every master, in order.
+async fn apply(ct: &mut ClusterTarget, b: &Batch, replid: &str, stats: &Stats) -> anyhow::Result<()> {
+    let cmds = split_commands(&b.resp)?;
+    // Segments end at keyless commands, so their order relative to the rest is kept.
+    let mut segment: Vec<(u32, u16, Bytes)> = Vec::new();
+    for (i, cmd) in cmds.into_iter().enumerate() {
+        let routes = ct.route(cmd).await.with_context(|| format!("command {i} of a batch"))?;
+        for (route, piece) in routes {
+            match route {
+                Route::Slot(slot) => segment.push((i as u32, slot, piece)),
+                Route::All => {
+                    apply_segment(ct, b, replid, stats, std::mem::take(&mut segment)).await?;
+                    apply_everywhere(ct, b, stats, i as u32, piece).await?;
+                }
+            }
+        }
+    }
+    apply_segment(ct, b, replid, stats, segment).await
+}
+
+/// A keyless command on every master (skipped on a master whose floor covers it).
+async fn apply_everywhere(ct: &mut ClusterTarget, b: &Batch, stats: &Stats, i: u32, cmd: Bytes) -> anyhow::Result<()> {
+    let check = ReplyCheck { batch: b, stats };
+    let offset = b.cmd_offsets.get(i as usize).copied();
+    for m in ct.map.masters.clone() {
+        if offset.is_some_and(|o| o <= ct.floor.get(&m).copied().unwrap_or(i64::MIN)) {
+            continue;
+        }
+        let c = ct.conns.get_mut(&m).ok_or_else(|| anyhow!("no connection to {m}"))?;
+        c.send_raw(&cmd).await.with_context(|| format!("target {m}"))?;
+        let r = c.read_reply().await.with_context(|| format!("target {m}"))?;
+        check.reply(i, &r)?;
+    }
+    Ok(())
+}
+
+/// A slot and its commands (with their index in the batch), in order.
+type SlotPart = (u16, Vec<(u32, Bytes)>);
+
+async fn apply_segment(
+    ct: &mut ClusterTarget,
+    b: &Batch,
+    replid: &str,
+    stats: &Stats,
+    segment: Vec<(u32, u16, Bytes)>,
+) -> anyhow::Result<()> {
+    let check = ReplyCheck { batch: b, stats };
+    let incremental = b.offset >= 0;
+    let mut pending = segment;
+    let mut attempt = 0u32;
+    let mut first_pass = true;
+    while !pending.is_empty() {
+        // Group by master, then by slot (order kept within a slot).
+        let mut per_node: Vec<Vec<SlotPart>> = vec![Vec::new(); ct.map.masters.len()];
+        for (i, slot, cmd) in pending.drain(..) {
+            let n = ct.map.node_of(slot).ok_or_else(|| anyhow!("slot {slot} is not served"))?;
+            match per_node[n].iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, v)) => v.push((i, cmd)),
+                None => per_node[n].push((slot, vec![(i, cmd)])),
+            }
+        }
+        let masters = ct.map.masters.clone();
+        // Send every master its part, then read the replies (the masters work in parallel).
+        let mut sent: Vec<(usize, Vec<SlotPart>)> = Vec::new();
+        for (n, mut groups) in per_node.into_iter().enumerate() {
+            let addr = &masters[n];
+            if incremental && first_pass {
+                let floor = ct.floor.get(addr).copied().unwrap_or(i64::MIN);
+                for (slot, part) in groups.iter_mut() {
+                    let done = ct.slot_done.get(slot).copied().unwrap_or(i64::MIN).max(floor);
+                    part.retain(|(i, _)| b.cmd_offsets.get(*i as usize).is_none_or(|o| *o > done));
+                }
+                groups.retain(|(_, part)| !part.is_empty());
+            }
+            if groups.is_empty() {
+                continue;
+            }
+            let mut blob = BytesMut::new();
+            for (slot, part) in &groups {
+                if incremental {
+                    encode_command_into(&mut blob, &[&b"MULTI"[..]]);
+                }
+                for (_, c) in part {
+                    blob.extend_from_slice(c);
+                }
+                if incremental {
+                    let value = format!("{replid} {} {} {}", b.offset, b.resume_offset, b.resume_db);
+                    encode_command_into(&mut blob, &[&b"SET"[..], ct.slot_key(*slot).as_bytes(), value.as_bytes()]);
+                    encode_command_into(&mut blob, &[&b"EXEC"[..]]);
+                }
+            }
+            let c = ct.conns.get_mut(addr).ok_or_else(|| anyhow!("no connection to {addr}"))?;
+            c.send_raw(&blob).await.with_context(|| format!("target {addr}"))?;
+            sent.push((n, groups));
+        }
+        let mut retry: Vec<(u32, u16, Bytes)> = Vec::new();
+        let mut why = None;
+        for (n, groups) in sent {
+            let addr = masters[n].clone();
+            for (slot, part) in groups {
+                let c = ct.conns.get_mut(&addr).ok_or_else(|| anyhow!("no connection to {addr}"))?;
+                if !incremental {
+                    for (i, cmd) in part {
+                        let r = c.read_reply().await.with_context(|| format!("target {addr}"))?;
+                        if let Some(kind) = r.first_error().and_then(redirect) {
+                            why = Some(kind);
+                            retry.push((i, slot, cmd));
+                            continue;
+                        }
+                        check.reply(i, &r)?;
+                    }
+                    continue;
+                }
+                let ok = c.read_reply().await.with_context(|| format!("target {addr}"))?;
+                if let Some(e) = ok.first_error() {
+                    bail!("target {addr} refused MULTI: {}", printable(e));
+                }
+                let mut queued = Vec::with_capacity(part.len() + 1);
+                for _ in 0..part.len() + 1 {
+                    queued.push(c.read_reply().await.with_context(|| format!("target {addr}"))?);
+                }
+                let exec = c.read_reply().await.with_context(|| format!("target {addr}"))?;
+                if let Reply::Array(Some(items)) = &exec {
+                    for (j, item) in items.iter().enumerate() {
+                        match part.get(j) {
+                            Some((i, _)) => check.reply(*i, item)?,
+                            None => {
+                                if let Some(e) = item.first_error() {
+                                    bail!("target {addr} refused the checkpoint write: {}", printable(e));
+                                }
+                            }
+                        }
+                    }
+                    ct.slot_done.insert(slot, b.offset);
+                    continue;
+                }
+                // EXECABORT: nothing of this slot's part was applied.
+                if let Some(kind) = queued.iter().find_map(|q| q.first_error().and_then(redirect)) {
+                    why = Some(kind);
+                    retry.extend(part.into_iter().map(|(i, c)| (i, slot, c)));
+                    continue;
+                }
+                let (j, e) = queued
+                    .iter()
+                    .enumerate()
+                    .find_map(|(j, q)| q.first_error().map(|e| (j, printable(e))))
+                    .unwrap_or((0, printable(exec.first_error().unwrap_or(b"EXECABORT"))));
+                let i = part.get(j).map(|p| p.0).unwrap_or(0);
+                stats.count_error(e.split(' ').next().unwrap_or("ERR"));
+                bail!(
+                    "target rejected {} on key {}: {e}",
+                    command_name_at(&b.resp, i as usize),
+                    command_key(&b.resp, i as usize)
+                );
+            }
+        }
+        if retry.is_empty() {
+            return Ok(());
+        }
+        attempt += 1;
+        stats.count_error(why.unwrap_or("MOVED"));
+        if attempt > 60 {
+            bail!("the target cluster kept redirecting commands ({}) for a minute", why.unwrap_or("MOVED"));
+        }
+        warn!(commands = retry.len(), reason = why.unwrap_or(""), attempt, "re-routing commands after a redirection");
+        if why != Some("MOVED") {
+            tokio::time::sleep(Duration::from_millis(100 * attempt.min(10) as u64)).await;
+        }
+        ct.refresh().await.context("refreshing the target cluster's slot map")?;
+        retry.sort_by_key(|r| r.0);
+        pending = retry;
+        first_pass = false;
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Redis Cluster basics: key slots (CRC16 with hash tags), the slot map from
+//! `CLUSTER SLOTS`, and a hash tag for every slot (to place ferry's own keys).
+
+use crate::frame::Reply;
+
+/// Number of hash slots.
+pub const SLOTS: usize = 16384;
+
+/// CRC16-CCITT (XMODEM), as Redis Cluster uses.
+pub fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= (b as u16) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc
+}
+
+/// The slot of a key: the CRC16 of its hash tag (`{...}`, first non-empty one) or of the whole key.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&c| c == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&c| c == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16(hashed) % SLOTS as u16
+}
+
+/// A short string for every slot whose `{tag}` hashes to that slot.
+pub fn slot_tags() -> Vec<String> {
+    let mut tags: Vec<Option<String>> = vec![None; SLOTS];
+    let mut left = SLOTS;
+    let mut n: u64 = 0;
+    while left > 0 {
+        let t = n.to_string();
+        let s = key_slot(t.as_bytes()) as usize;
+        if tags[s].is_none() {
+            tags[s] = Some(t);
+            left -= 1;
+        }
+        n += 1;
+    }
+    tags.into_iter().map(|t| t.unwrap_or_default()).collect()
+}
+
+/// Which master serves each slot (`host:port`), from a `CLUSTER SLOTS` reply.
+#[derive(Clone, Debug)]
+pub struct SlotMap {
+    owner: Vec<Option<u16>>,
+    pub masters: Vec<String>,
+}
+
+impl SlotMap {
+    /// Parses `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replicas...], ...]`.
+    pub fn from_cluster_slots(reply: &Reply) -> Option<SlotMap> {
+        let Reply::Array(Some(ranges)) = reply else { return None };
+        let mut owner = vec![None; SLOTS];
+        let mut masters: Vec<String> = Vec::new();
+        for r in ranges {
+            let Reply::Array(Some(parts)) = r else { return None };
+            let (Some(Reply::Integer(start)), Some(Reply::Integer(end)), Some(Reply::Array(Some(m)))) =
+                (parts.first(), parts.get(1), parts.get(2))
+            else {
+                return None;
+            };
+            let host = m.first()?.as_bytes().map(|b| String::from_utf8_lossy(b).to_string())?;
+            let Some(Reply::Integer(port)) = m.get(1) else { return None };
+            let addr = format!("{host}:{port}");
+            let idx = match masters.iter().position(|a| *a == addr) {
+                Some(i) => i,
+                None => {
+                    masters.push(addr);
+                    masters.len() - 1
+                }
+            };
+            let (from, to) = ((*start).max(0) as usize, (*end).min(SLOTS as i64 - 1) as usize);
+            if from <= to {
+                owner[from..=to].fill(Some(idx as u16));
+            }
+        }
+        Some(SlotMap { owner, masters })
+    }
+
+    /// The index (in `masters`) of the master serving `slot`, if any.
+    pub fn node_of(&self, slot: u16) -> Option<usize> {
+        self.owner.get(slot as usize).copied().flatten().map(|i| i as usize)
+    }
+
+    /// Whether every slot is served.
+    pub fn complete(&self) -> bool {
+        self.owner.iter().all(Option::is_some)
+    }
+
+    /// A slot served by master `node` (for ferry's own per-node keys).
+    pub fn a_slot_of(&self, node: usize) -> Option<u16> {
+        self.owner.iter().position(|o| *o == Some(node as u16)).map(|s| s as u16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"{user1000}.followers"));
+        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
+        assert_eq!(key_slot(b"{}x"), crc16(b"{}x") % 16384);
+    }
+
+    #[test]
+    fn every_slot_has_a_tag() {
+        let tags = slot_tags();
+        assert_eq!(tags.len(), SLOTS);
+        for (slot, t) in tags.iter().enumerate().step_by(997) {
+            assert_eq!(key_slot(format!("x{{{t}}}y").as_bytes()) as usize, slot);
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! A Redis Cluster target: routing, full copy, incremental writes, and a failover.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ferry_resp::{Auth, Connection};
+use integration_tests::*;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn cluster_target_full_copy_incremental_and_failover_exactly_once() {
+    let src = RedisServer::start(&["--repl-backlog-size", "64mb"]);
+    let cluster = Cluster::start(3, 1);
+    rt().block_on(async {
+        let mut c = src.connect().await.unwrap();
+        populate_with(&mut c, false).await.unwrap();
+    });
+    let (cfg, status) =
+        config_with_ports(&format!("[source]\naddress = \"{}\"\n[target]\n{}\n", src.addr(), cluster.toml()));
+    let ferry = Ferry::start(&cfg, &status);
+    ferry.wait_caught_up(rt().block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
+    let source_snapshot = || rt().block_on(async { snapshot(&mut src.connect().await.unwrap()).await.unwrap() });
+    compare_snapshots(&source_snapshot(), &cluster.snapshot(), 2000)
+        .unwrap_or_else(|e| panic!("after the full copy: {e}\n{}", ferry.logs()));
+
+    // Witnesses over many slots, multi-key commands that span slots (split), and a
+    // transaction on one slot; a failover of one master in the middle.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (addr, stop) = (src.addr(), stop.clone());
+        std::thread::spawn(move || {
+            rt().block_on(async {
+                let mut c = Connection::connect(&addr, &Auth::default(), Duration::from_secs(2)).await.unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    c.call(&["INCR", &format!("witness:{}:count", n % 11)]).await.unwrap();
+                    c.call(&["RPUSH", &format!("witness:{}:list", n % 11), &n.to_string()]).await.unwrap();
+                    if n.is_multiple_of(10) {
+                        c.call(&["MSET", &format!("m:{n}:a"), "1", &format!("m:{n}:b"), "2"]).await.unwrap();
+                        c.call(&["DEL", &format!("m:{}:a", n.saturating_sub(10)), "m:none"]).await.unwrap();
+                        c.call(&["MULTI"]).await.unwrap();
+                        c.call(&["INCR", "{tx}:a"]).await.unwrap();
+                        c.call(&["INCR", "{tx}:b"]).await.unwrap();
+                        c.call(&["EXEC"]).await.unwrap();
+                    }
+                    n += 1;
+                    if n.is_multiple_of(20) {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+                n
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    let slot = ferry_resp::cluster::key_slot(b"witness:3:count");
+    cluster.failover_slot(slot);
+    std::thread::sleep(Duration::from_millis(700));
+    // The writer killed mid-stream: the next one resumes from the floors and skips, slot by
+    // slot, what the checkpoints cover.
+    let mut ferry = ferry;
+    ferry.kill("ferry-writer");
+    ferry.spawn("ferry-writer");
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::SeqCst);
+    let n = writer.join().unwrap();
+    assert!(n > 100, "only {n} writes");
+    let p = ferry.wait_caught_up(rt().block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
+    assert!(p["error"].is_null() || p["phase"] == "incremental", "{p:#}");
+    assert_eq!(p["full_syncs"], 1, "{p:#}\n{}", ferry.logs());
+    let logs = ferry.logs();
+    assert!(logs.contains("re-routing commands after a redirection"), "the failover caused no MOVED:\n{logs}");
+    compare_snapshots(&source_snapshot(), &cluster.snapshot(), 2000)
+        .unwrap_or_else(|e| panic!("after the failover: {e}\n{}", ferry.logs()));
+}
+
+#[test]
+fn cluster_target_refuses_other_dbs_with_a_clear_error() {
+    let src = RedisServer::start(&[]);
+    let cluster = Cluster::start(3, 0);
+    rt().block_on(async {
+        let mut c = src.connect().await.unwrap();
+        c.call(&["SELECT", "4"]).await.unwrap();
+        c.call(&["SET", "k", "v"]).await.unwrap();
+    });
+    let (cfg, status) =
+        config_with_ports(&format!("[source]\naddress = \"{}\"\n[target]\n{}\n", src.addr(), cluster.toml()));
+    let ferry = Ferry::start(&cfg, &status);
+    let p = ferry
+        .wait_for("failed", Duration::from_secs(60), |p| p["error"].as_str().is_some_and(|e| e.contains("only db 0")));
+    assert!(p["error"].as_str().unwrap().contains("db 4"), "{p:#}");
+}
