@@ -275,6 +275,33 @@ impl Ferry {
         }
     }
 
+    /// Polls `/status` until `n` pipelines exist and `pred` holds for every one of them.
+    pub fn wait_all(
+        &self,
+        what: &str,
+        n: usize,
+        timeout: Duration,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = serde_json::Value::Null;
+        loop {
+            if let Ok(s) = self.status() {
+                if let Some(ps) = s["pipelines"].as_array()
+                    && ps.len() == n
+                    && ps.iter().all(&mut pred)
+                {
+                    return s;
+                }
+                last = s;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; last status: {last:#}\nlogs:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until the pipeline is incremental and has applied at least `offset`.
     pub fn wait_caught_up(&self, offset: i64, timeout: Duration) -> serde_json::Value {
         self.wait_for(&format!("applied_offset >= {offset}"), timeout, |p| {
@@ -920,6 +947,64 @@ impl Cluster {
                 out.insert(0, all);
             }
             out
+        })
+    }
+
+    /// Writes `SET`/`INCR`/`RPUSH` through the master serving each key, following MOVED and
+    /// failovers; a write that fails is retried (it did not happen). Runs until `stop`.
+    pub fn witness_writer(&self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u64> {
+        let seeds: Vec<String> = self.nodes.iter().map(|n| n.addr()).collect();
+        std::thread::spawn(move || {
+            Self::block_on(async move {
+                let mut conns: std::collections::HashMap<String, Connection> = std::collections::HashMap::new();
+                let mut map: Option<ferry_resp::cluster::SlotMap> = None;
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if map.is_none() {
+                        for s in &seeds {
+                            if let Ok(mut c) = Connection::connect(s, &Auth::default(), Duration::from_secs(1)).await
+                                && let Ok(r) = c.call(&["CLUSTER", "SLOTS"]).await
+                            {
+                                map = ferry_resp::cluster::SlotMap::from_cluster_slots(&r).filter(|m| m.complete());
+                                if map.is_some() {
+                                    break;
+                                }
+                            }
+                        }
+                        if map.is_none() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                    let key = format!("witness:{}", n % 13);
+                    let m = map.as_ref().unwrap();
+                    let addr = m.masters[m.node_of(ferry_resp::cluster::key_slot(key.as_bytes())).unwrap()].clone();
+                    if !conns.contains_key(&addr) {
+                        match Connection::connect(&addr, &Auth::default(), Duration::from_secs(1)).await {
+                            Ok(c) => {
+                                conns.insert(addr.clone(), c);
+                            }
+                            Err(_) => {
+                                map = None;
+                                continue;
+                            }
+                        }
+                    }
+                    let c = conns.get_mut(&addr).unwrap();
+                    // One key per write so a redirected write simply did not happen.
+                    let ok = c.call(&["INCR", &key]).await.is_ok();
+                    if ok {
+                        n += 1;
+                    } else {
+                        conns.remove(&addr);
+                        map = None;
+                    }
+                    if n.is_multiple_of(20) {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+                n
+            })
         })
     }
 

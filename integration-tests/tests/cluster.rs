@@ -94,3 +94,33 @@ fn cluster_target_refuses_other_dbs_with_a_clear_error() {
         .wait_for("failed", Duration::from_secs(60), |p| p["error"].as_str().is_some_and(|e| e.contains("only db 0")));
     assert!(p["error"].as_str().unwrap().contains("db 4"), "{p:#}");
 }
+
+#[test]
+fn cluster_source_one_pipeline_per_master_follows_a_failover() {
+    let cluster = Cluster::start(3, 1);
+    let tgt = RedisServer::start(&[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = cluster.witness_writer(stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let (cfg, status) =
+        config_with_ports(&format!("[source]\n{}\n[target]\naddress = \"{}\"\n", cluster.toml(), tgt.addr()));
+    let ferry = Ferry::start(&cfg, &status);
+    ferry.wait_all("3 pipelines incremental", 3, Duration::from_secs(60), |p| p["phase"] == "incremental");
+    let slot = ferry_resp::cluster::key_slot(b"witness:1");
+    cluster.failover_slot(slot);
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::SeqCst);
+    let n = writer.join().unwrap();
+    assert!(n > 100, "only {n} writes");
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = ferry.wait_all("caught up", 3, Duration::from_secs(60), |p| {
+        p["phase"] == "incremental" && p["lag_bytes"] == 0 && p["error"].is_null()
+    });
+    for p in s["pipelines"].as_array().unwrap() {
+        assert_eq!(p["full_syncs"], 1, "a source failover caused a full copy: {p:#}\n{}", ferry.logs());
+    }
+    let partial: u64 = s["pipelines"].as_array().unwrap().iter().map(|p| p["partial_resyncs"].as_u64().unwrap()).sum();
+    assert!(partial >= 1, "{s:#}");
+    let target = rt().block_on(async { snapshot(&mut tgt.connect().await.unwrap()).await.unwrap() });
+    compare_snapshots(&cluster.snapshot(), &target, 2000).unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
+}

@@ -351,12 +351,6 @@ impl Config {
                         check_host_port(s).map_err(|m| invalid(&format!("{side}.sentinels"), m))?;
                     }
                 }
-                DeploymentType::Cluster if side == "source" => {
-                    return Err(invalid(
-                        "source.type",
-                        "a \"cluster\" source is not supported by this version of ferry yet (run one ferry per source master with type \"standalone\")".into(),
-                    ));
-                }
                 DeploymentType::Cluster => {}
             }
         }

@@ -326,15 +326,11 @@ fn redirect(err: &[u8]) -> Option<&'static str> {
 pub(crate) async fn session(
     cfg: &Config,
     stats: &Arc<Stats>,
+    hello: Batch,
     mut batches: Streaming<Batch>,
     ack_tx: mpsc::Sender<Result<Ack, Status>>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let hello = match batches.message().await.map_err(|s| anyhow!("decoder stream: {}", s.message()))? {
-        Some(b) if b.hello => b,
-        Some(_) => bail!("protocol error: the first batch of a session must be a hello"),
-        None => return Ok(()),
-    };
     let mut ct = ClusterTarget::connect(cfg, &hello.pipeline_id).await.context("target cluster")?;
     info!(target = %cfg.target.describe(), masters = ct.map.masters.len(), "connected to the target cluster");
     let checkpoint = ct.read_checkpoints().await.context("target cluster")?;

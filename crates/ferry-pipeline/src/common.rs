@@ -125,6 +125,53 @@ pub async fn assignment(
     }
 }
 
+/// Asks the coordinator for every pipeline this stage should serve (or only `pipeline`),
+/// retrying until it answers or `cancel` fires.
+pub async fn plan(
+    coordinator: &str,
+    role: &str,
+    pipeline: Option<&str>,
+    cancel: &CancellationToken,
+) -> Option<Vec<Assignment>> {
+    let mut backoff = Backoff::new();
+    let mut warned = false;
+    loop {
+        let req = AssignRequest {
+            role: role.into(),
+            instance: instance_name(),
+            pipeline_id: pipeline.unwrap_or_default().into(),
+        };
+        let res = async {
+            let mut client = CoordinatorClient::connect(coordinator.to_string()).await.map_err(|e| e.to_string())?;
+            client.plan(req).await.map(|r| r.into_inner().pipelines).map_err(|s| s.message().to_string())
+        }
+        .await;
+        match res {
+            Ok(p) if !p.is_empty() => {
+                for a in &p {
+                    info!(pipeline = %a.pipeline_id, leader = %a.source_address, downstream = %a.downstream_address, "assigned");
+                }
+                return Some(p);
+            }
+            Ok(_) => {
+                if !warned {
+                    warn!(coordinator, pipeline = pipeline.unwrap_or(""), "the coordinator has no such pipeline");
+                    warned = true;
+                }
+            }
+            Err(e) => {
+                if !warned {
+                    warn!(coordinator, error = %e, "waiting for the coordinator");
+                    warned = true;
+                }
+            }
+        }
+        if !sleep_or_cancel(backoff.next_delay(), cancel).await {
+            return None;
+        }
+    }
+}
+
 /// Counters of one stage, updated by the stage and reported to the coordinator.
 #[derive(Default)]
 pub struct Stats {
@@ -239,6 +286,41 @@ pub fn auth_of(r: &ferry_config::RedisConfig) -> ferry_resp::Auth {
     }
 }
 
+/// The slot map of a cluster, asked of the `seeds` first, then of the configured address.
+pub async fn cluster_map(
+    r: &ferry_config::RedisConfig,
+    seeds: &[String],
+) -> anyhow::Result<ferry_resp::cluster::SlotMap> {
+    let mut last = None;
+    for addr in seeds.iter().chain(std::iter::once(&r.address)) {
+        let res = async {
+            let mut c = ferry_resp::Connection::connect(addr, &auth_of(r), Duration::from_secs(5)).await?;
+            let reply = c.call(&["CLUSTER", "SLOTS"]).await?;
+            ferry_resp::cluster::SlotMap::from_cluster_slots(&reply)
+                .ok_or_else(|| anyhow::anyhow!("cannot read CLUSTER SLOTS"))
+        }
+        .await;
+        match res {
+            Ok(map) if !map.masters.is_empty() => return Ok(map),
+            Ok(_) => last = Some(anyhow::anyhow!("{addr}: the cluster serves no slot")),
+            Err(e) => last = Some(e.context(addr.clone())),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no cluster node to ask")))
+}
+
+/// Where the master of a deployment is now: its address (standalone), what the sentinels
+/// say (sentinel), or the node serving `slot` (cluster; `seeds` are asked first).
+pub async fn resolve_at(r: &ferry_config::RedisConfig, slot: Option<u16>, seeds: &[String]) -> anyhow::Result<String> {
+    if r.kind == ferry_config::DeploymentType::Cluster {
+        let slot = slot.ok_or_else(|| anyhow::anyhow!("a cluster pipeline needs a slot"))?;
+        let map = cluster_map(r, seeds).await?;
+        let n = map.node_of(slot).ok_or_else(|| anyhow::anyhow!("no master serves slot {slot}"))?;
+        return Ok(map.masters[n].clone());
+    }
+    resolve(r).await
+}
+
 /// Where the master of a deployment is now: its address (standalone), or what the
 /// sentinels say (sentinel).
 pub async fn resolve(r: &ferry_config::RedisConfig) -> anyhow::Result<String> {
@@ -266,15 +348,68 @@ pub async fn connect(r: &ferry_config::RedisConfig) -> anyhow::Result<(String, f
 /// every 500 ms: Sentinel answers with the new master as soon as it is promoted, while
 /// `+switch-master` can come much later). Never resolves for other deployments.
 pub async fn master_moved(r: &ferry_config::RedisConfig, current: &str) -> anyhow::Error {
-    if r.kind != ferry_config::DeploymentType::Sentinel {
+    master_moved_at(r, None, current).await
+}
+
+/// [`master_moved`], for the master serving `slot` of a cluster as well.
+pub async fn master_moved_at(r: &ferry_config::RedisConfig, slot: Option<u16>, current: &str) -> anyhow::Error {
+    if r.kind == ferry_config::DeploymentType::Standalone {
         return std::future::pending().await;
     }
+    let seeds = [current.to_string()];
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if let Ok(now) = resolve(r).await
+        if let Ok(now) = resolve_at(r, slot, &seeds).await
             && now != current
         {
             return anyhow::anyhow!("the master moved from {current} to {now} (failover)");
+        }
+    }
+}
+
+/// The pipelines a stage (decoder or writer) serves at once: each has its own statistics,
+/// reported to the coordinator, and at most one running session — a new session of the
+/// same pipeline (its reader reconnected) cancels the old one.
+pub struct Sessions {
+    role: &'static str,
+    coordinator: String,
+    tasks: tokio_util::task::TaskTracker,
+    cancel: CancellationToken,
+    inner: Mutex<std::collections::HashMap<String, (Arc<Stats>, CancellationToken)>>,
+}
+
+impl Sessions {
+    pub fn new(
+        role: &'static str,
+        coordinator: String,
+        tasks: tokio_util::task::TaskTracker,
+        cancel: CancellationToken,
+    ) -> Self {
+        Sessions { role, coordinator, tasks, cancel, inner: Mutex::new(std::collections::HashMap::new()) }
+    }
+
+    /// Starts a session of `pipeline_id`: its statistics and a cancellation token.
+    pub fn begin(&self, pipeline_id: &str) -> (Arc<Stats>, CancellationToken) {
+        let token = self.cancel.child_token();
+        let mut inner = self.inner.lock().unwrap();
+        match inner.get_mut(pipeline_id) {
+            Some((stats, old)) => {
+                old.cancel();
+                *old = token.clone();
+                (stats.clone(), token)
+            }
+            None => {
+                let stats = Stats::new("idle");
+                self.tasks.spawn(report_loop(
+                    self.coordinator.clone(),
+                    pipeline_id.to_string(),
+                    self.role,
+                    stats.clone(),
+                    self.cancel.clone(),
+                ));
+                inner.insert(pipeline_id.to_string(), (stats.clone(), token.clone()));
+                (stats, token)
+            }
         }
     }
 }

@@ -12,11 +12,13 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use ferry_config::Config;
 use ferry_proto::coordinator_server::{Coordinator, CoordinatorServer};
-use ferry_proto::{AssignRequest, Assignment, ReportReply, StatusReport};
+use ferry_proto::{AssignRequest, Assignment, PlanReply, ReportReply, StatusReport};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
+
+use crate::common;
 
 /// A report older than this means the stage is gone.
 const STALE: Duration = Duration::from_secs(5);
@@ -25,27 +27,50 @@ const STALE: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct PipelinePlan {
     pub id: String,
+    /// Description for the status.
     pub source: String,
+    /// The leader's address when the plan was made (the reader re-resolves it).
+    pub source_address: String,
+    /// Cluster sources: a slot of the shard (-1 otherwise).
+    pub slot: i32,
     pub target: String,
     pub decoder: String,
     pub writer: String,
 }
 
-/// Pipelines from the config (standalone source: one).
-pub fn plan(cfg: &Config) -> Vec<PipelinePlan> {
-    let (id, source) = match cfg.source.kind {
-        ferry_config::DeploymentType::Sentinel => {
-            (format!("sentinel-{}", cfg.source.master_name), cfg.source.describe())
-        }
-        _ => (cfg.source.address.clone(), cfg.source.address.clone()),
-    };
-    vec![PipelinePlan {
+/// Pipelines for the config: one for a standalone or sentinel-managed source, one per
+/// master that serves slots for a cluster (named after the shard's first slot, so the name
+/// survives a failover of the shard).
+pub async fn plan(cfg: &Config) -> anyhow::Result<Vec<PipelinePlan>> {
+    let one = |id: String, source: String, source_address: String, slot: i32| PipelinePlan {
         id,
         source,
+        source_address,
+        slot,
         target: cfg.target.describe(),
         decoder: cfg.decoder.listen.clone(),
         writer: cfg.writer.listen.clone(),
-    }]
+    };
+    Ok(match cfg.source.kind {
+        ferry_config::DeploymentType::Sentinel => {
+            vec![one(format!("sentinel-{}", cfg.source.master_name), cfg.source.describe(), String::new(), -1)]
+        }
+        ferry_config::DeploymentType::Standalone => {
+            vec![one(cfg.source.address.clone(), cfg.source.address.clone(), cfg.source.address.clone(), -1)]
+        }
+        ferry_config::DeploymentType::Cluster => {
+            let map = common::cluster_map(&cfg.source, &[]).await?;
+            let mut plans: Vec<PipelinePlan> = (0..map.masters.len())
+                .filter_map(|n| {
+                    let slot = map.a_slot_of(n)?;
+                    let addr = map.masters[n].clone();
+                    Some(one(format!("shard-{slot}"), format!("cluster shard of slot {slot}"), addr, slot as i32))
+                })
+                .collect();
+            plans.sort_by_key(|p| p.slot);
+            plans
+        }
+    })
 }
 
 #[derive(Default)]
@@ -95,7 +120,9 @@ impl Counters {
 
 /// Shared state of the coordinator.
 pub struct CoordinatorState {
-    plans: Vec<PipelinePlan>,
+    /// Empty until the source topology is known.
+    plans: Mutex<Vec<PipelinePlan>>,
+    plan_error: Mutex<Option<String>>,
     reports: Mutex<Reports>,
 }
 
@@ -140,19 +167,55 @@ pub struct StageStatus {
 
 impl CoordinatorState {
     pub fn new(cfg: &Config) -> Arc<Self> {
-        Arc::new(CoordinatorState { plans: plan(cfg), reports: Mutex::new(Reports::default()) })
+        let _ = cfg;
+        Arc::new(CoordinatorState {
+            plans: Mutex::new(Vec::new()),
+            plan_error: Mutex::new(None),
+            reports: Mutex::new(Reports::default()),
+        })
     }
 
-    fn find(&self, id: &str) -> Option<&PipelinePlan> {
-        if id.is_empty() { self.plans.first() } else { self.plans.iter().find(|p| p.id == id) }
+    fn find(&self, id: &str) -> Option<PipelinePlan> {
+        let plans = self.plans.lock().unwrap();
+        if id.is_empty() { plans.first().cloned() } else { plans.iter().find(|p| p.id == id).cloned() }
+    }
+
+    fn not_ready(&self) -> Status {
+        let why = self.plan_error.lock().unwrap().clone().unwrap_or_else(|| "discovering the source".into());
+        Status::unavailable(format!("no pipeline planned yet: {why}"))
+    }
+
+    /// Discovers the source topology until it succeeds (or `cancel` fires).
+    async fn plan_loop(self: Arc<Self>, cfg: Config, cancel: CancellationToken) {
+        let mut backoff = common::Backoff::new();
+        loop {
+            match plan(&cfg).await {
+                Ok(plans) => {
+                    for p in &plans {
+                        info!(pipeline = %p.id, source = %p.source, leader = %p.source_address, target = %p.target, "pipeline planned");
+                    }
+                    *self.plans.lock().unwrap() = plans;
+                    *self.plan_error.lock().unwrap() = None;
+                    return;
+                }
+                Err(e) => {
+                    let msg = format!("cannot discover the source {}: {e:#}", cfg.source.describe());
+                    warn!(error = %msg, "planning failed, retrying");
+                    *self.plan_error.lock().unwrap() = Some(msg);
+                }
+            }
+            if !common::sleep_or_cancel(backoff.next_delay(), &cancel).await {
+                return;
+            }
+        }
     }
 
     /// The current status of every pipeline.
     pub fn status(&self) -> StatusDoc {
         let reports = self.reports.lock().unwrap();
         let now = Instant::now();
-        let pipelines = self
-            .plans
+        let plans = self.plans.lock().unwrap().clone();
+        let pipelines = plans
             .iter()
             .map(|p| {
                 let get = |role: &str| {
@@ -247,6 +310,9 @@ struct CoordinatorSvc {
 impl Coordinator for CoordinatorSvc {
     async fn assign(&self, req: Request<AssignRequest>) -> Result<Response<Assignment>, Status> {
         let req = req.into_inner();
+        if self.state.plans.lock().unwrap().is_empty() {
+            return Err(self.state.not_ready());
+        }
         let Some(p) = self.state.find(&req.pipeline_id) else {
             return Err(Status::not_found(format!("no pipeline {:?}", req.pipeline_id)));
         };
@@ -257,12 +323,22 @@ impl Coordinator for CoordinatorSvc {
             other => return Err(Status::invalid_argument(format!("unknown role {other:?}"))),
         };
         info!(role = %req.role, instance = %req.instance, pipeline = %p.id, "stage assigned");
-        Ok(Response::new(Assignment {
-            pipeline_id: p.id.clone(),
-            source_address: p.source.clone(),
-            downstream_address: downstream,
-            target: p.target.clone(),
-        }))
+        Ok(Response::new(assignment(&p, downstream)))
+    }
+
+    async fn plan(&self, req: Request<AssignRequest>) -> Result<Response<PlanReply>, Status> {
+        let req = req.into_inner();
+        let plans = self.state.plans.lock().unwrap().clone();
+        if plans.is_empty() {
+            return Err(self.state.not_ready());
+        }
+        let pipelines = plans
+            .iter()
+            .filter(|p| req.pipeline_id.is_empty() || p.id == req.pipeline_id)
+            .map(|p| assignment(p, if req.role == "reader" { p.decoder.clone() } else { p.writer.clone() }))
+            .collect();
+        info!(role = %req.role, instance = %req.instance, "plan requested");
+        Ok(Response::new(PlanReply { pipelines }))
     }
 
     async fn report(&self, req: Request<StatusReport>) -> Result<Response<ReportReply>, Status> {
@@ -281,6 +357,16 @@ impl Coordinator for CoordinatorSvc {
     }
 }
 
+fn assignment(p: &PipelinePlan, downstream: String) -> Assignment {
+    Assignment {
+        pipeline_id: p.id.clone(),
+        source_address: p.source_address.clone(),
+        downstream_address: downstream,
+        target: p.target.clone(),
+        slot: p.slot,
+    }
+}
+
 /// Runs the coordinator until `cancel` fires.
 pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let state = CoordinatorState::new(&cfg);
@@ -294,10 +380,8 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let http_listener = tokio::net::TcpListener::bind(&cfg.coordinator.status_addr)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.coordinator.status_addr))?;
-    info!(status = %cfg.coordinator.status_addr, grpc = %grpc_addr, pipelines = state.plans.len(), "coordinator listening");
-    for p in &state.plans {
-        info!(pipeline = %p.id, source = %p.source, target = %p.target, "pipeline planned");
-    }
+    info!(status = %cfg.coordinator.status_addr, grpc = %grpc_addr, "coordinator listening");
+    let planner = tokio::spawn(state.clone().plan_loop(cfg.clone(), cancel.clone()));
     let app = axum::Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
@@ -311,6 +395,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
             cancel.clone().cancelled_owned(),
         );
     let (h, g) = tokio::join!(http, grpc);
+    let _ = planner.await;
     if let Err(e) = &h {
         warn!(error = %e, "status server stopped with an error");
     }

@@ -20,12 +20,12 @@ use ferry_proto::writer_client::WriterClient;
 use ferry_proto::{Ack, Batch, Frame, frame};
 use ferry_rdb::{Event, Parser, ParserOptions};
 use futures::Stream;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::common::{self, Stats};
 use crate::convert::{BatchBuilder, RdbConverter};
@@ -48,22 +48,12 @@ pub async fn run(
     let Some(assignment) = common::assignment(&coordinator, "decoder", pipeline.as_deref(), &cancel).await else {
         return Ok(());
     };
-    let stats = Stats::new("idle");
     let tasks = TaskTracker::new();
-    tasks.spawn(common::report_loop(
-        coordinator,
-        assignment.pipeline_id.clone(),
-        "decoder",
-        stats.clone(),
-        cancel.clone(),
-    ));
     let svc = DecoderSvc {
         cfg: Arc::new(cfg),
         writer: common::grpc_url(&assignment.downstream_address),
-        stats,
-        current: Mutex::new(None),
+        sessions: Arc::new(common::Sessions::new("decoder", coordinator, tasks.clone(), cancel.clone())),
         tasks: tasks.clone(),
-        cancel: cancel.clone(),
     };
     info!(%listen, "decoder listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -80,11 +70,9 @@ pub async fn run(
 struct DecoderSvc {
     cfg: Arc<Config>,
     writer: String,
-    stats: Arc<Stats>,
-    /// The running session; a new one cancels it (a reader reconnected).
-    current: Mutex<Option<CancellationToken>>,
+    /// One entry per pipeline: statistics and the running session.
+    sessions: Arc<common::Sessions>,
     tasks: TaskTracker,
-    cancel: CancellationToken,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send>>;
@@ -94,18 +82,27 @@ impl Decoder for DecoderSvc {
     type SyncStream = AckStream;
 
     async fn sync(&self, req: Request<Streaming<Frame>>) -> Result<Response<AckStream>, Status> {
-        let frames = req.into_inner();
-        let session_cancel = self.cancel.child_token();
-        if let Some(old) = self.current.lock().await.replace(session_cancel.clone()) {
-            old.cancel();
-        }
+        let mut frames = req.into_inner();
         let (ack_tx, ack_rx) = mpsc::channel(64);
         let cfg = self.cfg.clone();
         let writer = self.writer.clone();
-        let stats = self.stats.clone();
+        let sessions = self.sessions.clone();
         self.tasks.spawn(async move {
+            let hello = match frames.message().await {
+                Ok(Some(Frame { kind: Some(frame::Kind::Hello(h)) })) => h,
+                Ok(None) => return,
+                Ok(Some(_)) => {
+                    let _ = ack_tx.send(Err(Status::invalid_argument("the first frame of a session must be Hello"))).await;
+                    return;
+                }
+                Err(s) => {
+                    warn!(error = %s.message(), "reader stream failed before its hello");
+                    return;
+                }
+            };
+            let (stats, session_cancel) = sessions.begin(&hello.pipeline_id);
             stats.set_phase("running");
-            let res = session(&cfg, &writer, &stats, frames, ack_tx.clone(), &session_cancel).await;
+            let res = session(&cfg, &writer, &stats, hello, frames, ack_tx.clone(), &session_cancel).await;
             session_cancel.cancel();
             if let Err(e) = res {
                 let msg = format!("{e:#}");
@@ -123,15 +120,11 @@ async fn session(
     cfg: &Config,
     writer_url: &str,
     stats: &Arc<Stats>,
+    hello: ferry_proto::Hello,
     mut frames: Streaming<Frame>,
     ack_tx: mpsc::Sender<Result<Ack, Status>>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let hello = match frames.message().await.map_err(|s| anyhow!("reader stream: {}", s.message()))? {
-        Some(Frame { kind: Some(frame::Kind::Hello(h)) }) => h,
-        Some(_) => bail!("protocol error: the first frame of a session must be Hello"),
-        None => return Ok(()),
-    };
     stats.clear_error();
     let mut client = WriterClient::connect(writer_url.to_string())
         .await

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use ferry_config::Config;
 use ferry_proto::decoder_client::DecoderClient;
-use ferry_proto::{Commands, Frame, Hello, RdbEnd, SyncStart, frame};
+use ferry_proto::{Assignment, Commands, Frame, Hello, RdbEnd, SyncStart, frame};
 use ferry_resp::replication::{PsyncReply, ReplEvent, ReplicaOptions, handshake};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,16 +24,27 @@ use tracing::{error, info, warn};
 
 use crate::common::{self, Backoff, Stats};
 
-/// Runs the reader until `cancel` fires.
+/// Runs the reader until `cancel` fires: one replication session loop per pipeline it
+/// serves (all of the plan, or the one given with `--pipeline`).
 pub async fn run(
     cfg: Config,
     coordinator: String,
     pipeline: Option<String>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let Some(assignment) = common::assignment(&coordinator, "reader", pipeline.as_deref(), &cancel).await else {
+    let Some(assignments) = common::plan(&coordinator, "reader", pipeline.as_deref(), &cancel).await else {
         return Ok(());
     };
+    let tasks = TaskTracker::new();
+    for a in assignments {
+        tasks.spawn(run_pipeline(cfg.clone(), coordinator.clone(), a, cancel.clone()));
+    }
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+async fn run_pipeline(cfg: Config, coordinator: String, assignment: Assignment, cancel: CancellationToken) {
     let stats = Stats::new("connecting");
     let tasks = TaskTracker::new();
     tasks.spawn(common::report_loop(
@@ -44,24 +55,31 @@ pub async fn run(
         cancel.clone(),
     ));
     // A standalone source is where the coordinator says (a sidecar may be given its own
-    // leader); a sentinel-managed one is resolved at every session, following failovers.
+    // leader); a sentinel-managed one is resolved at every session, and a cluster shard is
+    // whichever node serves its slot now: failovers are followed.
     let mut source_cfg = cfg.source.clone();
     if source_cfg.kind == ferry_config::DeploymentType::Standalone && !assignment.source_address.is_empty() {
         source_cfg.address = assignment.source_address.clone();
     }
-    let source = source_cfg.describe();
+    let slot = u16::try_from(assignment.slot).ok();
+    let source = match slot {
+        Some(s) => format!("{} (slot {s})", source_cfg.describe()),
+        None => source_cfg.describe(),
+    };
     let decoder = common::grpc_url(&assignment.downstream_address);
     let mut backoff = Backoff::new();
+    let mut last_leader = assignment.source_address.clone();
     while !cancel.is_cancelled() {
         let session = Session {
             cfg: &cfg,
             source_cfg: &source_cfg,
+            slot,
             pipeline_id: &assignment.pipeline_id,
             source: &source,
             decoder: &decoder,
             stats: &stats,
         };
-        match session.run(&cancel, &mut backoff).await {
+        match session.run(&cancel, &mut backoff, &mut last_leader).await {
             Ok(()) => break,
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -77,12 +95,12 @@ pub async fn run(
     stats.set_phase("stopped");
     tasks.close();
     tasks.wait().await;
-    Ok(())
 }
 
 struct Session<'a> {
     cfg: &'a Config,
     source_cfg: &'a ferry_config::RedisConfig,
+    slot: Option<u16>,
     pipeline_id: &'a str,
     source: &'a str,
     decoder: &'a str,
@@ -91,10 +109,20 @@ struct Session<'a> {
 
 impl Session<'_> {
     /// One replication session; returns Ok only when cancelled.
-    async fn run(&self, cancel: &CancellationToken, backoff: &mut Backoff) -> anyhow::Result<()> {
+    async fn run(
+        &self,
+        cancel: &CancellationToken,
+        backoff: &mut Backoff,
+        last_leader: &mut String,
+    ) -> anyhow::Result<()> {
         let stats = self.stats;
         stats.set_phase("connecting");
-        let (addr, conn) = common::connect(self.source_cfg).await.context("source")?;
+        let seeds: Vec<String> = std::iter::once(last_leader.clone()).filter(|s| !s.is_empty()).collect();
+        let addr = common::resolve_at(self.source_cfg, self.slot, &seeds).await.context("source")?;
+        let conn = ferry_resp::Connection::connect(&addr, &common::auth_of(self.source_cfg), Duration::from_secs(10))
+            .await
+            .context("source")?;
+        *last_leader = addr.clone();
         if addr != self.source_cfg.address {
             info!(source = %self.source, master = %addr, "source master resolved");
         }
@@ -183,7 +211,7 @@ impl Session<'_> {
         };
         // A sentinel-managed source: move to the new master after a failover (PSYNC from the
         // checkpoint continues on the old replication id, which the new master keeps as replid2).
-        let moved = common::master_moved(self.source_cfg, &addr);
+        let moved = common::master_moved_at(self.source_cfg, self.slot, &addr);
         tokio::pin!(moved);
         let result = async {
             let mut rdb_bytes = 0u64;

@@ -20,7 +20,7 @@ use ferry_proto::{Ack, Batch, Checkpoint};
 use ferry_resp::conn::printable;
 use ferry_resp::{Connection, Reply, encode_command_into};
 use futures::Stream;
-use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,21 +43,11 @@ pub async fn run(
     let Some(assignment) = common::assignment(&coordinator, "writer", pipeline.as_deref(), &cancel).await else {
         return Ok(());
     };
-    let stats = Stats::new("idle");
     let tasks = TaskTracker::new();
-    tasks.spawn(common::report_loop(
-        coordinator,
-        assignment.pipeline_id.clone(),
-        "writer",
-        stats.clone(),
-        cancel.clone(),
-    ));
     let svc = WriterSvc {
         cfg: Arc::new(cfg),
-        stats,
-        current: Mutex::new(None),
+        sessions: Arc::new(common::Sessions::new("writer", coordinator, tasks.clone(), cancel.clone())),
         tasks: tasks.clone(),
-        cancel: cancel.clone(),
     };
     info!(%listen, target = %assignment.target, "writer listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -73,10 +63,9 @@ pub async fn run(
 
 struct WriterSvc {
     cfg: Arc<Config>,
-    stats: Arc<Stats>,
-    current: Mutex<Option<CancellationToken>>,
+    /// One entry per pipeline: statistics and the running session.
+    sessions: Arc<common::Sessions>,
     tasks: TaskTracker,
-    cancel: CancellationToken,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send>>;
@@ -86,18 +75,29 @@ impl Writer for WriterSvc {
     type ApplyStream = AckStream;
 
     async fn apply(&self, req: Request<Streaming<Batch>>) -> Result<Response<AckStream>, Status> {
-        let batches = req.into_inner();
-        let session_cancel = self.cancel.child_token();
-        if let Some(old) = self.current.lock().await.replace(session_cancel.clone()) {
-            old.cancel();
-        }
+        let mut batches = req.into_inner();
         let (ack_tx, ack_rx) = mpsc::channel(64);
         let cfg = self.cfg.clone();
-        let stats = self.stats.clone();
+        let sessions = self.sessions.clone();
         self.tasks.spawn(async move {
+            let hello = match batches.message().await {
+                Ok(Some(b)) if b.hello => b,
+                Ok(None) => return,
+                Ok(Some(_)) => {
+                    let _ = ack_tx
+                        .send(Err(Status::invalid_argument("the first batch of a session must be a hello")))
+                        .await;
+                    return;
+                }
+                Err(s) => {
+                    warn!(error = %s.message(), "decoder stream failed before its hello");
+                    return;
+                }
+            };
+            let (stats, session_cancel) = sessions.begin(&hello.pipeline_id);
             stats.set_phase("running");
             stats.rdb_applied.store(false, Relaxed);
-            let res = session(&cfg, &stats, batches, ack_tx.clone(), &session_cancel).await;
+            let res = session(&cfg, &stats, hello, batches, ack_tx.clone(), &session_cancel).await;
             session_cancel.cancel();
             if let Err(e) = res {
                 let msg = format!("{e:#}");
@@ -153,21 +153,17 @@ async fn read_checkpoint(conn: &mut Connection, pipeline_id: &str) -> anyhow::Re
 async fn session(
     cfg: &Config,
     stats: &Arc<Stats>,
+    hello: Batch,
     mut batches: Streaming<Batch>,
     ack_tx: mpsc::Sender<Result<Ack, Status>>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     if cfg.target.kind == ferry_config::DeploymentType::Cluster {
-        return crate::cluster_writer::session(cfg, stats, batches, ack_tx, cancel).await;
+        return crate::cluster_writer::session(cfg, stats, hello, batches, ack_tx, cancel).await;
     }
     let (target_addr, mut conn) = common::connect(&cfg.target).await.context("target")?;
     info!(target = %cfg.target.describe(), master = %target_addr, "connected to the target");
     // The session opens with a hello: answer with the checkpoint the target holds.
-    let hello = match batches.message().await.map_err(|s| anyhow!("decoder stream: {}", s.message()))? {
-        Some(b) if b.hello => b,
-        Some(_) => bail!("protocol error: the first batch of a session must be a hello"),
-        None => return Ok(()),
-    };
     let pipeline_id = hello.pipeline_id.clone();
     let ckpt_key = Bytes::from(checkpoint_key(&pipeline_id));
     let checkpoint = read_checkpoint(&mut conn, &pipeline_id).await?;
