@@ -1009,25 +1009,30 @@ impl Cluster {
     }
 
     /// `CLUSTER FAILOVER` on a replica of the master serving `slot`; waits until it serves it.
+    /// A manual failover gives up after a few seconds when the replica cannot catch up (a
+    /// loaded machine): it is asked again until it happens.
     pub fn failover_slot(&self, slot: u16) -> String {
         let map = self.slot_map().unwrap();
         let old = map.masters[map.node_of(slot).unwrap()].clone();
-        let replica = Self::block_on(async {
-            for n in &self.nodes {
-                let mut c = n.connect().await.ok()?;
-                let info = c.call(&["INFO", "replication"]).await.ok()?;
-                let port = ferry_resp::replication::info_field(&info, "master_port").map(str::to_string);
-                if ferry_resp::replication::info_field(&info, "role") == Some("slave")
-                    && old.ends_with(&format!(":{}", port?))
-                {
-                    c.call(&["CLUSTER", "FAILOVER"]).await.ok()?;
-                    return Some(n.addr());
+        let ask = || {
+            Self::block_on(async {
+                for n in &self.nodes {
+                    let mut c = n.connect().await.ok()?;
+                    let info = c.call(&["INFO", "replication"]).await.ok()?;
+                    let port = ferry_resp::replication::info_field(&info, "master_port").map(str::to_string);
+                    if ferry_resp::replication::info_field(&info, "role") == Some("slave")
+                        && old.ends_with(&format!(":{}", port?))
+                    {
+                        c.call(&["CLUSTER", "FAILOVER"]).await.ok()?;
+                        return Some(n.addr());
+                    }
                 }
-            }
-            None
-        })
-        .expect("a replica of the master");
-        let deadline = Instant::now() + Duration::from_secs(30);
+                None
+            })
+        };
+        let replica = ask().expect("a replica of the master");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut asked = Instant::now();
         loop {
             if let Some(m) = self.slot_map()
                 && m.node_of(slot).map(|i| m.masters[i].clone()) == Some(replica.clone())
@@ -1035,6 +1040,10 @@ impl Cluster {
                 return replica;
             }
             assert!(Instant::now() < deadline, "CLUSTER FAILOVER did not complete");
+            if asked.elapsed() > Duration::from_secs(6) {
+                let _ = ask();
+                asked = Instant::now();
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }

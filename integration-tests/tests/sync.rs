@@ -276,3 +276,53 @@ fn killed_stages_resume_with_partial_resync_and_exact_witnesses() {
         compare(&mut a, &mut b, 2000).await.unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
     });
 }
+
+#[test]
+fn a_slow_target_never_gets_the_reader_disconnected_the_spool_drains() {
+    // A source that disconnects a replica as soon as 2 MB wait for it.
+    let src = RedisServer::start(&["--client-output-buffer-limit", "replica 2mb 1mb 2"]);
+    let tgt = RedisServer::start(&[]);
+    let rt = rt();
+    let (cfg, status) = config_with_ports(&format!(
+        "[source]\naddress = \"{}\"\n[target]\naddress = \"{}\"\n[reader]\nbuffer_bytes = 262144\n",
+        src.addr(),
+        tgt.addr()
+    ));
+    // A target ten times slower than the writes below.
+    let cfg = cfg.replace("[writer]\n", "[writer]\nmax_ops_per_sec = 4000\n");
+    let ferry = Ferry::start(&cfg, &status);
+    ferry.wait_for("incremental", Duration::from_secs(60), |p| p["phase"] == "incremental");
+    rt.block_on(async {
+        let mut c = src.connect().await.unwrap();
+        // ~30 MB of replication stream in a few seconds; the stages between the reader and
+        // the target hold far less than that.
+        let value = "v".repeat(1500);
+        for round in 0..20 {
+            let mut buf = bytes::BytesMut::new();
+            for i in 0..1_000 {
+                ferry_resp::encode_command_into(&mut buf, &["SET", &format!("bulk:{round}:{i}"), &value]);
+            }
+            c.send_raw(&buf).await.unwrap();
+            for _ in 0..1_000 {
+                c.read_reply().await.unwrap();
+            }
+        }
+    });
+    let spooled =
+        ferry.wait_for("the spool in use", Duration::from_secs(30), |p| p["spool_bytes"].as_u64().unwrap_or(0) > 0);
+    assert!(spooled["spool_bytes"].as_u64().unwrap() > 1_000_000, "{spooled:#}");
+    let p = ferry.wait_caught_up(rt.block_on(src.repl_offset()).unwrap(), Duration::from_secs(90));
+    assert_eq!(
+        (p["full_syncs"].as_u64(), p["partial_resyncs"].as_u64()),
+        (Some(1), Some(0)),
+        "the reader was disconnected: {p:#}\n{}\n{}",
+        ferry.logs(),
+        src.log()
+    );
+    assert_eq!(p["spool_bytes"], 0);
+    assert!(!src.log().contains("output buffer limits"), "{}", src.log());
+    rt.block_on(async {
+        let (mut a, mut b) = (src.connect().await.unwrap(), tgt.connect().await.unwrap());
+        compare(&mut a, &mut b, 2000).await.unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
+    });
+}

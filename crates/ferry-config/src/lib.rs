@@ -38,6 +38,8 @@ pub struct Config {
     pub writer: WriterConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub filter: FilterConfig,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -131,6 +133,16 @@ pub struct ReaderConfig {
     /// Frames buffered in memory between the socket and the decoder stream.
     #[serde(default = "default_reader_buffer")]
     pub buffer_frames: usize,
+    /// Bytes of the replication stream held in memory before the reader spools to disk (it
+    /// never stops reading the socket: the source would disconnect a slow replica).
+    #[serde(default = "default_memory_buffer")]
+    pub buffer_bytes: u64,
+    /// Where to spool; default: the system temp dir.
+    #[serde(default)]
+    pub spool_dir: String,
+    /// Largest spool; when full the session fails with an error saying so.
+    #[serde(default = "default_spool_max")]
+    pub spool_max_bytes: u64,
 }
 
 impl Default for ReaderConfig {
@@ -139,8 +151,19 @@ impl Default for ReaderConfig {
             listening_port: 0,
             proto_max_bulk_len: default_max_bulk(),
             buffer_frames: default_reader_buffer(),
+            buffer_bytes: default_memory_buffer(),
+            spool_dir: String::new(),
+            spool_max_bytes: default_spool_max(),
         }
     }
+}
+
+fn default_memory_buffer() -> u64 {
+    32 * 1024 * 1024
+}
+
+fn default_spool_max() -> u64 {
+    8 * 1024 * 1024 * 1024
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -195,6 +218,9 @@ pub struct WriterConfig {
     pub pipeline_count_limit: usize,
     #[serde(default)]
     pub existing_key: ExistingKey,
+    /// Most data commands applied per second (0: no limit).
+    #[serde(default)]
+    pub max_ops_per_sec: u64,
 }
 
 impl Default for WriterConfig {
@@ -203,6 +229,7 @@ impl Default for WriterConfig {
             listen: default_writer_listen(),
             pipeline_count_limit: default_pipeline(),
             existing_key: ExistingKey::Rewrite,
+            max_ops_per_sec: 0,
         }
     }
 }
@@ -229,6 +256,38 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig { level: default_log_level(), format: LogFormat::Text }
     }
+}
+
+/// `[filter]`: which keys, dbs and commands reach the target, and where dbs land.
+///
+/// Every list is empty by default and then nothing is filtered. A key passes if no block
+/// rule matches it and either no allow rule is set or one matches it; the same for dbs
+/// (source dbs, before `db_map`) and commands. Regexes are unanchored (`^`/`$` anchor them)
+/// and are compiled (and checked) by the decoder when it starts.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Exact key names.
+    pub allow_keys: Vec<String>,
+    pub allow_key_prefix: Vec<String>,
+    pub allow_key_suffix: Vec<String>,
+    pub allow_key_regex: Vec<String>,
+    pub block_keys: Vec<String>,
+    pub block_key_prefix: Vec<String>,
+    pub block_key_suffix: Vec<String>,
+    pub block_key_regex: Vec<String>,
+    /// Source dbs; empty = all.
+    pub allow_db: Vec<u64>,
+    pub block_db: Vec<u64>,
+    /// Command names (any case), e.g. `["SET", "DEL"]`; empty = all.
+    pub allow_command: Vec<String>,
+    pub block_command: Vec<String>,
+    /// Command groups (Redis ACL categories): `string`, `list`, `set`, `sorted_set`, `hash`,
+    /// `stream`, `generic`, `scripting`, `pubsub`, `server`, `transactions`, `geo`,
+    /// `hyperloglog`, `bitmap`.
+    pub block_command_group: Vec<String>,
+    /// Source db (a TOML key, `"1"`) → target db; dbs not listed keep their number.
+    pub db_map: std::collections::BTreeMap<String, u64>,
 }
 
 fn default_source_address() -> String {

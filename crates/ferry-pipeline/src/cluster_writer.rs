@@ -342,6 +342,7 @@ pub(crate) async fn session(
         .await;
     stats.clear_error();
     let mut replid = String::new();
+    let mut limiter = common::RateLimiter::new(cfg.writer.max_ops_per_sec);
     loop {
         let msg = tokio::select! {
             m = batches.message() => m.map_err(|s| anyhow!("decoder stream: {}", s.message()))?,
@@ -357,6 +358,7 @@ pub(crate) async fn session(
             }
             continue;
         }
+        limiter.acquire(b.count as u64).await;
         apply(&mut ct, &b, &replid, stats).await?;
         if b.offset >= 0 && (b.rdb_end || ct.last_floor_write.elapsed() >= Duration::from_secs(1)) {
             let value = format!("{replid} {} {} {}", b.offset, b.resume_offset, b.resume_db);

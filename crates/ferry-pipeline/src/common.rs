@@ -188,8 +188,12 @@ pub struct Stats {
     pub modules_skipped: AtomicU64,
     pub full_syncs: AtomicU64,
     pub partial_resyncs: AtomicU64,
+    /// Bytes of the replication stream waiting in the reader's disk spool.
+    pub spool_bytes: AtomicU64,
     pub error: Mutex<String>,
     pub errors_by_kind: Mutex<BTreeMap<String, u64>>,
+    /// The decoder's filter, whose counters are reported too.
+    pub filter: std::sync::OnceLock<Arc<crate::filter::Filter>>,
 }
 
 impl Stats {
@@ -236,11 +240,16 @@ impl Stats {
             errors_by_kind: self.errors_by_kind.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect(),
             entries_decoded: self.entries_decoded.load(Relaxed),
             modules_skipped: self.modules_skipped.load(Relaxed),
+            spool_bytes: self.spool_bytes.load(Relaxed),
+            keys_filtered: self.filter.get().map(|f| f.stats.keys_filtered.load(Relaxed)).unwrap_or(0),
+            commands_filtered: self.filter.get().map(|f| f.stats.commands_filtered.load(Relaxed)).unwrap_or(0),
+            filtered_mixed: self.filter.get().map(|f| f.stats.filtered_mixed.load(Relaxed)).unwrap_or(0),
+            db_map_collisions: self.filter.get().map(|f| f.stats.db_map_collisions.load(Relaxed)).unwrap_or(0),
         }
     }
 }
 
-/// Reports `stats` to the coordinator every 500 ms until cancelled (and once more at the end).
+/// Reports `stats` to the coordinator every 200 ms until cancelled (and once more at the end).
 pub async fn report_loop(
     coordinator: String,
     pipeline_id: String,
@@ -250,7 +259,7 @@ pub async fn report_loop(
 ) {
     let instance = instance_name();
     let mut client: Option<CoordinatorClient<tonic::transport::Channel>> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         let stop = tokio::select! {
             _ = tick.tick() => false,
@@ -410,6 +419,37 @@ impl Sessions {
                 inner.insert(pipeline_id.to_string(), (stats.clone(), token.clone()));
                 (stats, token)
             }
+        }
+    }
+}
+
+/// Paces work to at most `rate` units per second (0: no limit), smoothly.
+pub struct RateLimiter {
+    rate: u64,
+    start: std::time::Instant,
+    done: u64,
+}
+
+impl RateLimiter {
+    pub fn new(rate: u64) -> Self {
+        RateLimiter { rate, start: std::time::Instant::now(), done: 0 }
+    }
+
+    /// Waits until `n` more units fit in the rate.
+    pub async fn acquire(&mut self, n: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        self.done += n;
+        let due = Duration::from_secs_f64(self.done as f64 / self.rate as f64);
+        let elapsed = self.start.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+        // Forget history after a long pause, so an idle period does not allow a burst.
+        if self.start.elapsed() > Duration::from_secs(10) && due + Duration::from_secs(1) < self.start.elapsed() {
+            self.start = std::time::Instant::now();
+            self.done = 0;
         }
     }
 }

@@ -153,6 +153,14 @@ pub struct PipelineStatus {
     pub keys_skipped: u64,
     pub entries_decoded: u64,
     pub modules_skipped: u64,
+    /// Bytes of the source's stream waiting in the reader's disk spool (the target is slower).
+    pub spool_bytes: u64,
+    /// `[filter]`: full-copy keys not copied, stream commands not forwarded, multi-key
+    /// commands dropped for mixed verdicts, keys met in two source dbs mapped to one.
+    pub keys_filtered: u64,
+    pub commands_filtered: u64,
+    pub filtered_mixed: u64,
+    pub db_map_collisions: u64,
     pub errors_by_kind: BTreeMap<String, u64>,
     pub stages: BTreeMap<String, StageStatus>,
 }
@@ -252,7 +260,13 @@ impl CoordinatorState {
                     _ => "incremental",
                 };
                 let source_offset = reader.map(|r| r.source_offset).unwrap_or(0);
-                let applied_offset = writer.map(|w| w.applied_offset).unwrap_or(0);
+                // Both offsets from the reader's report (it learns the applied offset from the
+                // acknowledgements at once), so the lag is never computed from two reports taken
+                // at different moments (a newer writer report would hide a lag).
+                let applied_offset = match reader {
+                    Some(r) => r.applied_offset,
+                    None => writer.map(|w| w.applied_offset).unwrap_or(0),
+                };
                 let mut errors_by_kind = BTreeMap::new();
                 for r in [reader, decoder, writer].into_iter().flatten() {
                     for (k, v) in &r.errors_by_kind {
@@ -293,6 +307,11 @@ impl CoordinatorState {
                     keys_skipped: wc.keys_skipped,
                     entries_decoded: dc.entries_decoded,
                     modules_skipped: dc.modules_skipped,
+                    spool_bytes: reader.map(|r| r.spool_bytes).unwrap_or(0),
+                    keys_filtered: decoder.map(|d| d.keys_filtered).unwrap_or(0),
+                    commands_filtered: decoder.map(|d| d.commands_filtered).unwrap_or(0),
+                    filtered_mixed: decoder.map(|d| d.filtered_mixed).unwrap_or(0),
+                    db_map_collisions: decoder.map(|d| d.db_map_collisions).unwrap_or(0),
                     errors_by_kind,
                     stages,
                 }
@@ -418,7 +437,8 @@ pub fn render_metrics(doc: &StatusDoc) -> String {
     let mut out = String::new();
     let phases = ["connecting", "full_sync", "incremental", "stopped", "failed"];
     type Series = (&'static str, &'static str, &'static str, fn(&PipelineStatus) -> f64);
-    let series: [Series; 9] = [
+    let series: [Series; 10] = [
+        ("ferry_spool_bytes", "gauge", "Bytes waiting in the reader's disk spool.", |p| p.spool_bytes as f64),
         ("ferry_source_offset_bytes", "gauge", "Replication offset received from the source.", |p| {
             p.source_offset as f64
         }),

@@ -6,7 +6,9 @@
 //! stream is forwarded as raw RESP with `SELECT` tracked, `MULTI`/`EXEC` kept in one
 //! batch, and `PING`/`REPLCONF` dropped (their bytes still count in the offset, so an
 //! idle source is acknowledged up to its last byte). Acknowledgements from the writer
-//! flow back to the reader unchanged.
+//! flow back to the reader unchanged. The `[filter]` rules ([`crate::filter`]) apply to
+//! both: filtered keys are not copied, filtered commands not forwarded, and db numbers are
+//! remapped for the target (the resume bookkeeping keeps the source's).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use tracing::{error, info, warn};
 
 use crate::common::{self, Stats};
 use crate::convert::{BatchBuilder, RdbConverter};
+use crate::filter::{Decision, Filter};
 
 /// Largest batch built by the decoder.
 const BATCH_BYTES: usize = 1024 * 1024;
@@ -43,6 +46,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let listen: std::net::SocketAddr =
         cfg.decoder.listen.parse().with_context(|| format!("decoder.listen {:?}", cfg.decoder.listen))?;
+    // A bad regex or group is a configuration error (exit code 2), found before serving.
+    let filter = Arc::new(Filter::new(&cfg.filter)?);
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let Some(assignment) = common::assignment(&coordinator, "decoder", pipeline.as_deref(), &cancel).await else {
@@ -52,6 +57,7 @@ pub async fn run(
     let svc = DecoderSvc {
         cfg: Arc::new(cfg),
         writer: common::grpc_url(&assignment.downstream_address),
+        filter,
         sessions: Arc::new(common::Sessions::new("decoder", coordinator, tasks.clone(), cancel.clone())),
         tasks: tasks.clone(),
     };
@@ -70,6 +76,7 @@ pub async fn run(
 struct DecoderSvc {
     cfg: Arc<Config>,
     writer: String,
+    filter: Arc<Filter>,
     /// One entry per pipeline: statistics and the running session.
     sessions: Arc<common::Sessions>,
     tasks: TaskTracker,
@@ -87,12 +94,14 @@ impl Decoder for DecoderSvc {
         let cfg = self.cfg.clone();
         let writer = self.writer.clone();
         let sessions = self.sessions.clone();
+        let filter = self.filter.clone();
         self.tasks.spawn(async move {
             let hello = match frames.message().await {
                 Ok(Some(Frame { kind: Some(frame::Kind::Hello(h)) })) => h,
                 Ok(None) => return,
                 Ok(Some(_)) => {
-                    let _ = ack_tx.send(Err(Status::invalid_argument("the first frame of a session must be Hello"))).await;
+                    let _ =
+                        ack_tx.send(Err(Status::invalid_argument("the first frame of a session must be Hello"))).await;
                     return;
                 }
                 Err(s) => {
@@ -101,8 +110,9 @@ impl Decoder for DecoderSvc {
                 }
             };
             let (stats, session_cancel) = sessions.begin(&hello.pipeline_id);
+            let _ = stats.filter.set(filter.clone());
             stats.set_phase("running");
-            let res = session(&cfg, &writer, &stats, hello, frames, ack_tx.clone(), &session_cancel).await;
+            let res = session(&cfg, &writer, &stats, &filter, hello, frames, ack_tx.clone(), &session_cancel).await;
             session_cancel.cancel();
             if let Err(e) = res {
                 let msg = format!("{e:#}");
@@ -116,10 +126,12 @@ impl Decoder for DecoderSvc {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     cfg: &Config,
     writer_url: &str,
     stats: &Arc<Stats>,
+    filter: &Arc<Filter>,
     hello: ferry_proto::Hello,
     mut frames: Streaming<Frame>,
     ack_tx: mpsc::Sender<Result<Ack, Status>>,
@@ -171,6 +183,7 @@ async fn session(
     let policy = cfg.writer.existing_key;
     let mut rdb: Option<(mpsc::Sender<Bytes>, tokio::task::JoinHandle<anyhow::Result<()>>)> = None;
     let mut cmds = CommandState::new();
+    cmds.filter = filter.clone();
     let result: anyhow::Result<()> = async {
         loop {
             let msg = tokio::select! {
@@ -197,8 +210,9 @@ async fn session(
                             verify_checksum: true,
                             allow_newer_version: cfg.decoder.allow_newer_rdb,
                         };
-                        let (btx, stats) = (batch_tx.clone(), stats.clone());
-                        let handle = tokio::task::spawn_blocking(move || parse_rdb(rx, btx, opts, policy, &stats));
+                        let (btx, stats, filter) = (batch_tx.clone(), stats.clone(), filter.clone());
+                        let handle =
+                            tokio::task::spawn_blocking(move || parse_rdb(rx, btx, opts, policy, &stats, &filter));
                         rdb = Some((tx, handle));
                     }
                     let (tx, _) = rdb.as_ref().expect("set above");
@@ -244,7 +258,10 @@ struct CommandState {
     in_multi: bool,
     builder: BatchBuilder,
     data_offset: i64,
+    /// The SOURCE db of the last data command (resume bookkeeping; never remapped).
     data_db: u64,
+    /// Filters and db remapping; dropped commands are not data (like `PING`).
+    filter: Arc<Filter>,
 }
 
 /// Commands of the replication stream that change no data. Pub/Sub messages are not
@@ -261,6 +278,7 @@ impl CommandState {
             builder: BatchBuilder::new(BATCH_BYTES, u32::MAX),
             data_offset: 0,
             data_db: 0,
+            filter: Arc::new(Filter::pass_all()),
         }
     }
 
@@ -284,9 +302,21 @@ impl CommandState {
                     .and_then(|a| std::str::from_utf8(a).ok())
                     .and_then(|a| a.parse::<u64>().ok())
                     .ok_or_else(|| anyhow!("malformed SELECT in the replication stream"))?;
-                self.builder.push_raw(self.db, cmd, false, frame_start + pos as i64);
+                // The target gets the mapped db; a filtered db's commands are all dropped, so
+                // its SELECT is too (the builder selects again before the next command).
+                if self.filter.db_passes(db) {
+                    let target = self.filter.map_db(db);
+                    let select;
+                    let cmd = if target == db {
+                        cmd
+                    } else {
+                        select = ferry_resp::encode_command(&[&b"SELECT"[..], target.to_string().as_bytes()]);
+                        &select[..]
+                    };
+                    self.builder.push_raw(self.filter.map_db(self.db), cmd, false, frame_start + pos as i64);
+                    self.builder.set_db(target);
+                }
                 self.db = db;
-                self.builder.set_db(db);
             } else if name.eq_ignore_ascii_case(b"MULTI") {
                 // The writer applies every batch in its own MULTI/EXEC (with the checkpoint),
                 // so a source transaction stays atomic as long as it is not split.
@@ -294,7 +324,12 @@ impl CommandState {
             } else if name.eq_ignore_ascii_case(b"EXEC") {
                 self.in_multi = false;
             } else {
-                self.builder.push_raw(self.db, cmd, true, frame_start + pos as i64);
+                let target = self.filter.map_db(self.db);
+                match self.filter.command(self.db, &data.slice(pos - len as usize..pos))? {
+                    Decision::Forward => self.builder.push_raw(target, cmd, true, frame_start + pos as i64),
+                    Decision::Rewrite(c) => self.builder.push_raw(target, &c, true, frame_start + pos as i64),
+                    Decision::Drop => continue,
+                }
                 self.data_offset = frame_start + pos as i64;
                 self.data_db = self.db;
             }
@@ -337,11 +372,13 @@ fn parse_rdb(
     opts: ParserOptions,
     policy: ExistingKey,
     stats: &Stats,
+    filter: &Filter,
 ) -> anyhow::Result<()> {
     let mut parser =
         Parser::new(std::io::BufReader::with_capacity(256 * 1024, ChannelReader { rx, cur: Bytes::new() }), opts);
     let mut conv = RdbConverter::new(policy, 0);
     let mut b = BatchBuilder::new(BATCH_BYTES, BATCH_COMMANDS);
+    let mut fc = filter.full_copy();
     let send = |b: &mut BatchBuilder| -> anyhow::Result<()> {
         let mut batch = b.take(-1, false);
         // Keys of the full copy are counted as keys, not as commands.
@@ -353,11 +390,16 @@ fn parse_rdb(
     while let Some(ev) = parser.next_event()? {
         match ev {
             Event::Header { version, .. } => conv.rdb_version = version as u16,
-            Event::Entry(e) => {
+            Event::Entry(mut e) => {
                 stats.entries_decoded.fetch_add(1, Relaxed);
-                conv.entry(&e, &mut b);
+                if let Some(target) = fc.entry(&e) {
+                    e.db = target;
+                    conv.entry(&e, &mut b);
+                }
             }
-            Event::Function { code, name, engine, .. } => conv.function(&code, name.as_ref(), engine.as_ref(), &mut b),
+            Event::Function { code, name, engine, .. } if fc.function() => {
+                conv.function(&code, name.as_ref(), engine.as_ref(), &mut b)
+            }
             _ => {}
         }
         if b.is_full() {
@@ -368,6 +410,7 @@ fn parse_rdb(
     if !b.is_empty() {
         send(&mut b)?;
     }
+    filter.log_summary("the full copy");
     Ok(())
 }
 
@@ -399,6 +442,38 @@ mod tests {
         assert_eq!(st.db, 2);
         let next = st.frame(&cmd(&["DEL", "k"]), &[cmd(&["DEL", "k"]).len() as u32], 300).unwrap().unwrap();
         assert!(next.resp.starts_with(&cmd(&["SELECT", "2"])));
+    }
+
+    #[test]
+    fn filters_drop_and_remap_but_resume_in_source_terms() {
+        let toml = "[filter]\ndb_map = { 2 = 0 }\nblock_db = [3]\nblock_key_prefix = [\"no:\"]\n";
+        let cfg = ferry_config::Config::parse(toml, "t").unwrap();
+        let mut st = CommandState::new();
+        st.filter = Arc::new(Filter::new(&cfg.filter).unwrap());
+        let parts = [
+            cmd(&["SELECT", "2"]),
+            cmd(&["SET", "a", "1"]),
+            cmd(&["DEL", "no:x", "b"]),
+            cmd(&["SET", "no:y", "1"]),
+            cmd(&["SELECT", "3"]),
+            cmd(&["SET", "c", "1"]),
+        ];
+        let data: Bytes = parts.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>().into();
+        let lens: Vec<u32> = parts.iter().map(|p| p.len() as u32).collect();
+        let batch = st.frame(&data, &lens, 1000).unwrap().unwrap();
+        let expect: Vec<u8> = [cmd(&["SELECT", "0"]), cmd(&["SET", "a", "1"]), cmd(&["DEL", "b"])]
+            .iter()
+            .flat_map(|b| b.to_vec())
+            .collect();
+        // The batch opens with SELECT 0 (the start db); the stream's SELECT 2 becomes SELECT 0,
+        // the blocked key and db 3 (its SELECT included) are gone.
+        assert!(batch.resp.ends_with(&expect), "{:?}", String::from_utf8_lossy(&batch.resp));
+        assert_eq!(batch.commands, 2);
+        // The last forwarded command was the DEL, in SOURCE db 2.
+        let del_end = 1000 - data.len() as i64 + parts[..3].iter().map(|p| p.len() as i64).sum::<i64>();
+        assert_eq!((batch.resume_offset, batch.resume_db), (del_end, 2));
+        assert_eq!(batch.offset, 1000);
+        assert_eq!(st.db, 3);
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //!   coordinator, assignments, logging, shutdown signals, backoff.
 //! - [`reader`]: a replica of the source leader; frames the RDB and command stream and
 //!   streams it to the decoder; sends `REPLCONF ACK` with the offset the target applied.
+//! - [`spool`]: the reader's memory-then-disk queue, so it never stops reading the source.
 //! - [`decoder`]: the `Decoder` gRPC service: RDB bytes and commands in, RESP batches for the
 //!   target out ([`convert`] turns RDB entries into `RESTORE`s or chunked commands).
+//! - [`filter`]: the `[filter]` rules the decoder applies to the full copy and the command
+//!   stream (keys, dbs, commands), and db remapping.
 //! - [`writer`]: the `Writer` gRPC service: applies batches to the target, pipelined, and
 //!   acknowledges the source offsets it made durable.
 //! - [`cluster_writer`]: the writer's routing for a Redis Cluster target (slots, MOVED/ASK,
@@ -20,5 +23,7 @@ pub mod common;
 pub mod convert;
 pub mod coordinator;
 pub mod decoder;
+pub mod filter;
 pub mod reader;
+pub mod spool;
 pub mod writer;

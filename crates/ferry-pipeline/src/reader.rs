@@ -16,13 +16,36 @@ use ferry_config::Config;
 use ferry_proto::decoder_client::DecoderClient;
 use ferry_proto::{Assignment, Commands, Frame, Hello, RdbEnd, SyncStart, frame};
 use ferry_resp::replication::{PsyncReply, ReplEvent, ReplicaOptions, handshake};
-use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::common::{self, Backoff, Stats};
+use crate::spool::Spool;
+
+/// The next frame of the spool for the decoder stream (ends it when the spool is closed).
+async fn next_frame((s, stats): (Arc<Spool>, Arc<Stats>)) -> Option<(Frame, (Arc<Spool>, Arc<Stats>))> {
+    let next = s.pop().await;
+    stats.spool_bytes.store(s.disk_bytes(), Relaxed);
+    match next {
+        Ok(Some(f)) => Some((f, (s, stats))),
+        Ok(None) => None,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "the spool failed");
+            None
+        }
+    }
+}
+
+/// Ends the spool's stream when a session ends, however it ends.
+struct CloseOnDrop(Arc<Spool>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
 
 /// Runs the reader until `cancel` fires: one replication session loop per pipeline it
 /// serves (all of the plan, or the one given with `--pipeline`).
@@ -135,10 +158,20 @@ impl Session<'_> {
             timeout: Duration::from_secs(60),
         };
         // Hello first: the first ack carries the checkpoint the target holds.
-        let (tx, rx) = mpsc::channel::<Frame>(self.cfg.reader.buffer_frames);
+        // The reader never waits for the downstream: frames wait in memory, then on disk.
+        let spool_dir = Some(self.cfg.reader.spool_dir.clone()).filter(|d| !d.is_empty()).map(std::path::PathBuf::from);
+        let spool = Arc::new(Spool::new(
+            spool_dir,
+            self.pipeline_id,
+            self.cfg.reader.buffer_bytes,
+            self.cfg.reader.spool_max_bytes,
+        ));
+        let _close = CloseOnDrop(spool.clone());
+        let tx = spool.clone();
+        let rx = futures::stream::unfold((spool.clone(), stats.clone()), next_frame);
         let hello = Frame { kind: Some(frame::Kind::Hello(Hello { pipeline_id: self.pipeline_id.to_string() })) };
-        tx.send(hello).await.ok();
-        let mut acks = client.sync(ReceiverStream::new(rx)).await.context("decoder refused the stream")?.into_inner();
+        tx.push(hello)?;
+        let mut acks = client.sync(rx).await.context("decoder refused the stream")?.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(30), acks.message())
             .await
             .map_err(|_| anyhow!("no answer from the decoder/writer within 30s"))?
@@ -183,24 +216,29 @@ impl Session<'_> {
         let db = if full { 0 } else { checkpoint.as_ref().map(|c| c.resume_db).unwrap_or(0) };
         let start_frame =
             SyncStart { pipeline_id: self.pipeline_id.to_string(), replid: replid.clone(), offset: start, full, db };
-        tx.send(Frame { kind: Some(frame::Kind::Start(start_frame)) })
-            .await
-            .map_err(|_| anyhow!("the decoder stream is closed"))?;
+        tx.push(Frame { kind: Some(frame::Kind::Start(start_frame)) })?;
         stats.clear_error();
         backoff.reset();
 
         // ACKs to the source: every second, and at once when asked (GETACK) or after a diskless RDB.
         let ack_now = Arc::new(Notify::new());
         let session_cancel = cancel.child_token();
+        // After a diskless transfer the master streams commands only once an ACK reaches it
+        // after it put us online, which can be later than the end of the transfer as we see it:
+        // ACK every 50 ms until the stream starts (meanwhile the master buffers every write).
+        let awaiting_stream = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ack_task = {
             let ack_now = ack_now.clone();
             let stats = stats.clone();
             let cancel = session_cancel.clone();
+            let awaiting_stream = awaiting_stream.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
+                let mut fast = tokio::time::interval(Duration::from_millis(50));
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
+                        _ = fast.tick(), if awaiting_stream.load(Relaxed) => {}
                         _ = ack_now.notified() => {}
                         _ = cancel.cancelled() => return Ok::<(), ferry_resp::RespError>(()),
                     }
@@ -243,19 +281,19 @@ impl Session<'_> {
                             ReplEvent::RdbEnd => {
                                 info!(bytes = rdb_bytes, "rdb transfer complete");
                                 stats.set_phase("incremental");
+                                awaiting_stream.store(true, Relaxed);
                                 ack_now.notify_one();
                                 frame::Kind::RdbEnd(RdbEnd { offset: start, bytes: rdb_bytes })
                             }
                             ReplEvent::Commands { data, lens, end_offset, getack } => {
                                 stats.source_offset.store(end_offset, Relaxed);
+                                awaiting_stream.store(false, Relaxed);
                                 if getack { ack_now.notify_one(); }
                                 frame::Kind::Commands(Commands { data, lens, end_offset })
                             }
                         };
-                        tokio::select! {
-                            r = tx.send(Frame { kind: Some(frame) }) => r.map_err(|_| anyhow!("the decoder stream is closed"))?,
-                            _ = cancel.cancelled() => return Ok(()),
-                        }
+                        tx.push(Frame { kind: Some(frame) })?;
+                        stats.spool_bytes.store(tx.disk_bytes(), Relaxed);
                     }
                 }
             }

@@ -183,6 +183,7 @@ async fn session(
     let sender = async {
         // Owned by this future: dropped when it ends, which lets the receiver finish.
         let inflight_tx = inflight_tx;
+        let mut limiter = common::RateLimiter::new(cfg.writer.max_ops_per_sec);
         let mut replid = String::new();
         loop {
             let msg = tokio::select! {
@@ -206,6 +207,7 @@ async fn session(
             // Batches that move the source offset are applied atomically with their checkpoint.
             let wrapped = b.offset >= 0;
             let total = b.count + if wrapped { 4 } else { 0 };
+            limiter.acquire(b.count as u64).await;
             let permits = sem.clone().acquire_many_owned((total as usize).clamp(1, limit) as u32).await?;
             if wrapped {
                 let mut head = BytesMut::new();
