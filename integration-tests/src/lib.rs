@@ -14,10 +14,23 @@ use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use ferry_resp::{Auth, Connection, Reply};
 
-/// A free TCP port on 127.0.0.1 (the OS picks it).
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range (32768 and up), so
+/// that no outgoing connection and no `bind(0)` can take it between this call and the
+/// moment a server binds it; a counter keeps the tests of one process apart, and the
+/// process id the test binaries (each checked by binding it).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Ports 12000..22000 only: a cluster node's bus port (its port + 10000) is then never
+    // one this function hands out.
+    let base = (std::process::id() % 20) * 500;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (12_000 + (base + n) % 10_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Whether `redis-server` is on PATH; tests fail with a clear message if not.
@@ -154,6 +167,10 @@ pub fn bin_dir() -> PathBuf {
                 "ferry-writer",
                 "-p",
                 "ferry-coordinator",
+                "-p",
+                "ferry-watcher",
+                "-p",
+                "ferry-verify",
             ])
             .status()
             .expect("run cargo build");
@@ -844,6 +861,63 @@ impl SentinelGroup {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// INCR/RPUSH witnesses against whatever the sentinels say the master is; a write that
+/// fails during a failover is retried, so every acknowledged write happened once.
+pub fn sentinel_witnesses(
+    group_sentinels: Vec<String>,
+    name: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+            let mut n = 0u64;
+            let mut conn: Option<Connection> = None;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if conn.is_none() {
+                    let addr = ferry_resp::sentinel::resolve_master(
+                        &group_sentinels,
+                        &name,
+                        &Auth::default(),
+                        Duration::from_secs(1),
+                    )
+                    .await;
+                    if let Ok(addr) = addr {
+                        conn = Connection::connect(&addr, &Auth::default(), Duration::from_secs(1)).await.ok();
+                    }
+                    if conn.is_none() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
+                let c = conn.as_mut().unwrap();
+                // One MULTI per witness write so a failure leaves no half of it applied.
+                let key = format!("witness:{}", n % 7);
+                let ok = async {
+                    c.call(&["MULTI"]).await?;
+                    c.call(&["INCR", &format!("{key}:count")]).await?;
+                    c.call(&["RPUSH", &format!("{key}:list"), &n.to_string()]).await?;
+                    match c.call(&["EXEC"]).await? {
+                        Reply::Array(Some(r)) if r.iter().all(|x| x.first_error().is_none()) => anyhow::Ok(true),
+                        _ => anyhow::Ok(false),
+                    }
+                }
+                .await;
+                match ok {
+                    Ok(true) => n += 1,
+                    _ => {
+                        // READONLY or a dropped connection: the write did not happen; find the master again.
+                        conn = None;
+                    }
+                }
+                if n.is_multiple_of(20) {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            n
+        })
+    })
 }
 
 /// A Redis Cluster of `masters` masters with `replicas` replicas each, on loopback.

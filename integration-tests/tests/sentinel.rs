@@ -4,64 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ferry_resp::{Auth, Connection, Reply};
+use ferry_resp::{Auth, Connection};
 use integration_tests::*;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-/// INCR/RPUSH witnesses against whatever the sentinels say the master is; a write that
-/// fails during a failover is retried, so every acknowledged write happened once.
-fn witnesses(group_sentinels: Vec<String>, name: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        rt().block_on(async {
-            let mut n = 0u64;
-            let mut conn: Option<Connection> = None;
-            while !stop.load(Ordering::SeqCst) {
-                if conn.is_none() {
-                    let addr = ferry_resp::sentinel::resolve_master(
-                        &group_sentinels,
-                        &name,
-                        &Auth::default(),
-                        Duration::from_secs(1),
-                    )
-                    .await;
-                    if let Ok(addr) = addr {
-                        conn = Connection::connect(&addr, &Auth::default(), Duration::from_secs(1)).await.ok();
-                    }
-                    if conn.is_none() {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                }
-                let c = conn.as_mut().unwrap();
-                // One MULTI per witness write so a failure leaves no half of it applied.
-                let key = format!("witness:{}", n % 7);
-                let ok = async {
-                    c.call(&["MULTI"]).await?;
-                    c.call(&["INCR", &format!("{key}:count")]).await?;
-                    c.call(&["RPUSH", &format!("{key}:list"), &n.to_string()]).await?;
-                    match c.call(&["EXEC"]).await? {
-                        Reply::Array(Some(r)) if r.iter().all(|x| x.first_error().is_none()) => anyhow::Ok(true),
-                        _ => anyhow::Ok(false),
-                    }
-                }
-                .await;
-                match ok {
-                    Ok(true) => n += 1,
-                    _ => {
-                        // READONLY or a dropped connection: the write did not happen; find the master again.
-                        conn = None;
-                    }
-                }
-                if n.is_multiple_of(20) {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-            n
-        })
-    })
 }
 
 fn start_ferry(source: &str, target: &str) -> Ferry {
@@ -143,7 +90,7 @@ fn sentinel_source_failover_continues_without_a_full_copy() {
     // 1. Writes, then a failover once the replicas have everything (as CLUSTER FAILOVER or
     //    a planned switch-over does): ferry continues on the new master with PSYNC.
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = witnesses(group.sentinel_addrs(), group.name.clone(), stop.clone());
+    let writer = sentinel_witnesses(group.sentinel_addrs(), group.name.clone(), stop.clone());
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
     assert!(writer.join().unwrap() > 50);
@@ -153,7 +100,7 @@ fn sentinel_source_failover_continues_without_a_full_copy() {
     });
     let new_master = group.failover();
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = witnesses(group.sentinel_addrs(), group.name.clone(), stop.clone());
+    let writer = sentinel_witnesses(group.sentinel_addrs(), group.name.clone(), stop.clone());
     std::thread::sleep(Duration::from_millis(800));
     stop.store(true, Ordering::SeqCst);
     writer.join().unwrap();
@@ -166,7 +113,7 @@ fn sentinel_source_failover_continues_without_a_full_copy() {
     //    and Redis itself drops them; ferry follows the new master (with a full copy when its
     //    checkpoint is past what the new master has) and ends equal to it.
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = witnesses(group.sentinel_addrs(), group.name.clone(), stop.clone());
+    let writer = sentinel_witnesses(group.sentinel_addrs(), group.name.clone(), stop.clone());
     std::thread::sleep(Duration::from_millis(300));
     let newer = group.failover();
     std::thread::sleep(Duration::from_millis(1000));

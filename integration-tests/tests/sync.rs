@@ -94,6 +94,18 @@ fn full_then_incremental(source_args: &[&str], extra_source: &str) {
     });
     // Idle: the source's PINGs are acknowledged too, so lag returns to 0.
     ferry.wait_for("lag 0", Duration::from_secs(30), |p| p["phase"] == "incremental" && p["lag_bytes"] == 0);
+    // The metrics of a real run: counters moved. CI parses this file with a real
+    // Prometheus parser (.ci/validate.sh).
+    let metrics = http_get(&status, "/metrics").unwrap();
+    let keys_applied: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("ferry_keys_applied_total{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(keys_applied >= keys as f64, "{metrics}");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/metrics-sample.txt");
+    std::fs::write(out, metrics).unwrap();
 }
 
 #[test]

@@ -5,10 +5,17 @@
 //! environment variable `NAME`, and `FERRY_SOURCE_PASSWORD` /
 //! `FERRY_TARGET_PASSWORD` override the passwords, so secrets need not be in
 //! the file.
+//!
+//! [`Config::load`] also reads a RedisShake v3 `sync.toml` or v4 `shake.toml` in place of
+//! `ferry.toml` (see [`redisshake`]), and then applies `FERRY_COORDINATOR_STATUS_ADDR`,
+//! `FERRY_COORDINATOR_GRPC_ADDR`, `FERRY_DECODER_LISTEN` and `FERRY_WRITER_LISTEN` when set
+//! (for either format), since a RedisShake file cannot place ferry's own listeners.
 
 use std::path::Path;
 
 use serde::Deserialize;
+
+pub mod redisshake;
 
 /// Errors loading the configuration; Display is one line naming what was wrong and where.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +72,7 @@ impl DeploymentType {
 ///
 /// `standalone`: `address`. `sentinel`: the master `master_name` as the `sentinels` report
 /// it (re-resolved after every failure, so a failover is followed).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     #[serde(default, rename = "type")]
@@ -89,6 +96,55 @@ pub struct RedisConfig {
     pub sentinel_username: String,
     #[serde(default)]
     pub sentinel_password: String,
+    /// Read `password` from this file at load (one trailing newline trimmed); not with `password`.
+    #[serde(default)]
+    pub password_file: String,
+    /// TLS to the data nodes (the server, the master, every cluster node).
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM CA certificate(s) the servers' certificates must chain to; required with TLS unless
+    /// `tls_insecure_skip_verify` (the system roots are not used).
+    #[serde(default)]
+    pub tls_ca_file: String,
+    /// PEM client certificate and its key, for servers with `tls-auth-clients yes` (both or neither).
+    #[serde(default)]
+    pub tls_cert_file: String,
+    #[serde(default)]
+    pub tls_key_file: String,
+    /// Name the servers' certificates must carry; default: the host of each address connected to.
+    #[serde(default)]
+    pub tls_server_name: String,
+    /// Accept any server certificate (a loud warning is logged). Never in production.
+    #[serde(default)]
+    pub tls_insecure_skip_verify: bool,
+    /// TLS to the sentinels (type sentinel), with the same files; default: `tls`.
+    #[serde(default)]
+    pub sentinel_tls: Option<bool>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a password.
+        let redact = |p: &String| if p.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("RedisConfig")
+            .field("kind", &self.kind)
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &redact(&self.password))
+            .field("sentinels", &self.sentinels)
+            .field("master_name", &self.master_name)
+            .field("sentinel_username", &self.sentinel_username)
+            .field("sentinel_password", &redact(&self.sentinel_password))
+            .field("password_file", &self.password_file)
+            .field("tls", &self.tls)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("tls_server_name", &self.tls_server_name)
+            .field("tls_insecure_skip_verify", &self.tls_insecure_skip_verify)
+            .field("sentinel_tls", &self.sentinel_tls)
+            .finish()
+    }
 }
 
 impl RedisConfig {
@@ -99,6 +155,105 @@ impl RedisConfig {
             k => format!("{} {}", k.as_str(), self.address),
         }
     }
+
+    /// Whether the sentinels are reached over TLS (`sentinel_tls`, default `tls`).
+    pub fn sentinels_use_tls(&self) -> bool {
+        self.sentinel_tls.unwrap_or(self.tls)
+    }
+
+    /// Reads `password_file` into `password` (`side`: "source" or "target", for errors).
+    fn read_password_file(&mut self, side: &str) -> Result<(), (String, String)> {
+        if self.password_file.is_empty() {
+            return Ok(());
+        }
+        let field = format!("{side}.password_file");
+        if !self.password.is_empty() {
+            return Err((field, format!("set {side}.password or {side}.password_file, not both")));
+        }
+        let path = &self.password_file;
+        let text = std::fs::read_to_string(path).map_err(|e| (field.clone(), format!("cannot read {path}: {e}")))?;
+        let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+        if text.is_empty() {
+            return Err((field, format!("{path} is empty")));
+        }
+        self.password = text.to_string();
+        Ok(())
+    }
+
+    /// Checks the TLS settings and that their files exist and hold PEM of the right kind.
+    fn check_tls(&self, side: &str) -> Result<(), (String, String)> {
+        let field = |f: &str| format!("{side}.{f}");
+        if !self.tls && !self.sentinels_use_tls() {
+            return Ok(());
+        }
+        if self.tls_ca_file.is_empty() && !self.tls_insecure_skip_verify {
+            return Err((
+                field("tls_ca_file"),
+                "required with TLS (the system roots are not used); or tls_insecure_skip_verify = true".into(),
+            ));
+        }
+        match (self.tls_cert_file.is_empty(), self.tls_key_file.is_empty()) {
+            (true, false) => {
+                return Err((field("tls_cert_file"), "needed with tls_key_file (mTLS: both or neither)".into()));
+            }
+            (false, true) => {
+                return Err((field("tls_key_file"), "needed with tls_cert_file (mTLS: both or neither)".into()));
+            }
+            _ => {}
+        }
+        for (f, path, labels, what) in [
+            ("tls_ca_file", &self.tls_ca_file, &["CERTIFICATE"][..], "certificate"),
+            ("tls_cert_file", &self.tls_cert_file, &["CERTIFICATE"][..], "certificate"),
+            (
+                "tls_key_file",
+                &self.tls_key_file,
+                &["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"][..],
+                "private key",
+            ),
+        ] {
+            if !path.is_empty() {
+                check_pem(path, labels, what).map_err(|m| (field(f), m))?;
+            }
+        }
+        let name = &self.tls_server_name;
+        if name.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err((field("tls_server_name"), format!("{name:?} is not a host name or IP address")));
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `path` holds at least one PEM section labelled one of `labels` whose body is
+/// base64 DER (a SEQUENCE). Messages name the file, never its content.
+fn check_pem(path: &str, labels: &[&str], what: &str) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut rest: &str = &text;
+    let mut found = false;
+    while let Some(i) = rest.find("-----BEGIN ") {
+        let after = &rest[i + "-----BEGIN ".len()..];
+        let Some(j) = after.find("-----") else {
+            return Err(format!("{path}: not a valid PEM file"));
+        };
+        let (label, body) = (&after[..j], &after[j + 5..]);
+        let end = format!("-----END {label}-----");
+        let Some(k) = body.find(&end) else {
+            return Err(format!("{path}: a PEM section has no END line"));
+        };
+        if labels.contains(&label) {
+            let b64: String = body[..k].chars().filter(|c| !c.is_whitespace()).collect();
+            let ok = b64.len().is_multiple_of(4)
+                && b64.starts_with('M')
+                && b64.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+            if !ok {
+                let hint = if what == "private key" { " (encrypted keys are not supported)" } else { "" };
+                return Err(format!("{path}: a PEM {what} is not valid base64 DER{hint}"));
+            }
+            found = true;
+        }
+        rest = &body[k + end.len()..];
+    }
+    if found { Ok(()) } else { Err(format!("{path}: no PEM {what} in the file")) }
 }
 
 pub type SourceConfig = RedisConfig;
@@ -332,7 +487,12 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: name.clone(), source })?;
-        Config::parse(&text, &name)
+        let mut cfg = match redisshake::detect(&text) {
+            Some(_) => redisshake::load(&text, &name)?,
+            None => Config::parse(&text, &name)?,
+        };
+        redisshake::apply_env_overrides(&mut cfg, &name)?;
+        Ok(cfg)
     }
 
     /// Parses the text of a config file; `name` is used in error messages.
@@ -375,6 +535,13 @@ impl Config {
                 })?;
             }
         }
+        for (side, r) in [("source", &mut self.source), ("target", &mut self.target)] {
+            r.read_password_file(side).map_err(|(field, message)| ConfigError::Invalid {
+                path: name.to_string(),
+                field,
+                message,
+            })?;
+        }
         if let Ok(p) = std::env::var("FERRY_SOURCE_PASSWORD") {
             self.source.password = p;
         }
@@ -412,6 +579,7 @@ impl Config {
                 }
                 DeploymentType::Cluster => {}
             }
+            r.check_tls(side).map_err(|(field, message)| invalid(&field, message))?;
         }
         for (field, addr) in [
             ("source.address", &self.source.address),
@@ -503,5 +671,117 @@ mod sentinel_tests {
         .unwrap();
         assert_eq!(c.source.describe(), "sentinel m via 127.0.0.1:26379");
         assert_eq!(c.target.address, "127.0.0.1:6380");
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    /// A temp dir with a fake (well-formed) CA, client certificate and key, and a password file.
+    fn files(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ferry-config-tls-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIBfake+/==\n-----END CERTIFICATE-----\n";
+        std::fs::write(dir.join("ca.pem"), cert).unwrap();
+        std::fs::write(dir.join("client.pem"), cert).unwrap();
+        std::fs::write(
+            dir.join("client.key"),
+            "-----BEGIN PRIVATE KEY-----\nMIGHsecretkey===\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("bad.key"), "-----BEGIN PRIVATE KEY-----\nsecret!!\n-----END PRIVATE KEY-----\n")
+            .unwrap();
+        std::fs::write(dir.join("pw"), "hunter2\n").unwrap();
+        dir
+    }
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, "ferry.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tls_needs_a_ca_or_insecure() {
+        let e = parse("[source]\ntls = true\n").unwrap_err();
+        assert!(e.contains("source.tls_ca_file") && !e.contains('\n'), "{e}");
+        let c = parse("[target]\ntls = true\ntls_insecure_skip_verify = true\n").unwrap();
+        assert!(c.target.tls && c.target.sentinels_use_tls() && !c.source.tls);
+        // Files are not looked at while TLS is off.
+        parse("[source]\ntls_ca_file = \"/nonexistent/ca.pem\"\n").unwrap();
+    }
+
+    #[test]
+    fn tls_files_must_exist_and_parse() {
+        let d = files("parse");
+        let p = |f: &str| d.join(f).display().to_string();
+        let ok = format!(
+            "[source]\ntls = true\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ntls_server_name = \"redis.internal\"\n",
+            p("ca.pem"),
+            p("client.pem"),
+            p("client.key")
+        );
+        let c = parse(&ok).unwrap();
+        assert_eq!(c.source.tls_server_name, "redis.internal");
+
+        let e = parse("[target]\ntls = true\ntls_ca_file = \"/nonexistent/ca.pem\"\n").unwrap_err();
+        assert!(e.contains("target.tls_ca_file") && e.contains("/nonexistent/ca.pem"), "{e}");
+        // A key where a certificate belongs, and a certificate where the key belongs.
+        let e = parse(&format!("[source]\ntls = true\ntls_ca_file = \"{}\"\n", p("client.key"))).unwrap_err();
+        assert!(e.contains("source.tls_ca_file") && e.contains("no PEM certificate"), "{e}");
+        let e = parse(&ok.replace("client.key", "client.pem")).unwrap_err();
+        assert!(e.contains("source.tls_key_file") && e.contains("no PEM private key"), "{e}");
+        let e = parse(&ok.replace("client.key", "bad.key")).unwrap_err();
+        assert!(e.contains("source.tls_key_file") && e.contains("bad.key") && !e.contains("secret"), "{e}");
+        // Both or neither.
+        let e = parse(&format!(
+            "[source]\ntls = true\ntls_ca_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            p("ca.pem"),
+            p("client.key")
+        ))
+        .unwrap_err();
+        assert!(e.contains("source.tls_cert_file"), "{e}");
+        let e = parse(&format!(
+            "[source]\ntls = true\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\n",
+            p("ca.pem"),
+            p("client.pem")
+        ))
+        .unwrap_err();
+        assert!(e.contains("source.tls_key_file"), "{e}");
+        let e = parse(&format!("[source]\ntls = true\ntls_ca_file = \"{}\"\ntls_server_name = \"a b\"\n", p("ca.pem")))
+            .unwrap_err();
+        assert!(e.contains("source.tls_server_name"), "{e}");
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn sentinel_tls_defaults_to_tls() {
+        let d = files("sentinel");
+        let ca = d.join("ca.pem").display().to_string();
+        let base = "type = \"sentinel\"\nsentinels = [\"127.0.0.1:26379\"]\nmaster_name = \"m\"\n";
+        let c = parse(&format!("[source]\n{base}tls = true\ntls_ca_file = \"{ca}\"\n")).unwrap();
+        assert!(c.source.sentinels_use_tls());
+        let c = parse(&format!("[source]\n{base}tls = true\ntls_ca_file = \"{ca}\"\nsentinel_tls = false\n")).unwrap();
+        assert!(c.source.tls && !c.source.sentinels_use_tls());
+        // TLS to the sentinels only still needs a CA.
+        let e = parse(&format!("[source]\n{base}sentinel_tls = true\n")).unwrap_err();
+        assert!(e.contains("source.tls_ca_file"), "{e}");
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn password_file() {
+        let d = files("pw");
+        let pw = d.join("pw").display().to_string();
+        let c = parse(&format!("[target]\npassword_file = \"{pw}\"\n")).unwrap();
+        assert_eq!(c.target.password, "hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let e = parse(&format!("[target]\npassword = \"x\"\npassword_file = \"{pw}\"\n")).unwrap_err();
+        assert!(e.contains("target.password_file") && !e.contains("hunter2"), "{e}");
+        let e = parse("[source]\npassword_file = \"/nonexistent/pw\"\n").unwrap_err();
+        assert!(e.contains("source.password_file") && e.contains("/nonexistent/pw"), "{e}");
+        std::fs::write(d.join("empty"), "\n").unwrap();
+        let e = parse(&format!("[source]\npassword_file = \"{}\"\n", d.join("empty").display())).unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+        std::fs::remove_dir_all(&d).ok();
     }
 }

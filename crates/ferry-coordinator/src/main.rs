@@ -1,20 +1,46 @@
 //! `ferry-coordinator`: see `ferry_pipeline::coordinator`.
 
-use clap::Parser;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
 use ferry_pipeline::cli::{CommonArgs, block_on};
 
 /// ferry's coordinator: reads ferry.toml, plans one pipeline per source leader, hands the
 /// pipelines to the reader, decoder and writer stages, and serves /status, /metrics and
-/// /healthz on coordinator.status_addr.
+/// /healthz on coordinator.status_addr. `ferry-coordinator config --explain FILE` prints the
+/// configuration a file (ferry.toml, or a RedisShake sync.toml / shake.toml) amounts to.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     #[command(flatten)]
     common: CommonArgs,
 }
 
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Configuration tools.
+    Config {
+        /// Print the ferry configuration FILE amounts to (a ferry.toml, or a RedisShake v3
+        /// sync.toml / v4 shake.toml, mapped), secrets redacted, then the warnings about
+        /// RedisShake options ferry ignores. Exit code 2 if the file is not valid.
+        #[arg(long, value_name = "FILE")]
+        explain: PathBuf,
+    },
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(Cmd::Config { explain }) = args.cmd {
+        return match ferry_config::redisshake::explain(&explain) {
+            Ok(text) => {
+                print!("{text}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => ferry_pipeline::cli::exit(Err(e.into())),
+        };
+    }
     let res = block_on(async {
         let (cfg, _coordinator, cancel) = args.common.start("ferry-coordinator")?;
         ferry_pipeline::coordinator::run(cfg, cancel).await

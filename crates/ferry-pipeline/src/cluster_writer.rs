@@ -67,7 +67,7 @@ struct ClusterTarget {
 impl ClusterTarget {
     async fn connect(cfg: &Config, pipeline_id: &str) -> anyhow::Result<ClusterTarget> {
         let t = &cfg.target;
-        let mut seed = Connection::connect(&t.address, &common::auth_of(t), Duration::from_secs(10)).await?;
+        let mut seed = common::connect_node(t, &t.address, Duration::from_secs(10)).await?;
         let map = load_map(&mut seed).await?;
         let specs = load_specs(&mut seed).await?;
         let mut ct = ClusterTarget {
@@ -87,7 +87,7 @@ impl ClusterTarget {
     async fn connect_masters(&mut self) -> anyhow::Result<()> {
         for m in self.map.masters.clone() {
             if !self.conns.contains_key(&m) {
-                let c = Connection::connect(&m, &common::auth_of(&self.cfg), Duration::from_secs(10)).await?;
+                let c = common::connect_node(&self.cfg, &m, Duration::from_secs(10)).await?;
                 self.conns.insert(m, c);
             }
         }
@@ -100,7 +100,7 @@ impl ClusterTarget {
         let candidates: Vec<String> = self.map.masters.iter().cloned().chain([self.cfg.address.clone()]).collect();
         for addr in candidates {
             let res = async {
-                let mut c = Connection::connect(&addr, &common::auth_of(&self.cfg), Duration::from_secs(5)).await?;
+                let mut c = common::connect_node(&self.cfg, &addr, Duration::from_secs(5)).await?;
                 load_map(&mut c).await
             }
             .await;

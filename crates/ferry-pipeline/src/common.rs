@@ -295,6 +295,36 @@ pub fn auth_of(r: &ferry_config::RedisConfig) -> ferry_resp::Auth {
     }
 }
 
+/// The TLS settings of a deployment's data nodes (`None`: plaintext).
+pub fn tls_of(r: &ferry_config::RedisConfig) -> Option<ferry_resp::TlsSettings> {
+    r.tls.then(|| tls_settings(r))
+}
+
+/// The TLS settings of a deployment's sentinels (`sentinel_tls`, default `tls`).
+pub fn sentinel_tls_of(r: &ferry_config::RedisConfig) -> Option<ferry_resp::TlsSettings> {
+    r.sentinels_use_tls().then(|| tls_settings(r))
+}
+
+fn tls_settings(r: &ferry_config::RedisConfig) -> ferry_resp::TlsSettings {
+    let path = |p: &String| Some(std::path::PathBuf::from(p)).filter(|_| !p.is_empty());
+    ferry_resp::TlsSettings {
+        ca_file: path(&r.tls_ca_file),
+        cert_file: path(&r.tls_cert_file),
+        key_file: path(&r.tls_key_file),
+        server_name: Some(r.tls_server_name.clone()).filter(|n| !n.is_empty()),
+        insecure_skip_verify: r.tls_insecure_skip_verify,
+    }
+}
+
+/// Connects to the data node `addr` of a deployment with its credentials and TLS settings.
+pub async fn connect_node(
+    r: &ferry_config::RedisConfig,
+    addr: &str,
+    timeout: Duration,
+) -> Result<ferry_resp::Connection, ferry_resp::RespError> {
+    ferry_resp::Connection::connect_with(addr, &auth_of(r), tls_of(r).as_ref(), timeout).await
+}
+
 /// The slot map of a cluster, asked of the `seeds` first, then of the configured address.
 pub async fn cluster_map(
     r: &ferry_config::RedisConfig,
@@ -303,7 +333,7 @@ pub async fn cluster_map(
     let mut last = None;
     for addr in seeds.iter().chain(std::iter::once(&r.address)) {
         let res = async {
-            let mut c = ferry_resp::Connection::connect(addr, &auth_of(r), Duration::from_secs(5)).await?;
+            let mut c = connect_node(r, addr, Duration::from_secs(5)).await?;
             let reply = c.call(&["CLUSTER", "SLOTS"]).await?;
             ferry_resp::cluster::SlotMap::from_cluster_slots(&reply)
                 .ok_or_else(|| anyhow::anyhow!("cannot read CLUSTER SLOTS"))
@@ -339,8 +369,15 @@ pub async fn resolve(r: &ferry_config::RedisConfig) -> anyhow::Result<String> {
                 username: Some(r.sentinel_username.clone()).filter(|u| !u.is_empty()),
                 password: Some(r.sentinel_password.clone()).filter(|p| !p.is_empty()),
             };
-            Ok(ferry_resp::sentinel::resolve_master(&r.sentinels, &r.master_name, &auth, Duration::from_secs(3))
-                .await?)
+            let tls = sentinel_tls_of(r);
+            Ok(ferry_resp::sentinel::resolve_master_with(
+                &r.sentinels,
+                &r.master_name,
+                &auth,
+                tls.as_ref(),
+                Duration::from_secs(3),
+            )
+            .await?)
         }
         _ => Ok(r.address.clone()),
     }
@@ -349,7 +386,7 @@ pub async fn resolve(r: &ferry_config::RedisConfig) -> anyhow::Result<String> {
 /// Resolves and connects to the master of a deployment.
 pub async fn connect(r: &ferry_config::RedisConfig) -> anyhow::Result<(String, ferry_resp::Connection)> {
     let addr = resolve(r).await?;
-    let conn = ferry_resp::Connection::connect(&addr, &auth_of(r), Duration::from_secs(10)).await?;
+    let conn = connect_node(r, &addr, Duration::from_secs(10)).await?;
     Ok((addr, conn))
 }
 

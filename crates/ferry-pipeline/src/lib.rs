@@ -15,6 +15,7 @@
 //! - [`cluster_writer`]: the writer's routing for a Redis Cluster target (slots, MOVED/ASK,
 //!   one checkpoint per master).
 //! - [`coordinator`]: assignments, the status API (`/status`, `/metrics`, `/healthz`).
+//! - [`promote`]: promotion cut-over through Sentinel (`ferry-watcher promote`).
 //! - [`cli`]: the command-line arguments the binaries share.
 
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod convert;
 pub mod coordinator;
 pub mod decoder;
 pub mod filter;
+pub mod promote;
 pub mod reader;
 pub mod spool;
 pub mod writer;

@@ -142,9 +142,7 @@ impl Session<'_> {
         stats.set_phase("connecting");
         let seeds: Vec<String> = std::iter::once(last_leader.clone()).filter(|s| !s.is_empty()).collect();
         let addr = common::resolve_at(self.source_cfg, self.slot, &seeds).await.context("source")?;
-        let conn = ferry_resp::Connection::connect(&addr, &common::auth_of(self.source_cfg), Duration::from_secs(10))
-            .await
-            .context("source")?;
+        let conn = common::connect_node(self.source_cfg, &addr, Duration::from_secs(10)).await.context("source")?;
         *last_leader = addr.clone();
         if addr != self.source_cfg.address {
             info!(source = %self.source, master = %addr, "source master resolved");

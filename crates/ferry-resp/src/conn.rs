@@ -3,12 +3,17 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::encode::encode_command;
 use crate::frame::{DEFAULT_MAX_BULK_LEN, FrameError, Reply, parse_reply, scan_reply};
+use crate::tls::TlsSettings;
+
+/// The reading half of a plaintext or TLS stream.
+type ReadHalf = Box<dyn AsyncRead + Send + Sync + Unpin>;
+/// The writing half of a plaintext or TLS stream (flushed after every write: TLS buffers).
+type WriteHalf = Box<dyn AsyncWrite + Send + Sync + Unpin>;
 
 /// Credentials for `AUTH`: a password alone (`requirepass`) or an ACL user and password.
 #[derive(Clone, Default)]
@@ -48,6 +53,27 @@ pub enum RespError {
     Unexpected { addr: String, command: String, reply: String },
     #[error("{addr}: timed out waiting for a reply to {command}")]
     Timeout { addr: String, command: String },
+    /// TLS set-up or handshake failed (bad CA, certificate, name or key file).
+    #[error("TLS with {addr} failed: {message}")]
+    Tls { addr: String, message: String },
+}
+
+/// An I/O error on a connection; rustls errors (certificate, alert) become [`RespError::Tls`].
+fn io_error(addr: &str, source: std::io::Error) -> RespError {
+    match source.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(e) => RespError::Tls { addr: addr.to_string(), message: tls_message(e) },
+        None => RespError::Io { addr: addr.to_string(), source },
+    }
+}
+
+fn tls_message(e: &rustls::Error) -> String {
+    let hint = match e {
+        rustls::Error::InvalidCertificate(_) => " (check tls_ca_file and tls_server_name)",
+        rustls::Error::AlertReceived(_) => " (the server refused: check tls_cert_file / tls_key_file)",
+        rustls::Error::InvalidMessage(_) => " (is the port a TLS port?)",
+        _ => "",
+    };
+    format!("{e}{hint}").replace(['\r', '\n'], " ")
 }
 
 impl RespError {
@@ -67,13 +93,13 @@ pub fn printable(b: &[u8]) -> String {
 pub struct Connection {
     addr: String,
     rd: ReplyReader,
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
 }
 
 /// The reading half of a connection: parses replies from a buffer.
 pub struct ReplyReader {
     addr: String,
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     buf: BytesMut,
     max_bulk: usize,
 }
@@ -81,21 +107,69 @@ pub struct ReplyReader {
 /// The writing half of a connection.
 pub struct RequestWriter {
     addr: String,
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
 }
 
 impl Connection {
-    /// Connects to `addr` (`host:port`) and authenticates when `auth` has a password.
+    /// Connects to `addr` (`host:port`) in plaintext and authenticates when `auth` has a password.
     pub async fn connect(addr: &str, auth: &Auth, timeout: Duration) -> Result<Self, RespError> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Err(_) => {
-                return Err(RespError::ConnectTimeout { addr: addr.to_string(), secs: timeout.as_secs() });
+        Self::connect_with(addr, auth, None, timeout).await
+    }
+
+    /// Connects to `addr`, over TLS when `tls` is given, and authenticates when `auth` has a
+    /// password. `timeout` bounds the TCP connect and the TLS handshake together.
+    pub async fn connect_with(
+        addr: &str,
+        auth: &Auth,
+        tls: Option<&TlsSettings>,
+        timeout: Duration,
+    ) -> Result<Self, RespError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || RespError::ConnectTimeout { addr: addr.to_string(), secs: timeout.as_secs() };
+        // Files first: a bad CA or key file is a configuration error, not a network one.
+        let tls = match tls {
+            None => None,
+            Some(t) => {
+                let setup = t
+                    .client_config()
+                    .and_then(|c| Ok((c, t.server_name_for(addr)?)))
+                    .map_err(|e| RespError::Tls { addr: addr.to_string(), message: e.to_string() })?;
+                Some(setup)
             }
+        };
+        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+            Err(_) => return Err(timed_out()),
             Ok(Err(source)) => return Err(RespError::Connect { addr: addr.to_string(), source }),
             Ok(Ok(s)) => s,
         };
         stream.set_nodelay(true).ok();
-        let (rd, wr) = stream.into_split();
+        let (rd, wr): (ReadHalf, WriteHalf) = match tls {
+            None => {
+                let (rd, wr) = stream.into_split();
+                (Box::new(rd), Box::new(wr))
+            }
+            Some((config, name)) => {
+                let connector = tokio_rustls::TlsConnector::from(config);
+                let s = match tokio::time::timeout_at(deadline, connector.connect(name, stream)).await {
+                    Err(_) => {
+                        let message =
+                            format!("handshake timed out after {}s (is the port a TLS port?)", timeout.as_secs());
+                        return Err(RespError::Tls { addr: addr.to_string(), message });
+                    }
+                    Ok(Err(source)) => {
+                        return Err(match io_error(addr, source) {
+                            RespError::Io { source, .. } => {
+                                RespError::Tls { addr: addr.to_string(), message: format!("handshake: {source}") }
+                            }
+                            e => e,
+                        });
+                    }
+                    Ok(Ok(s)) => s,
+                };
+                let (rd, wr) = tokio::io::split(s);
+                (Box::new(rd), Box::new(wr))
+            }
+        };
         let mut conn = Connection {
             addr: addr.to_string(),
             rd: ReplyReader {
@@ -137,7 +211,7 @@ impl Connection {
 
     /// Sends bytes that are already RESP.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), RespError> {
-        self.wr.write_all(bytes).await.map_err(|source| RespError::Io { addr: self.addr.clone(), source })
+        write_flush(&mut self.wr, bytes).await.map_err(|source| io_error(&self.addr, source))
     }
 
     /// Reads the next reply.
@@ -181,8 +255,14 @@ impl Connection {
 
 impl RequestWriter {
     pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), RespError> {
-        self.wr.write_all(bytes).await.map_err(|source| RespError::Io { addr: self.addr.clone(), source })
+        write_flush(&mut self.wr, bytes).await.map_err(|source| io_error(&self.addr, source))
     }
+}
+
+/// Writes and flushes: a TLS stream may keep written bytes in its buffer until flushed.
+async fn write_flush(wr: &mut WriteHalf, bytes: &[u8]) -> std::io::Result<()> {
+    wr.write_all(bytes).await?;
+    wr.flush().await
 }
 
 impl ReplyReader {
@@ -195,11 +275,7 @@ impl ReplyReader {
         if self.buf.capacity() - self.buf.len() < 16 * 1024 {
             self.buf.reserve(64 * 1024);
         }
-        let n = self
-            .rd
-            .read_buf(&mut self.buf)
-            .await
-            .map_err(|source| RespError::Io { addr: self.addr.clone(), source })?;
+        let n = self.rd.read_buf(&mut self.buf).await.map_err(|source| io_error(&self.addr, source))?;
         if n == 0 {
             return Err(RespError::Closed { addr: self.addr.clone() });
         }

@@ -11,6 +11,7 @@
 //!   into whole commands with their end offsets.
 //! - [`sentinel`]: resolving a master through Sentinel.
 //! - [`cluster`]: key slots and the slot map of a Redis Cluster.
+//! - [`tls`]: TLS settings (CA, client certificate for mTLS, server name) for [`conn`].
 
 pub mod cluster;
 pub mod conn;
@@ -18,9 +19,11 @@ pub mod encode;
 pub mod frame;
 pub mod replication;
 pub mod sentinel;
+pub mod tls;
 
 pub use conn::{Auth, Connection, RespError};
 pub use encode::{encode_command, encode_command_into};
 pub use frame::{
     DEFAULT_MAX_BULK_LEN, FrameError, Reply, command_name, parse_command, parse_reply, scan_command, scan_reply,
 };
+pub use tls::TlsSettings;

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::conn::{Auth, Connection, RespError, printable};
 use crate::frame::Reply;
+use crate::tls::TlsSettings;
 
 /// Errors resolving a master; Display is one line.
 #[derive(Debug, thiserror::Error)]
@@ -20,9 +21,20 @@ pub async fn resolve_master(
     auth: &Auth,
     timeout: Duration,
 ) -> Result<String, SentinelError> {
+    resolve_master_with(sentinels, name, auth, None, timeout).await
+}
+
+/// [`resolve_master`], over TLS when `tls` is given.
+pub async fn resolve_master_with(
+    sentinels: &[String],
+    name: &str,
+    auth: &Auth,
+    tls: Option<&TlsSettings>,
+    timeout: Duration,
+) -> Result<String, SentinelError> {
     let mut problems = Vec::new();
     for s in sentinels {
-        match ask(s, name, auth, timeout).await {
+        match ask(s, name, auth, tls, timeout).await {
             Ok(Some(addr)) => return Ok(addr),
             Ok(None) => problems.push(format!("{s}: unknown master")),
             Err(e) => problems.push(e.to_string()),
@@ -31,8 +43,14 @@ pub async fn resolve_master(
     Err(SentinelError::Unknown { name: name.to_string(), asked: sentinels.join(","), detail: problems.join("; ") })
 }
 
-async fn ask(sentinel: &str, name: &str, auth: &Auth, timeout: Duration) -> Result<Option<String>, RespError> {
-    let mut c = Connection::connect(sentinel, auth, timeout).await?;
+async fn ask(
+    sentinel: &str,
+    name: &str,
+    auth: &Auth,
+    tls: Option<&TlsSettings>,
+    timeout: Duration,
+) -> Result<Option<String>, RespError> {
+    let mut c = Connection::connect_with(sentinel, auth, tls, timeout).await?;
     let reply = c.call_timeout(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", name], timeout).await?;
     match reply {
         Reply::Array(Some(items)) if items.len() == 2 => {

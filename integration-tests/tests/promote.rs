@@ -1,0 +1,73 @@
+//! `ferry-watcher promote`: seed 001's Sentinel promotion cut-over, with a Sentinel-aware
+//! client writing the whole time.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ferry_resp::{Auth, Connection, Reply};
+use integration_tests::*;
+
+fn promote(group: &SentinelGroup, node: &str) -> std::process::Output {
+    Command::new(bin_dir().join("ferry-watcher"))
+        .args([
+            "promote",
+            "--sentinels",
+            &group.sentinel_addrs().join(","),
+            "--master-name",
+            &group.name,
+            "--node",
+            node,
+        ])
+        .args(["--timeout", "30"])
+        .output()
+        .expect("run ferry-watcher")
+}
+
+#[test]
+fn promote_a_new_node_without_losing_an_acknowledged_write() {
+    let group = SentinelGroup::start(1, 3);
+    let node = RedisServer::start(&[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = sentinel_witnesses(group.sentinel_addrs(), group.name.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let out = promote(&group, &node.addr());
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("promoted {}", node.addr())));
+    assert_eq!(group.master_addr(), node.addr());
+    // The client keeps writing, now to the new master.
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::SeqCst);
+    let acknowledged = writer.join().unwrap();
+    assert!(acknowledged > 100, "only {acknowledged} writes");
+    // Every acknowledged write is on the new master, once.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut c = Connection::connect(&node.addr(), &Auth::default(), Duration::from_secs(2)).await.unwrap();
+        let (mut counts, mut items) = (0u64, 0u64);
+        for k in 0..7 {
+            if let Some(b) = c.call(&["GET", &format!("witness:{k}:count")]).await.unwrap().as_bytes() {
+                counts += String::from_utf8_lossy(b).parse::<u64>().unwrap();
+            }
+            if let Reply::Integer(n) = c.call(&["LLEN", &format!("witness:{k}:list")]).await.unwrap() {
+                items += n as u64;
+            }
+        }
+        assert_eq!((counts, items), (acknowledged, acknowledged), "an acknowledged write is missing or doubled");
+    });
+}
+
+#[test]
+fn promote_refuses_without_a_sentinel_quorum() {
+    let mut group = SentinelGroup::start(1, 3);
+    let node = RedisServer::start(&[]);
+    group.sentinels[1].kill();
+    group.sentinels[2].kill();
+    // The remaining sentinel counts the others as down after down-after-milliseconds (1 s).
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = promote(&group, &node.addr());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("refusing to promote") && err.trim().lines().count() == 1, "{err}");
+}

@@ -1,0 +1,367 @@
+//! TLS on both sides, against real `redis-server --tls-port` processes: certificates made
+//! at run time with the `openssl` CLI (a CA, a server certificate for 127.0.0.1 as an IP
+//! SAN, a client certificate for mTLS, and an unrelated CA), the four ferry processes
+//! syncing a TLS source into a TLS target, a wrong CA reported in one line, and no
+//! password in any log line or in `/status`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_resp::{Auth, Connection, TlsSettings};
+use integration_tests::*;
+
+const PASSWORD: &str = "tls-test-Pa55word-7f3a9c";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("run openssl (is it installed?)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Test certificates in a temp dir.
+struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    fn generate() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for ca in ["ca", "other-ca"] {
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-keyout",
+                    &format!("{ca}.key"),
+                    "-out",
+                    &format!("{ca}.crt"),
+                    "-subj",
+                    &format!("/CN=ferry {ca}"),
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            );
+        }
+        for (name, ext) in [
+            ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n"),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            std::fs::write(d.join(format!("{name}.ext")), format!("basicConstraints=CA:FALSE\n{ext}")).unwrap();
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    &format!("/CN=ferry {name}"),
+                ],
+            );
+            openssl(
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-out",
+                    &format!("{name}.crt"),
+                    "-extfile",
+                    &format!("{name}.ext"),
+                ],
+            );
+        }
+        std::fs::write(d.join("password"), format!("{PASSWORD}\n")).unwrap();
+        Certs { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn p(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    /// Client settings with the client certificate (mTLS), trusting `ca`.
+    fn client(&self, ca: &str) -> TlsSettings {
+        TlsSettings {
+            ca_file: Some(self.path(ca)),
+            cert_file: Some(self.path("client.crt")),
+            key_file: Some(self.path("client.key")),
+            ..Default::default()
+        }
+    }
+
+    /// The `[source]`/`[target]` TLS lines of ferry.toml.
+    fn toml(&self, ca: &str) -> String {
+        format!(
+            "tls = true\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\npassword_file = \"{}\"\n",
+            self.p(ca),
+            self.p("client.crt"),
+            self.p("client.key"),
+            self.p("password")
+        )
+    }
+}
+
+/// A TLS-only `redis-server` (`--port 0 --tls-port P`) with `requirepass`; killed on drop.
+struct TlsRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Child,
+    tls: TlsSettings,
+}
+
+impl TlsRedis {
+    fn start(certs: &Certs, auth_clients: bool) -> TlsRedis {
+        require_redis();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("redis.log")).unwrap();
+        let args: Vec<String> = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir.path().display().to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--repl-diskless-sync-delay",
+            "0",
+            "--requirepass",
+            PASSWORD,
+            "--tls-cert-file",
+            &certs.p("server.crt"),
+            "--tls-key-file",
+            &certs.p("server.key"),
+            "--tls-ca-cert-file",
+            &certs.p("ca.crt"),
+            "--tls-auth-clients",
+            if auth_clients { "yes" } else { "no" },
+            "--tls-replication",
+            "yes",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let child = Command::new("redis-server")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn redis-server");
+        let s = TlsRedis { port, dir, child, tls: certs.client("ca.crt") };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = rt().block_on(async {
+                let mut c = s.connect().await.ok()?;
+                c.call(&["PING"]).await.ok()
+            });
+            if ok.is_some() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "TLS redis-server on {} did not start: {}", s.addr(), s.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    async fn connect(&self) -> anyhow::Result<Connection> {
+        let auth = Auth { username: None, password: Some(PASSWORD.into()) };
+        Ok(Connection::connect_with(&self.addr(), &auth, Some(&self.tls), Duration::from_secs(5)).await?)
+    }
+
+    async fn repl_offset(&self) -> anyhow::Result<i64> {
+        let mut c = self.connect().await?;
+        let info = c.call(&["INFO", "replication"]).await?;
+        ferry_resp::replication::info_field(&info, "master_repl_offset")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no master_repl_offset"))
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(certs: &Certs, src: &TlsRedis, src_ca: &str, tgt: &TlsRedis) -> (String, String) {
+    config_with_ports(&format!(
+        "[source]\naddress = \"{}\"\n{}\n[target]\naddress = \"{}\"\n{}\n",
+        src.addr(),
+        certs.toml(src_ca),
+        tgt.addr(),
+        certs.toml("ca.crt")
+    ))
+}
+
+/// Every log line of the run and `/status` (and `/metrics`): none may hold the password or key.
+fn assert_no_secret(certs: &Certs, ferry: &Ferry) {
+    let mut all = ferry.logs();
+    all.push_str(&http_get(&ferry.status_addr, "/status").unwrap_or_default());
+    all.push_str(&http_get(&ferry.status_addr, "/metrics").unwrap_or_default());
+    assert!(!all.is_empty());
+    assert!(!all.contains(PASSWORD), "the password appears in the output of the run:\n{all}");
+    let key = std::fs::read_to_string(certs.path("client.key")).unwrap();
+    for line in key.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!all.contains(line), "the client key appears in the output of the run");
+    }
+}
+
+#[test]
+fn client_checks_the_server_and_the_server_checks_the_client() {
+    let certs = Certs::generate();
+    let server = TlsRedis::start(&certs, true);
+    let auth = Auth { username: None, password: Some(PASSWORD.into()) };
+    let rt = rt();
+    let try_connect = |tls: TlsSettings| {
+        rt.block_on(async {
+            let mut c = Connection::connect_with(&server.addr(), &auth, Some(&tls), Duration::from_secs(5)).await?;
+            c.call(&["PING"]).await
+        })
+    };
+    // mTLS with the right CA: fine (the IP address is checked against the IP SAN).
+    try_connect(certs.client("ca.crt")).unwrap();
+    // An unknown CA: one line naming TLS, the certificate and the address.
+    let e = try_connect(certs.client("other-ca.crt")).unwrap_err().to_string();
+    assert!(e.contains("TLS") && e.contains("certificate") && e.contains(&server.addr()) && !e.contains('\n'), "{e}");
+    // A name the certificate does not carry.
+    let e = try_connect(TlsSettings { server_name: Some("redis.example".into()), ..certs.client("ca.crt") })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("TLS") && e.contains("certificate"), "{e}");
+    // No client certificate, while the server requires one.
+    let e =
+        try_connect(TlsSettings { ca_file: Some(certs.path("ca.crt")), ..Default::default() }).unwrap_err().to_string();
+    assert!(e.contains(&server.addr()) && !e.contains(PASSWORD), "{e}");
+    // Insecure: any certificate is accepted.
+    try_connect(TlsSettings { insecure_skip_verify: true, ca_file: None, ..certs.client("other-ca.crt") }).unwrap();
+    // Plaintext to a TLS port fails, and TLS to a plaintext port is reported as TLS.
+    assert!(rt.block_on(Connection::connect(&server.addr(), &auth, Duration::from_secs(2))).is_err());
+    let plain = RedisServer::start(&[]);
+    let e = rt
+        .block_on(Connection::connect_with(
+            &plain.addr(),
+            &Auth::default(),
+            Some(&certs.client("ca.crt")),
+            Duration::from_secs(2),
+        ))
+        .err()
+        .expect("TLS to a plaintext port must fail")
+        .to_string();
+    assert!(e.contains("TLS") && e.contains(&plain.addr()), "{e}");
+}
+
+#[test]
+fn tls_source_to_tls_target_with_mtls() {
+    let certs = Certs::generate();
+    let src = TlsRedis::start(&certs, true);
+    let tgt = TlsRedis::start(&certs, true);
+    let rt = rt();
+    rt.block_on(async {
+        let mut c = src.connect().await?;
+        for i in 0..200 {
+            c.call(&["SET", &format!("full:{i}"), &format!("v{i}")]).await?;
+        }
+        c.call(&["HSET", "full:hash", "f", "v"]).await?;
+        c.call(&["RPUSH", "full:list", "a", "b", "c"]).await?;
+        anyhow::Ok(())
+    })
+    .unwrap();
+    let (cfg, status) = config(&certs, &src, "ca.crt", &tgt);
+    let ferry = Ferry::start(&cfg, &status);
+    ferry.wait_for("incremental", Duration::from_secs(60), |p| p["phase"] == "incremental");
+    let offset = rt
+        .block_on(async {
+            let mut c = src.connect().await?;
+            c.call(&["SET", "inc:a", "after the full copy"]).await?;
+            c.call(&["INCRBY", "inc:n", "41"]).await?;
+            c.call(&["DEL", "full:7"]).await?;
+            c.call(&["MULTI"]).await?;
+            c.call(&["SADD", "inc:set", "x", "y"]).await?;
+            c.call(&["EXPIRE", "full:8", "1000"]).await?;
+            c.call(&["EXEC"]).await?;
+            src.repl_offset().await
+        })
+        .unwrap();
+    ferry.wait_caught_up(offset, Duration::from_secs(60));
+    let n = rt
+        .block_on(async {
+            let mut a = src.connect().await?;
+            let mut b = tgt.connect().await?;
+            let mut t = tgt.connect().await?;
+            assert_eq!(
+                t.call(&["GET", "inc:a"]).await?.as_bytes().map(|b| b.to_vec()),
+                Some(b"after the full copy".to_vec())
+            );
+            compare(&mut a, &mut b, 2000).await
+        })
+        .unwrap();
+    assert_eq!(n, 204, "keys compared");
+    assert_no_secret(&certs, &ferry);
+}
+
+#[test]
+fn wrong_ca_is_one_line_in_status_naming_tls_and_the_address() {
+    let certs = Certs::generate();
+    let src = TlsRedis::start(&certs, true);
+    let tgt = TlsRedis::start(&certs, true);
+    // The source's certificate is checked against an unrelated CA.
+    let (cfg, status) = config(&certs, &src, "other-ca.crt", &tgt);
+    let ferry = Ferry::start(&cfg, &status);
+    let p = ferry
+        .wait_for("a TLS error", Duration::from_secs(60), |p| p["error"].as_str().is_some_and(|e| e.contains("TLS")));
+    let e = p["error"].as_str().unwrap();
+    eprintln!("status error: {e}");
+    assert!(!e.contains('\n'), "{e}");
+    assert!(e.contains("certificate") && e.contains(&src.addr()), "{e}");
+    assert!(p["phase"] != "incremental", "{p:#}");
+    assert_no_secret(&certs, &ferry);
+}
