@@ -338,3 +338,27 @@ fn a_slow_target_never_gets_the_reader_disconnected_the_spool_drains() {
         compare(&mut a, &mut b, 2000).await.unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
     });
 }
+
+#[test]
+fn empty_target_before_full_copy_removes_target_only_keys() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let rt = rt();
+    rt.block_on(async {
+        let mut a = src.connect().await.unwrap();
+        a.call(&["SET", "from-source", "1"]).await.unwrap();
+        let mut b = tgt.connect().await.unwrap();
+        b.call(&["SET", "only-on-target", "x"]).await.unwrap();
+        b.call(&["SELECT", "3"]).await.unwrap();
+        b.call(&["SET", "only-on-target-db3", "x"]).await.unwrap();
+    });
+    let (cfg, status) = config(&src, &tgt, "");
+    let cfg = cfg.replace("[writer]\n", "[writer]\nempty_target_before_full_copy = true\n");
+    let ferry = Ferry::start(&cfg, &status);
+    ferry.wait_caught_up(rt.block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
+    rt.block_on(async {
+        let (mut a, mut b) = (src.connect().await.unwrap(), tgt.connect().await.unwrap());
+        compare(&mut a, &mut b, 2000).await.unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
+    });
+    assert!(ferry.logs().contains("emptying the target before the full copy"));
+}

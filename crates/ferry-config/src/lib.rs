@@ -376,6 +376,10 @@ pub struct WriterConfig {
     /// Most data commands applied per second (0: no limit).
     #[serde(default)]
     pub max_ops_per_sec: u64,
+    /// Empty the target (FLUSHALL, every master of a cluster) before each full copy, so
+    /// keys that exist only on the target do not survive it. Off by default; logged loudly.
+    #[serde(default)]
+    pub empty_target_before_full_copy: bool,
 }
 
 impl Default for WriterConfig {
@@ -385,6 +389,7 @@ impl Default for WriterConfig {
             pipeline_count_limit: default_pipeline(),
             existing_key: ExistingKey::Rewrite,
             max_ops_per_sec: 0,
+            empty_target_before_full_copy: false,
         }
     }
 }

@@ -13,7 +13,7 @@
 //! (logged with `tracing::warn!` and returned in [`Converted::warnings`]); an option set to
 //! what ferry does anyway gives none. Unknown keys give a warning too (RedisShake ignores
 //! them), never an error. Options whose silent omission would copy the wrong data
-//! (`empty_db_before_sync = true`, `sync_rdb = false`, an `[rdb_reader]`, ...) are
+//! (`sync_rdb = false`, an `[rdb_reader]`, ...) are
 //! errors that say why. ferry settings a RedisShake file cannot carry keep ferry's defaults;
 //! see [`apply_env_overrides`] for placing the coordinator and the stages.
 
@@ -911,13 +911,7 @@ impl Cx<'_> {
                     }
                 }
                 "empty_db_before_sync" => {
-                    if self.bool(&field, v)? {
-                        return Err(self.invalid(
-                            &field,
-                            "true: ferry has no option to empty the target before the full copy yet; empty \
-                             it yourself (FLUSHALL on the target) and set this to false",
-                        ));
-                    }
+                    self.cfg.writer.empty_target_before_full_copy = self.bool(&field, v)?;
                 }
                 _ => self.unknown(&field),
             }
@@ -1249,14 +1243,13 @@ target_mbbloom_version = 20603
     }
 
     #[test]
-    fn empty_db_before_sync_is_an_error_when_true() {
+    fn empty_db_before_sync_empties_the_target() {
         for text in [
             "[sync_reader]\n[redis_writer]\n[advanced]\nempty_db_before_sync = true\n",
             "type = \"sync\"\n[advanced]\nempty_db_before_sync = true\n",
         ] {
-            let e = convert(text, "shake.toml").unwrap_err().to_string();
-            assert!(e.contains("advanced.empty_db_before_sync") && e.contains("no option to empty"), "{e}");
-            assert!(!e.contains('\n'));
+            let c = convert(text, "shake.toml").unwrap();
+            assert!(c.config.writer.empty_target_before_full_copy);
         }
         let c = convert("[sync_reader]\n[redis_writer]\n[advanced]\nempty_db_before_sync = false\n", "f").unwrap();
         assert!(c.warnings.is_empty(), "{:#?}", c.warnings);

@@ -353,6 +353,13 @@ pub(crate) async fn session(
             replid = begin.replid.clone();
             if begin.full {
                 ct.delete_checkpoints().await.context("target cluster")?;
+                if cfg.writer.empty_target_before_full_copy {
+                    warn!(target = %cfg.target.describe(), "emptying every master of the target before the full copy (writer.empty_target_before_full_copy = true): FLUSHALL");
+                    for m in ct.map.masters.clone() {
+                        let c = ct.conns.get_mut(&m).ok_or_else(|| anyhow!("no connection to {m}"))?;
+                        c.call(&["FLUSHALL"]).await.with_context(|| format!("target {m}"))?;
+                    }
+                }
             } else {
                 stats.rdb_applied.store(true, Relaxed);
             }

@@ -198,8 +198,13 @@ async fn session(
                     let mut blob = BytesMut::new();
                     encode_command_into(&mut blob, &[&b"SELECT"[..], b"0"]);
                     encode_command_into(&mut blob, &[&b"DEL"[..], &ckpt_key]);
-                    b.resp = blob.freeze();
                     b.count = 2;
+                    if cfg.writer.empty_target_before_full_copy {
+                        warn!(target = %cfg.target.describe(), "emptying the target before the full copy (writer.empty_target_before_full_copy = true): FLUSHALL");
+                        encode_command_into(&mut blob, &[&b"FLUSHALL"[..]]);
+                        b.count += 1;
+                    }
+                    b.resp = blob.freeze();
                 } else {
                     stats.rdb_applied.store(true, Relaxed);
                 }
