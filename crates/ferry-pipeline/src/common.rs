@@ -87,42 +87,16 @@ pub fn instance_name() -> String {
     format!("{}-{}", host.trim(), std::process::id())
 }
 
-/// Asks the coordinator for this stage's assignment, retrying until it answers or `cancel` fires.
+/// Asks the coordinator for this stage's assignment (the first pipeline of its plan: the
+/// decoder and writer serve every pipeline and only need where the next stage listens),
+/// retrying until it answers or `cancel` fires.
 pub async fn assignment(
     coordinator: &str,
     role: &str,
     pipeline: Option<&str>,
     cancel: &CancellationToken,
 ) -> Option<Assignment> {
-    let mut backoff = Backoff::new();
-    let mut warned = false;
-    loop {
-        let req = AssignRequest {
-            role: role.into(),
-            instance: instance_name(),
-            pipeline_id: pipeline.unwrap_or_default().into(),
-        };
-        let res = async {
-            let mut client = CoordinatorClient::connect(coordinator.to_string()).await.map_err(|e| e.to_string())?;
-            client.assign(req).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
-        }
-        .await;
-        match res {
-            Ok(a) => {
-                info!(pipeline = %a.pipeline_id, source = %a.source_address, downstream = %a.downstream_address, "assigned");
-                return Some(a);
-            }
-            Err(e) => {
-                if !warned {
-                    warn!(coordinator, error = %e, "waiting for the coordinator");
-                    warned = true;
-                }
-            }
-        }
-        if !sleep_or_cancel(backoff.next_delay(), cancel).await {
-            return None;
-        }
-    }
+    plan(coordinator, role, pipeline, cancel).await.and_then(|p| p.into_iter().next())
 }
 
 /// Asks the coordinator for every pipeline this stage should serve (or only `pipeline`),
