@@ -124,3 +124,36 @@ fn cluster_source_one_pipeline_per_master_follows_a_failover() {
     let target = rt().block_on(async { snapshot(&mut tgt.connect().await.unwrap()).await.unwrap() });
     compare_snapshots(&cluster.snapshot(), &target, 2000).unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
 }
+
+#[test]
+fn many_source_dbs_into_a_cluster_target_with_db_map() {
+    let src = RedisServer::start(&[]);
+    let cluster = Cluster::start(3, 0);
+    let write = |db: &str, k: &str, v: &str| {
+        rt().block_on(async {
+            let mut c = src.connect().await.unwrap();
+            c.call(&["SELECT", db]).await.unwrap();
+            c.call(&["SET", k, v]).await.unwrap();
+        })
+    };
+    write("1", "one:a", "1");
+    write("2", "two:a", "2");
+    write("0", "zero:a", "0");
+    let (cfg, status) = config_with_ports(&format!(
+        "[source]\naddress = \"{}\"\n[target]\n{}\n[filter]\ndb_map = {{ 1 = 0, 2 = 0 }}\n",
+        src.addr(),
+        cluster.toml()
+    ));
+    let ferry = Ferry::start(&cfg, &status);
+    ferry.wait_caught_up(rt().block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
+    // Writes to dbs 1 and 2 during the incremental phase land in db 0 of the cluster too.
+    write("2", "two:b", "22");
+    write("1", "one:b", "11");
+    ferry.wait_caught_up(rt().block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
+    let keys: Vec<String> = cluster
+        .snapshot()
+        .get(&0)
+        .map(|m| m.keys().map(|k| String::from_utf8_lossy(k).to_string()).collect())
+        .unwrap_or_default();
+    assert_eq!(keys, vec!["one:a", "one:b", "two:a", "two:b", "zero:a"], "{}", ferry.logs());
+}
