@@ -171,7 +171,6 @@ fn seed_000_sync_toml_explains_and_syncs() {
     });
     let p = ferry.wait_caught_up(rt().block_on(src.repl_offset()).unwrap(), Duration::from_secs(30));
     assert_eq!(p["phase"], "incremental", "{p:#}");
-    assert!(p["commands_applied"].as_u64().unwrap_or(0) >= 5, "{p:#}");
     rt().block_on(async {
         let mut t = tgt.connect().await.unwrap();
         assert!(t.call(&["GET", "shake:a"]).await.unwrap().as_bytes().is_none());
