@@ -33,7 +33,7 @@ use tracing::{info, warn};
 
 use crate::common::{self, Stats};
 use crate::convert::slot_tags;
-use crate::writer::{ReplyCheck, command_key, command_name_at};
+use crate::writer::{ReplyCheck, batch_applied, checkpoint_value, command_key, command_name_at, parse_checkpoint};
 
 /// Where a command's keys say it must go.
 enum Route {
@@ -152,30 +152,26 @@ impl ClusterTarget {
     async fn read_checkpoints(&mut self) -> anyhow::Result<Checkpoint> {
         self.slot_done.clear();
         self.floor.clear();
-        let mut floors: Vec<(String, i64, i64, i64)> = Vec::new();
+        let mut floors: Vec<Checkpoint> = Vec::new();
         for (n, m) in self.map.masters.clone().iter().enumerate() {
             let floor_key = self.floor_key(n);
             for key in self.checkpoint_keys(m).await? {
                 let c = self.conns.get_mut(m).ok_or_else(|| anyhow!("no connection to {m}"))?;
                 let Some(v) = c.call(&[&b"GET"[..], &key]).await?.as_bytes().cloned() else { continue };
-                let text = String::from_utf8_lossy(&v).to_string();
-                let p: Vec<&str> = text.split(' ').collect();
-                let num = |i: usize| p.get(i).and_then(|x| x.parse::<i64>().ok());
-                let (Some(o), Some(r), Some(d)) = (num(1), num(2), num(3)) else { continue };
+                let Some(ckpt) = parse_checkpoint(&v) else { continue };
                 if key[..] == *floor_key.as_bytes() {
-                    floors.push((p[0].to_string(), o, r, d));
-                    self.floor.insert(m.clone(), o);
+                    self.floor.insert(m.clone(), ckpt.offset);
+                    floors.push(ckpt);
                 } else if !key.starts_with(b"ferry:checkpoint:floor:") {
-                    self.slot_done.insert(key_slot(&key), o);
+                    self.slot_done.insert(key_slot(&key), ckpt.offset);
                 }
             }
         }
-        if floors.len() != self.map.masters.len() || floors.iter().any(|f| f.0 != floors[0].0) {
+        if floors.len() != self.map.masters.len() || floors.iter().any(|f| f.replid != floors[0].replid) {
             info!("the target cluster holds no complete checkpoint of this pipeline: a full copy is needed");
             return Ok(Checkpoint::default());
         }
-        let min = floors.iter().min_by_key(|f| f.2).expect("not empty");
-        Ok(Checkpoint { present: true, replid: min.0.clone(), offset: min.1, resume_offset: min.2, resume_db: min.3 })
+        Ok(floors.into_iter().min_by_key(|f| f.resume_offset).expect("not empty"))
     }
 
     async fn delete_checkpoints(&mut self) -> anyhow::Result<()> {
@@ -368,21 +364,10 @@ pub(crate) async fn session(
         limiter.acquire(b.count as u64).await;
         apply(&mut ct, &b, &replid, stats).await?;
         if b.offset >= 0 && (b.rdb_end || ct.last_floor_write.elapsed() >= Duration::from_secs(1)) {
-            let value = format!("{replid} {} {} {}", b.offset, b.resume_offset, b.resume_db);
-            ct.write_floors(&value, b.offset).await?;
+            ct.write_floors(&checkpoint_value(&replid, &b), b.offset).await?;
         }
-        stats.keys_applied.fetch_add(b.keys as u64, Relaxed);
-        stats.commands_applied.fetch_add(b.commands as u64, Relaxed);
-        if b.rdb_end {
-            stats.rdb_applied.store(true, Relaxed);
-            info!(offset = b.offset, "full copy applied");
-        }
-        if b.offset >= 0 {
-            stats.applied_offset.store(b.offset, Relaxed);
-            let ack = Ack { applied_offset: b.offset, rdb_applied: stats.rdb_applied.load(Relaxed), checkpoint: None };
-            if ack_tx.send(Ok(ack)).await.is_err() {
-                return Ok(());
-            }
+        if !batch_applied(&b, stats, &ack_tx).await {
+            return Ok(());
         }
     }
 }
@@ -475,7 +460,7 @@ async fn apply_segment(
                     blob.extend_from_slice(c);
                 }
                 if incremental {
-                    let value = format!("{replid} {} {} {}", b.offset, b.resume_offset, b.resume_db);
+                    let value = checkpoint_value(replid, b);
                     encode_command_into(&mut blob, &[&b"SET"[..], ct.slot_key(*slot).as_bytes(), value.as_bytes()]);
                     encode_command_into(&mut blob, &[&b"EXEC"[..]]);
                 }

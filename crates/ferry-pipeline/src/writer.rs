@@ -124,25 +124,49 @@ pub fn checkpoint_key(pipeline_id: &str) -> String {
     format!("ferry:checkpoint:{pipeline_id}")
 }
 
+/// The value of a checkpoint key: `"<replid> <offset> <resume_offset> <resume_db>"`.
+pub(crate) fn checkpoint_value(replid: &str, b: &Batch) -> String {
+    format!("{replid} {} {} {}", b.offset, b.resume_offset, b.resume_db)
+}
+
+/// Parses a [`checkpoint_value`]; `None` when malformed.
+pub(crate) fn parse_checkpoint(v: &[u8]) -> Option<Checkpoint> {
+    let text = String::from_utf8_lossy(v);
+    let parts: Vec<&str> = text.split(' ').collect();
+    let num = |i: usize| parts.get(i).and_then(|p| p.parse::<i64>().ok());
+    Some(Checkpoint {
+        present: true,
+        replid: parts.first()?.to_string(),
+        offset: num(1)?,
+        resume_offset: num(2)?,
+        resume_db: num(3)?,
+    })
+}
+
+/// Bookkeeping once every reply of a batch is in: counters, and the acknowledgement of its
+/// source offset. False when the decoder is gone.
+pub(crate) async fn batch_applied(b: &Batch, stats: &Stats, ack_tx: &mpsc::Sender<Result<Ack, Status>>) -> bool {
+    stats.keys_applied.fetch_add(b.keys as u64, Relaxed);
+    stats.commands_applied.fetch_add(b.commands as u64, Relaxed);
+    if b.rdb_end {
+        stats.rdb_applied.store(true, Relaxed);
+        info!(offset = b.offset, "full copy applied");
+    }
+    if b.offset >= 0 {
+        stats.applied_offset.store(b.offset, Relaxed);
+        let ack = Ack { applied_offset: b.offset, rdb_applied: stats.rdb_applied.load(Relaxed), checkpoint: None };
+        return ack_tx.send(Ok(ack)).await.is_ok();
+    }
+    true
+}
+
 /// Reads the checkpoint of `pipeline_id` from the target.
 async fn read_checkpoint(conn: &mut Connection, pipeline_id: &str) -> anyhow::Result<Checkpoint> {
     conn.call(&["SELECT", "0"]).await.context("target")?;
     let reply = conn.call(&["GET", &checkpoint_key(pipeline_id)]).await.context("target")?;
     let Some(v) = reply.as_bytes() else { return Ok(Checkpoint::default()) };
-    let text = String::from_utf8_lossy(v);
-    // "<replid> <offset> <resume_offset> <resume_db>"
-    let parts: Vec<&str> = text.split(' ').collect();
-    let num = |i: usize| parts.get(i).and_then(|p| p.parse::<i64>().ok());
-    let parsed = match (parts.first(), num(1), num(2), num(3)) {
-        (Some(id), Some(offset), Some(resume_offset), Some(resume_db)) => {
-            Some((id.to_string(), offset, resume_offset, resume_db))
-        }
-        _ => None,
-    };
-    match parsed {
-        Some((replid, offset, resume_offset, resume_db)) => {
-            Ok(Checkpoint { present: true, replid, offset, resume_offset, resume_db })
-        }
+    match parse_checkpoint(v) {
+        Some(c) => Ok(c),
         None => {
             warn!(key = %checkpoint_key(pipeline_id), "ignoring a malformed checkpoint on the target");
             Ok(Checkpoint::default())
@@ -218,7 +242,7 @@ async fn session(
                 let mut head = BytesMut::new();
                 encode_command_into(&mut head, &[&b"MULTI"[..]]);
                 let mut tail = BytesMut::new();
-                let value = format!("{replid} {} {} {}", b.offset, b.resume_offset, b.resume_db);
+                let value = checkpoint_value(&replid, &b);
                 encode_command_into(&mut tail, &[&b"SELECT"[..], b"0"]);
                 encode_command_into(&mut tail, &[&b"SET"[..], &ckpt_key, value.as_bytes()]);
                 encode_command_into(&mut tail, &[&b"EXEC"[..]]);
@@ -271,19 +295,8 @@ async fn session(
                     check.reply(i, &reply)?;
                 }
             }
-            stats.keys_applied.fetch_add(b.keys as u64, Relaxed);
-            stats.commands_applied.fetch_add(b.commands as u64, Relaxed);
-            if b.rdb_end {
-                stats.rdb_applied.store(true, Relaxed);
-                info!(offset = b.offset, "full copy applied");
-            }
-            if b.offset >= 0 {
-                stats.applied_offset.store(b.offset, Relaxed);
-                let ack =
-                    Ack { applied_offset: b.offset, rdb_applied: stats.rdb_applied.load(Relaxed), checkpoint: None };
-                if ack_tx.send(Ok(ack)).await.is_err() {
-                    return Ok(());
-                }
+            if !batch_applied(&b, stats, &ack_tx).await {
+                return Ok(());
             }
             drop(permits);
         }
