@@ -285,9 +285,6 @@ pub struct ReaderConfig {
     /// Largest bulk string accepted in the replication stream.
     #[serde(default = "default_max_bulk")]
     pub proto_max_bulk_len: u64,
-    /// Frames buffered in memory between the socket and the decoder stream.
-    #[serde(default = "default_reader_buffer")]
-    pub buffer_frames: usize,
     /// Bytes of the replication stream held in memory before the reader spools to disk (it
     /// never stops reading the socket: the source would disconnect a slow replica).
     #[serde(default = "default_memory_buffer")]
@@ -305,7 +302,6 @@ impl Default for ReaderConfig {
         ReaderConfig {
             listening_port: 0,
             proto_max_bulk_len: default_max_bulk(),
-            buffer_frames: default_reader_buffer(),
             buffer_bytes: default_memory_buffer(),
             spool_dir: String::new(),
             spool_max_bytes: default_spool_max(),
@@ -471,9 +467,6 @@ fn default_writer_listen() -> String {
 fn default_max_bulk() -> u64 {
     512 * 1024 * 1024
 }
-fn default_reader_buffer() -> usize {
-    256
-}
 fn default_restore_limit() -> u64 {
     64 * 1024 * 1024
 }
@@ -598,9 +591,6 @@ impl Config {
         }
         if self.writer.pipeline_count_limit == 0 {
             return Err(invalid("writer.pipeline_count_limit", "must be at least 1".into()));
-        }
-        if self.reader.buffer_frames == 0 {
-            return Err(invalid("reader.buffer_frames", "must be at least 1".into()));
         }
         if self.decoder.chunk_bytes == 0 {
             return Err(invalid("decoder.chunk_bytes", "must be at least 1".into()));

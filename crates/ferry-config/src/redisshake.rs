@@ -233,7 +233,6 @@ pub fn to_redacted_toml(cfg: &Config) -> String {
         vec![
             ("listening_port", r.listening_port.to_string()),
             ("proto_max_bulk_len", r.proto_max_bulk_len.to_string()),
-            ("buffer_frames", r.buffer_frames.to_string()),
             ("buffer_bytes", r.buffer_bytes.to_string()),
             ("spool_dir", s(&r.spool_dir)),
             ("spool_max_bytes", r.spool_max_bytes.to_string()),
