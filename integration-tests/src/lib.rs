@@ -2,6 +2,8 @@
 //! ports in temp dirs (killed on drop), the ferry processes started as a user would
 //! start them, a status poller, and a type-aware comparison of two servers.
 
+pub mod module;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;

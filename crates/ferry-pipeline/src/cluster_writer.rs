@@ -94,6 +94,15 @@ impl ClusterTarget {
         Ok(())
     }
 
+    /// The lowest RDB version over the masters (0 when any cannot be told).
+    async fn rdb_version(&mut self) -> u32 {
+        let mut lowest = u32::MAX;
+        for c in self.conns.values_mut() {
+            lowest = lowest.min(common::server_rdb_version(c).await);
+        }
+        if lowest == u32::MAX { 0 } else { lowest }
+    }
+
     /// Reads the slot map again (after MOVED, or when a master changed).
     async fn refresh(&mut self) -> anyhow::Result<()> {
         let mut last = None;
@@ -333,8 +342,14 @@ pub(crate) async fn session(
     if checkpoint.present {
         stats.applied_offset.store(checkpoint.offset, Relaxed);
     }
+    let target_rdb_version = ct.rdb_version().await;
     let _ = ack_tx
-        .send(Ok(Ack { applied_offset: checkpoint.offset, rdb_applied: false, checkpoint: Some(checkpoint) }))
+        .send(Ok(Ack {
+            applied_offset: checkpoint.offset,
+            rdb_applied: false,
+            checkpoint: Some(checkpoint),
+            target_rdb_version,
+        }))
         .await;
     stats.clear_error();
     let mut replid = String::new();

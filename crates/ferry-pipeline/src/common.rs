@@ -364,6 +364,21 @@ pub async fn connect(r: &ferry_config::RedisConfig) -> anyhow::Result<(String, f
     Ok((addr, conn))
 }
 
+/// The RDB version a target server loads (from `INFO server`); 0 when it cannot be told, in
+/// which case values are sent as they come.
+pub async fn server_rdb_version(conn: &mut ferry_resp::Connection) -> u32 {
+    let info = match conn.call(&["INFO", "server"]).await {
+        Ok(ferry_resp::Reply::Bulk(Some(b))) => String::from_utf8_lossy(&b).into_owned(),
+        _ => return 0,
+    };
+    ferry_rdb::server_rdb_version(&info).unwrap_or_else(|| {
+        tracing::warn!(
+            "cannot tell the target's RDB version from INFO server: values are sent as the source wrote them"
+        );
+        0
+    })
+}
+
 /// Resolves when a sentinel-managed deployment's master is no longer `current` (polled
 /// every 500 ms: Sentinel answers with the new master as soon as it is promoted, while
 /// `+switch-master` can come much later). Never resolves for other deployments.

@@ -11,7 +11,7 @@
 use bytes::{Bytes, BytesMut};
 use ferry_config::ExistingKey;
 use ferry_proto::Batch;
-use ferry_rdb::{Entry, Part, Value};
+use ferry_rdb::{Entry, Flavor, Part, Value};
 use ferry_resp::encode_command_into;
 use tracing::warn;
 
@@ -27,6 +27,7 @@ pub struct BatchBuilder {
     /// db of the last command added (what the target connection has selected).
     db: u64,
     renamenx: Vec<u32>,
+    module_restores: Vec<u32>,
     /// Source offset at the end of each command (incremental batches only).
     offsets: Vec<i64>,
     /// Offset given to commands added without one (the start of the current frame).
@@ -44,6 +45,7 @@ impl BatchBuilder {
             commands: 0,
             db: 0,
             renamenx: Vec::new(),
+            module_restores: Vec::new(),
             offsets: Vec::new(),
             base_offset: None,
             max_bytes,
@@ -104,6 +106,11 @@ impl BatchBuilder {
         self.renamenx.push(self.count - 1);
     }
 
+    /// The command just added is a `RESTORE` of a module value.
+    pub fn mark_module_restore(&mut self) {
+        self.module_restores.push(self.count - 1);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -130,6 +137,7 @@ impl BatchBuilder {
             resume_offset: offset,
             resume_db: 0,
             cmd_offsets: std::mem::take(&mut self.offsets),
+            module_restores: std::mem::take(&mut self.module_restores),
         };
         self.count = 0;
         self.keys = 0;
@@ -144,7 +152,11 @@ const ELEMENTS_PER_COMMAND: usize = 512;
 /// Turns RDB entries into commands.
 pub struct RdbConverter {
     pub policy: ExistingKey,
+    /// Version and flavor of the RDB being converted (from its header).
     pub rdb_version: u16,
+    pub flavor: Flavor,
+    /// The RDB version the target loads; 0 = unknown (taken to be the source's).
+    pub target_rdb_version: u32,
     pub modules_skipped: u64,
     /// Keys whose TTL had already passed when they were decoded (not created, as RESTORE would).
     pub expired_skipped: u64,
@@ -188,7 +200,15 @@ pub fn format_score(f: f64) -> String {
 
 impl RdbConverter {
     pub fn new(policy: ExistingKey, rdb_version: u16) -> Self {
-        RdbConverter { policy, rdb_version, modules_skipped: 0, expired_skipped: 0, skipping: false }
+        RdbConverter {
+            policy,
+            rdb_version,
+            flavor: Flavor::Redis,
+            target_rdb_version: 0,
+            modules_skipped: 0,
+            expired_skipped: 0,
+            skipping: false,
+        }
     }
 
     /// Adds a function library (`FUNCTION LOAD REPLACE`). Pre-GA (7.0 RC) records carry the
@@ -206,30 +226,62 @@ impl RdbConverter {
         b.push(0, &[&b"FUNCTION"[..], b"LOAD", b"REPLACE", &code]);
     }
 
+    /// Takes the version and flavor from the RDB header.
+    pub fn header(&mut self, version: u32, flavor: Flavor) {
+        self.rdb_version = version as u16;
+        self.flavor = flavor;
+    }
+
+    /// The version to label a `RESTORE` payload of type `rdb_type` with, or `None` when the
+    /// target cannot load that type (it gets commands instead). Redis checks only that the
+    /// label is not newer than itself; the body must use encodings it knows.
+    fn payload_version(&self, rdb_type: u8) -> Option<u16> {
+        let source = u32::from(self.rdb_version);
+        if self.target_rdb_version == 0 || self.target_rdb_version >= source {
+            return Some(self.rdb_version);
+        }
+        let needed = ferry_rdb::min_rdb_version(rdb_type, self.flavor, source);
+        (needed <= self.target_rdb_version).then_some(self.target_rdb_version as u16)
+    }
+
     /// Adds the commands for one entry (or part of one) to `b`.
     pub fn entry(&mut self, e: &Entry, b: &mut BatchBuilder) {
         if let Value::Module { module_name, .. } = &e.value {
-            if matches!(e.part, Part::Whole | Part::First) {
-                self.modules_skipped += 1;
-                warn!(key = %String::from_utf8_lossy(&e.key), module = %module_name, "skipping a module value: the target cannot load it");
+            // A module value is opaque: the target's copy of the module is the only thing that
+            // can load it. The writer counts and logs it when the target refuses.
+            match (&e.raw, self.payload_version(e.rdb_type)) {
+                (Some(raw), Some(version)) => {
+                    self.restore(e, raw, version, b);
+                    b.mark_module_restore();
+                }
+                _ => {
+                    self.modules_skipped += 1;
+                    warn!(key = %String::from_utf8_lossy(&e.key), module = %module_name, "skipping a module value: too big for one RESTORE (decoder.restore_max_bytes) or the target is too old");
+                }
             }
             return;
         }
-        if let (Part::Whole, Some(raw)) = (&e.part, &e.raw) {
-            let payload = ferry_rdb::dump_payload(raw, self.rdb_version);
-            let ttl = e.expire_ms.unwrap_or(0).max(0).to_string();
-            let mut args: Vec<&[u8]> = vec![b"RESTORE", &e.key, ttl.as_bytes(), &payload];
-            if e.expire_ms.is_some() {
-                args.push(b"ABSTTL");
-            }
-            if self.policy == ExistingKey::Rewrite {
-                args.push(b"REPLACE");
-            }
-            b.push(e.db, &args);
-            b.add_key();
+        if let (Part::Whole, Some(raw)) = (&e.part, &e.raw)
+            && let Some(version) = self.payload_version(e.rdb_type)
+        {
+            self.restore(e, raw, version, b);
             return;
         }
         self.as_commands(e, b);
+    }
+
+    fn restore(&self, e: &Entry, raw: &[u8], version: u16, b: &mut BatchBuilder) {
+        let payload = ferry_rdb::dump_payload(raw, version);
+        let ttl = e.expire_ms.unwrap_or(0).max(0).to_string();
+        let mut args: Vec<&[u8]> = vec![b"RESTORE", &e.key, ttl.as_bytes(), &payload];
+        if e.expire_ms.is_some() {
+            args.push(b"ABSTTL");
+        }
+        if self.policy == ExistingKey::Rewrite {
+            args.push(b"REPLACE");
+        }
+        b.push(e.db, &args);
+        b.add_key();
     }
 
     fn as_commands(&mut self, e: &Entry, b: &mut BatchBuilder) {

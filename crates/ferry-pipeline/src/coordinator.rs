@@ -306,7 +306,7 @@ impl CoordinatorState {
                     rdb_size: reader.map(|r| r.rdb_size).unwrap_or(0),
                     keys_skipped: wc.keys_skipped,
                     entries_decoded: dc.entries_decoded,
-                    modules_skipped: dc.modules_skipped,
+                    modules_skipped: dc.modules_skipped + wc.modules_skipped,
                     spool_bytes: reader.map(|r| r.spool_bytes).unwrap_or(0),
                     keys_filtered: decoder.map(|d| d.keys_filtered).unwrap_or(0),
                     commands_filtered: decoder.map(|d| d.commands_filtered).unwrap_or(0),

@@ -12,6 +12,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::{Context, anyhow, bail};
@@ -151,9 +152,12 @@ async fn session(
     let mut acks =
         client.apply(ReceiverStream::new(batch_rx)).await.map_err(|s| anyhow!("writer: {}", s.message()))?.into_inner();
 
-    // Writer acks → reader.
+    // Writer acks → reader. The first one also says which RDB version the target loads (it
+    // arrives before the reader starts PSYNC, so before any RDB byte).
+    let target_rdb = Arc::new(AtomicU32::new(0));
     let forward = {
         let cancel = cancel.clone();
+        let target_rdb = target_rdb.clone();
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -162,6 +166,9 @@ async fn session(
                 };
                 match msg {
                     Ok(Some(ack)) => {
+                        if ack.target_rdb_version != 0 {
+                            target_rdb.store(ack.target_rdb_version, Relaxed);
+                        }
                         if ack_tx.send(Ok(ack)).await.is_err() {
                             break;
                         }
@@ -211,8 +218,9 @@ async fn session(
                             allow_newer_version: cfg.decoder.allow_newer_rdb,
                         };
                         let (btx, stats, filter) = (batch_tx.clone(), stats.clone(), filter.clone());
-                        let handle =
-                            tokio::task::spawn_blocking(move || parse_rdb(rx, btx, opts, policy, &stats, &filter));
+                        let mut conv = RdbConverter::new(policy, 0);
+                        conv.target_rdb_version = target_rdb.load(Relaxed);
+                        let handle = tokio::task::spawn_blocking(move || parse_rdb(rx, btx, opts, conv, &stats, &filter));
                         rdb = Some((tx, handle));
                     }
                     let (tx, _) = rdb.as_ref().expect("set above");
@@ -370,13 +378,13 @@ fn parse_rdb(
     rx: mpsc::Receiver<Bytes>,
     batch_tx: mpsc::Sender<Batch>,
     opts: ParserOptions,
-    policy: ExistingKey,
+    mut conv: RdbConverter,
     stats: &Stats,
     filter: &Filter,
 ) -> anyhow::Result<()> {
     let mut parser =
         Parser::new(std::io::BufReader::with_capacity(256 * 1024, ChannelReader { rx, cur: Bytes::new() }), opts);
-    let mut conv = RdbConverter::new(policy, 0);
+    let policy = conv.policy;
     let mut b = BatchBuilder::new(BATCH_BYTES, BATCH_COMMANDS);
     let mut fc = filter.full_copy();
     let send = |b: &mut BatchBuilder| -> anyhow::Result<()> {
@@ -389,7 +397,7 @@ fn parse_rdb(
     };
     while let Some(ev) = parser.next_event()? {
         match ev {
-            Event::Header { version, .. } => conv.rdb_version = version as u16,
+            Event::Header { version, flavor } => conv.header(version, flavor),
             Event::Entry(mut e) => {
                 stats.entries_decoded.fetch_add(1, Relaxed);
                 if let Some(target) = fc.entry(&e) {

@@ -154,7 +154,7 @@ pub(crate) async fn batch_applied(b: &Batch, stats: &Stats, ack_tx: &mpsc::Sende
     }
     if b.offset >= 0 {
         stats.applied_offset.store(b.offset, Relaxed);
-        let ack = Ack { applied_offset: b.offset, rdb_applied: stats.rdb_applied.load(Relaxed), checkpoint: None };
+        let ack = Ack { applied_offset: b.offset, rdb_applied: stats.rdb_applied.load(Relaxed), ..Default::default() };
         return ack_tx.send(Ok(ack)).await.is_ok();
     }
     true
@@ -195,8 +195,14 @@ async fn session(
         info!(pipeline = %pipeline_id, replid = %checkpoint.replid, offset = checkpoint.offset, "checkpoint found on the target");
         stats.applied_offset.store(checkpoint.offset, Relaxed);
     }
+    let target_rdb_version = common::server_rdb_version(&mut conn).await;
     let _ = ack_tx
-        .send(Ok(Ack { applied_offset: checkpoint.offset, rdb_applied: false, checkpoint: Some(checkpoint) }))
+        .send(Ok(Ack {
+            applied_offset: checkpoint.offset,
+            rdb_applied: false,
+            checkpoint: Some(checkpoint),
+            target_rdb_version,
+        }))
         .await;
     stats.clear_error();
     let (mut rd, mut wr) = conn.into_split();
@@ -330,6 +336,17 @@ pub(crate) struct ReplyCheck<'a> {
 impl ReplyCheck<'_> {
     pub fn reply(&self, i: u32, reply: &Reply) -> anyhow::Result<()> {
         let b = self.batch;
+        if let Some(err) = reply.first_error()
+            && b.module_restores.binary_search(&i).is_ok()
+        {
+            // The target has no module that can load this type: skip the key, loudly.
+            self.stats.modules_skipped.fetch_add(1, Relaxed);
+            let module = nth_command(&b.resp, i as usize)
+                .and_then(|args| module_of_payload(args.get(3)?))
+                .unwrap_or_else(|| "?".into());
+            warn!(key = %command_key(&b.resp, i as usize), module = %module, reply = %printable(err), "skipping a module value: the target cannot load it");
+            return Ok(());
+        }
         if b.renamenx.binary_search(&i).is_ok() {
             if reply.first_error().is_some_and(|e| e.starts_with(b"ERR no such key")) {
                 // The value's TTL passed while it was being built: like RESTORE of an expired key.
@@ -358,6 +375,23 @@ impl ReplyCheck<'_> {
         warn!(command = %name, key = %key, reply = %printable(err), "target rejected a command");
         bail!("target rejected {name} on key {key}: {}", printable(err))
     }
+}
+
+/// The module type name of a module value's `RESTORE` payload (type 7, then the module id).
+fn module_of_payload(payload: &[u8]) -> Option<String> {
+    let (&t, rest) = payload.split_first()?;
+    if t != 7 && t != 6 {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let id = match first >> 6 {
+        0 => u64::from(first & 0x3f),
+        1 => (u64::from(first & 0x3f) << 8) | u64::from(*rest.first()?),
+        _ if first == 0x80 => u64::from(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?)),
+        _ if first == 0x81 => u64::from_be_bytes(rest.get(..8)?.try_into().ok()?),
+        _ => return None,
+    };
+    Some(ferry_rdb::module_name_from_id(id).0)
 }
 
 /// The i-th command of a RESP blob, parsed (rare path: only for error messages).

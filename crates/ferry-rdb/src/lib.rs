@@ -208,3 +208,76 @@ pub fn module_name_from_id(module_id: u64) -> (String, u64) {
     }
     (name, module_id & 1023)
 }
+
+/// The lowest RDB version whose loader knows value type `rdb_type` of a file of `flavor`
+/// (Redis's numbering; Valkey 9 gives 22/23 meanings of its own). A `RESTORE` payload of this
+/// type can be labelled with any version from this one up to the target's own.
+pub fn min_rdb_version(rdb_type: u8, flavor: Flavor, file_version: u32) -> u32 {
+    match rdb_type {
+        0..=4 | 9..=13 => 1,
+        5..=7 => 8,
+        14 => 7,
+        15 => 9,
+        16..=19 => 10,
+        20 | 21 => 11,
+        22 | 23 if flavor == Flavor::Valkey => file_version,
+        22..=25 => 12,
+        _ => file_version,
+    }
+}
+
+/// The RDB version a server writes and loads, from its `INFO server` text: the Valkey or Redis
+/// version it reports. `None` when the text names no version ferry knows how to map.
+pub fn server_rdb_version(info: &str) -> Option<u32> {
+    let field = |name: &str| {
+        info.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(|v| v.trim().to_string()))
+    };
+    let parse = |v: &str| -> Option<(u32, u32)> {
+        let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
+        Some((it.next()??, it.next()??))
+    };
+    if let Some(v) = field("valkey_version") {
+        let (major, _) = parse(&v)?;
+        return Some(if major >= 9 { 80 } else { 11 });
+    }
+    let (major, minor) = parse(&field("redis_version")?)?;
+    Some(match (major, minor) {
+        (0..=2, _) | (3, 0..=1) => 6,
+        (3, _) => 7,
+        (4, _) => 8,
+        (5 | 6, _) => 9,
+        (7, 0..=1) => 10,
+        (7, 2..=3) => 11,
+        (7, _) | (8, 0..=5) => 12,
+        _ => 13,
+    })
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_map_to_rdb_versions() {
+        let v = |s: &str| server_rdb_version(s);
+        assert_eq!(v("# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n"), Some(10));
+        assert_eq!(v("redis_version:7.2.4\r\n"), Some(11));
+        assert_eq!(v("redis_version:7.4.1\r\n"), Some(12));
+        assert_eq!(v("redis_version:8.0.2\r\n"), Some(12));
+        assert_eq!(v("redis_version:6.2.14\r\n"), Some(9));
+        assert_eq!(v("redis_version:3.2.12\r\n"), Some(7));
+        assert_eq!(v("redis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.1.0\r\n"), Some(11));
+        assert_eq!(v("redis_version:7.2.4\r\nvalkey_version:9.0.0\r\n"), Some(80));
+        assert_eq!(v("redis_version:garbage\r\n"), None);
+        assert_eq!(v("# Server\r\n"), None);
+    }
+
+    #[test]
+    fn types_need_the_version_that_introduced_them() {
+        assert_eq!(min_rdb_version(0, Flavor::Redis, 12), 1);
+        assert_eq!(min_rdb_version(16, Flavor::Redis, 12), 10);
+        assert_eq!(min_rdb_version(20, Flavor::Redis, 12), 11);
+        assert_eq!(min_rdb_version(25, Flavor::Redis, 12), 12);
+        assert_eq!(min_rdb_version(22, Flavor::Valkey, 80), 80);
+    }
+}
