@@ -42,6 +42,15 @@ struct EnvOpts {
     rate: u64,
     requests: u64,
     lag_secs: f64,
+    huge: HugeOpts,
+}
+
+/// The huge-key data set: one list, one string and one hash, each far bigger than anything
+/// ferry may hold in memory at once.
+struct HugeOpts {
+    list_bytes: u64,
+    string_bytes: u64,
+    hash_fields: u64,
 }
 
 impl EnvOpts {
@@ -61,6 +70,11 @@ impl EnvOpts {
             rate: num("FERRY_BENCH_RATE", 20_000.0)? as u64,
             requests: num("FERRY_BENCH_REQUESTS", if quick { 50_000.0 } else { 500_000.0 })? as u64,
             lag_secs: num("FERRY_BENCH_LAG_SECS", if quick { 2.0 } else { 5.0 })?,
+            huge: HugeOpts {
+                list_bytes: (num("FERRY_BENCH_HUGE_LIST_MB", if quick { 20.0 } else { 500.0 })? * 1e6) as u64,
+                string_bytes: (num("FERRY_BENCH_HUGE_STRING_MB", if quick { 5.0 } else { 50.0 })? * 1e6) as u64,
+                hash_fields: num("FERRY_BENCH_HUGE_HASH_FIELDS", if quick { 100_000.0 } else { 10_000_000.0 })? as u64,
+            },
         })
     }
 }
@@ -156,6 +170,132 @@ async fn flush(c: &mut Connection, buf: &mut bytes::BytesMut, n: u64) -> anyhow:
         }
     }
     Ok(())
+}
+
+/// Fills `c` with the huge-key data set: `huge:list` (elements of 1 KiB), `huge:string` and
+/// `huge:hash` (small fields).
+async fn fill_huge(c: &mut Connection, h: &HugeOpts) -> anyhow::Result<()> {
+    let mut buf = bytes::BytesMut::with_capacity(8 << 20);
+    let mut pending = 0u64;
+    let element = string_value(1024);
+    let mut left = h.list_bytes.div_ceil(1024);
+    while left > 0 {
+        let n = left.min(256);
+        let mut args: Vec<&[u8]> = vec![b"RPUSH", b"huge:list"];
+        args.extend(std::iter::repeat_n(&element[..], n as usize));
+        ferry_resp::encode_command_into(&mut buf, &args);
+        (left, pending) = (left - n, pending + 1);
+        if pending == 16 {
+            flush(c, &mut buf, pending).await?;
+            pending = 0;
+        }
+    }
+    let chunk = string_value(1 << 20);
+    let mut written = 0u64;
+    while written < h.string_bytes {
+        let n = (h.string_bytes - written).min(chunk.len() as u64) as usize;
+        let cmd: &[u8] = if written == 0 { b"SET" } else { b"APPEND" };
+        ferry_resp::encode_command_into(&mut buf, &[cmd, b"huge:string", &chunk[..n]]);
+        (written, pending) = (written + n as u64, pending + 1);
+        if pending == 16 {
+            flush(c, &mut buf, pending).await?;
+            pending = 0;
+        }
+    }
+    let mut field = 0u64;
+    while field < h.hash_fields {
+        let end = (field + 1000).min(h.hash_fields);
+        let kv: Vec<Vec<u8>> =
+            (field..end).flat_map(|f| [format!("f{f}").into_bytes(), format!("v{f}").into_bytes()]).collect();
+        let mut args: Vec<&[u8]> = vec![b"HSET", b"huge:hash"];
+        args.extend(kv.iter().map(|a| &a[..]));
+        ferry_resp::encode_command_into(&mut buf, &args);
+        (field, pending) = (end, pending + 1);
+        if pending == 64 {
+            flush(c, &mut buf, pending).await?;
+            pending = 0;
+        }
+    }
+    flush(c, &mut buf, pending).await
+}
+
+/// The huge-key phase: a native replica and ferry copy a source holding only the huge keys;
+/// what matters is ferry's peak RSS (values are streamed in chunks, never held whole).
+fn huge_keys(rt: &tokio::runtime::Runtime, bins: &Path, dir: &Path, h: &HugeOpts) -> anyhow::Result<serde_json::Value> {
+    let src = RedisServer::start(&["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]);
+    rt.block_on(async { fill_huge(&mut src.connect().await?, h).await }).context("fill")?;
+    let used = rt.block_on(async { info(&mut src.connect().await?, "used_memory_human").await })?;
+    eprintln!("huge keys: source holds {used}; native replica...");
+    let native = rt.block_on(native_replica(&src))?;
+    eprintln!("huge keys: native replica {native:.2}s; ferry...");
+    let run_dir = dir.join("huge-keys");
+    std::fs::create_dir_all(&run_dir)?;
+    let (ferry, secs, details) = ferry_full_copy(bins, &src, &run_dir)?;
+    let sizes = [("LLEN", "huge:list"), ("STRLEN", "huge:string"), ("HLEN", "huge:hash")];
+    let equal = rt.block_on(async {
+        let (mut a, mut b) = (src.connect().await?, ferry.tgt.connect().await?);
+        let mut out = serde_json::Map::new();
+        for (cmd, key) in sizes {
+            let (x, y) = (a.call(&[cmd, key]).await?, b.call(&[cmd, key]).await?);
+            if x != y {
+                bail!("{key}: {cmd} is {x:?} on the source, {y:?} on the target");
+            }
+            out.insert(key.into(), json!(format!("{x:?}")));
+        }
+        anyhow::Ok(out)
+    })?;
+    drop(ferry);
+    Ok(json!({
+        "list_mb": h.list_bytes as f64 / 1e6,
+        "string_mb": h.string_bytes as f64 / 1e6,
+        "hash_fields": h.hash_fields,
+        "source_used_memory": used,
+        "native_replica_full_sync_s": native,
+        "ferry_full_copy_s": secs,
+        "ratio_ferry_over_native": secs / native,
+        "peak_rss_mib": details["peak_rss_mib"],
+        "sizes_on_both_sides": equal,
+    }))
+}
+
+/// Micro-benchmarks, in release builds of the libraries' own examples: the RDB parser on the
+/// source's dump (against `redis-check-rdb`, Redis's own loader, on the same file) and RESP
+/// framing on the data set's RESP file.
+fn micro(bins: &Path, rdb: &Path, resp: &Path) -> anyhow::Result<serde_json::Value> {
+    let st = Command::new(crate::cargo())
+        .current_dir(crate::root())
+        .args(["build", "--release", "--quiet", "-p", "ferry-rdb", "-p", "ferry-resp", "--examples"])
+        .status()
+        .context("cannot run cargo build")?;
+    if !st.success() {
+        bail!("building the micro-benchmarks failed");
+    }
+    let example = |name: &str, file: &Path| -> anyhow::Result<serde_json::Value> {
+        let out = Command::new(bins.join("examples").join(name)).arg(file).output()?;
+        if !out.status.success() {
+            bail!("{name}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let parse = example("parse_throughput", rdb)?;
+    let mut check_best = f64::MAX;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let out = Command::new("redis-check-rdb").arg(rdb).output().context("cannot run redis-check-rdb")?;
+        if !out.status.success() {
+            bail!("redis-check-rdb {}: {}", rdb.display(), String::from_utf8_lossy(&out.stdout).trim());
+        }
+        check_best = check_best.min(t0.elapsed().as_secs_f64());
+    }
+    let bytes = std::fs::metadata(rdb)?.len() as f64;
+    let check_mb_per_s = bytes / check_best / 1e6;
+    let frame = example("frame_throughput", resp)?;
+    Ok(json!({
+        "rdb_parser": parse,
+        "redis_check_rdb": {"seconds": check_best, "mb_per_s": check_mb_per_s},
+        "ratio_parser_over_redis_check_rdb": parse["mb_per_s"].as_f64().unwrap_or(0.0) / check_mb_per_s,
+        "resp_framing": frame,
+    }))
 }
 
 async fn info(c: &mut Connection, field: &str) -> anyhow::Result<String> {
@@ -653,9 +793,13 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
     let resp_file = resp_dir.path().join("dataset.resp");
     let resp_bytes = write_resp_file(&resp_file, opts.keys, opts.value_size)?;
     let (pipe, pipe_details) = redis_cli_pipe(&rt, &resp_file, opts.keys)?;
+
+    eprintln!("redis-cli --pipe: {pipe:.2}s; micro-benchmarks (RDB parser, RESP framing)...");
+    rt.block_on(async { src.connect().await?.call(&["SAVE"]).await.map_err(anyhow::Error::from) })?;
+    let micro = micro(bins, &src.dir.path().join("dump.rdb"), &resp_file).context("micro-benchmarks")?;
     drop(resp_dir);
 
-    eprintln!("redis-cli --pipe: {pipe:.2}s; ferry full copy...");
+    eprintln!("ferry full copy...");
     let (mut ferry, full, details) = ferry_full_copy(bins, &src, dir)?;
 
     eprintln!("ferry: {full:.2}s; incremental: redis-benchmark -n {} per command...", env.requests);
@@ -675,6 +819,9 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
         .context("end-to-end lag phase")?;
     let rss_end = ferry.peak_rss_mib();
     drop(ferry);
+    drop(src);
+
+    let huge = huge_keys(&rt, bins, dir, &env.huge).context("huge-key phase")?;
 
     let result = json!({
         "keys": opts.keys,
@@ -690,6 +837,8 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
         "ferry_peak_rss_mib_at_end": rss_end,
         "incremental": incr,
         "end_to_end_lag": lag,
+        "huge_keys": huge,
+        "micro": micro,
     });
 
     let i = &result["incremental"];
@@ -735,8 +884,45 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
         fmt_opt(&l["lag_ms_max"], " ms", 1)
     );
     println!();
+    let h = &result["huge_keys"];
+    println!(
+        "| huge keys: a {:.0} MB list, a {:.0} MB string, a hash of {} fields ({}) | time | ferry / this |",
+        h["list_mb"].as_f64().unwrap_or(0.0),
+        h["string_mb"].as_f64().unwrap_or(0.0),
+        h["hash_fields"],
+        h["source_used_memory"].as_str().unwrap_or("")
+    );
+    println!("|---|---|---|");
+    println!(
+        "| native replica (full sync) | {} | {} |",
+        fmt_opt(&h["native_replica_full_sync_s"], " s", 2),
+        fmt_opt(&h["ratio_ferry_over_native"], "", 2)
+    );
+    println!("| ferry (start to incremental, lag 0) | {} | 1.00 |", fmt_opt(&h["ferry_full_copy_s"], " s", 2));
+    println!();
+    let m = &result["micro"];
+    println!("| micro-benchmark | ferry | baseline |");
+    println!("|---|---|---|");
+    println!(
+        "| RDB parser, source dump ({} bytes, {} keys) | {} MB/s, {} keys/s | redis-check-rdb {} MB/s (ferry / it: {}) |",
+        m["rdb_parser"]["bytes"],
+        m["rdb_parser"]["entries"],
+        fmt_opt(&m["rdb_parser"]["mb_per_s"], "", 0),
+        fmt_opt(&m["rdb_parser"]["entries_per_s"], "", 0),
+        fmt_opt(&m["redis_check_rdb"]["mb_per_s"], "", 0),
+        fmt_opt(&m["ratio_parser_over_redis_check_rdb"], "", 2)
+    );
+    println!(
+        "| RESP framing, data set as commands ({} commands) | scan {} commands/s ({} MB/s), parse {} commands/s | - |",
+        m["resp_framing"]["commands"],
+        fmt_opt(&m["resp_framing"]["scan_commands_per_s"], "", 0),
+        fmt_opt(&m["resp_framing"]["scan_mb_per_s"], "", 0),
+        fmt_opt(&m["resp_framing"]["parse_commands_per_s"], "", 0)
+    );
+    println!();
     println!("peak RSS (MiB) after the full copy: {}", result["ferry"]["peak_rss_mib"]);
     println!("peak RSS (MiB) at the end: {}", result["ferry_peak_rss_mib_at_end"]);
+    println!("peak RSS (MiB) after the huge-key full copy: {}", h["peak_rss_mib"]);
     let out = dir.join("bench.json");
     std::fs::write(&out, serde_json::to_string_pretty(&result)?)?;
     eprintln!("results written to {}", out.display());
