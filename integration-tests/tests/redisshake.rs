@@ -130,10 +130,10 @@ fn seed_000_sync_toml_explains_and_syncs() {
         format!("[writer]\nlisten = \"{writer}\"\npipeline_count_limit = 1024\nexisting_key = \"rewrite\""),
         "restore_max_bytes = 512000000".to_string(),
         "[log]\nlevel = \"info\"".to_string(),
-        "# 8 warning(s):".to_string(),
+        "# 7 warning(s):".to_string(),
         "# warning: advanced.ncpu: ".to_string(),
         "# warning: advanced.pprof_port: ".to_string(),
-        "# warning: advanced.target_redis_client_max_querybuf_len: ".to_string(),
+        "max_inflight_bytes = 1024000000".to_string(),
         "# warning: source.version: ".to_string(),
     ] {
         assert!(stdout.contains(&expected), "missing {expected:?} in:\n{stdout}");

@@ -340,6 +340,52 @@ fn a_slow_target_never_gets_the_reader_disconnected_the_spool_drains() {
 }
 
 #[test]
+fn byte_limits_pace_the_target_and_lose_nothing() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let rt = rt();
+    // 6 MB of values of 100 KB that LZF cannot shrink: every batch is bigger than the
+    // in-flight limit below.
+    rt.block_on(async {
+        let mut c = src.connect().await.unwrap();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for i in 0..60 {
+            let value: Vec<u8> = (0..100_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            c.call(&[&b"SET"[..], format!("big:{i}").as_bytes(), &value]).await.unwrap();
+        }
+    });
+    let (cfg, status) = config(&src, &tgt, "");
+    let cfg = cfg.replace("[writer]\n", "[writer]\nmax_bytes_per_sec = 2000000\nmax_inflight_bytes = 65536\n");
+    let _ = bin_dir(); // built before the clock starts
+    let t0 = std::time::Instant::now();
+    let ferry = Ferry::start(&cfg, &status);
+    let offset = rt.block_on(src.repl_offset()).unwrap();
+    ferry.wait_caught_up(offset, Duration::from_secs(60));
+    // 6 MB at 2 MB/s: at least 2 s after the first second's allowance (a lower bound only).
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_secs(2), "6 MB applied in {took:?} despite max_bytes_per_sec = 2 MB/s");
+    rt.block_on(async {
+        let mut c = src.connect().await.unwrap();
+        let value = "i".repeat(50_000);
+        for i in 0..20 {
+            c.call(&["APPEND", &format!("big:{i}"), &value]).await.unwrap();
+        }
+    });
+    ferry.wait_caught_up(rt.block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
+    rt.block_on(async {
+        let (mut a, mut b) = (src.connect().await.unwrap(), tgt.connect().await.unwrap());
+        assert_eq!(compare(&mut a, &mut b, 2000).await.unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs())), 60);
+    });
+}
+
+#[test]
 fn empty_target_before_full_copy_removes_target_only_keys() {
     let src = RedisServer::start(&[]);
     let tgt = RedisServer::start(&[]);

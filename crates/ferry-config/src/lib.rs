@@ -369,9 +369,17 @@ pub struct WriterConfig {
     pub pipeline_count_limit: usize,
     #[serde(default)]
     pub existing_key: ExistingKey,
+    /// Most bytes of commands sent to the target without their replies (Redis closes a
+    /// client whose query buffer passes `client-query-buffer-limit`, 1 GB by default). A
+    /// single batch bigger than this is still sent, alone.
+    #[serde(default = "default_inflight_bytes")]
+    pub max_inflight_bytes: u64,
     /// Most data commands applied per second (0: no limit).
     #[serde(default)]
     pub max_ops_per_sec: u64,
+    /// Most bytes of commands sent to the target per second (0: no limit).
+    #[serde(default)]
+    pub max_bytes_per_sec: u64,
     /// Empty the target (FLUSHALL, every master of a cluster) before each full copy, so
     /// keys that exist only on the target do not survive it. Off by default; logged loudly.
     #[serde(default)]
@@ -384,7 +392,9 @@ impl Default for WriterConfig {
             listen: default_writer_listen(),
             pipeline_count_limit: default_pipeline(),
             existing_key: ExistingKey::Rewrite,
+            max_inflight_bytes: default_inflight_bytes(),
             max_ops_per_sec: 0,
+            max_bytes_per_sec: 0,
             empty_target_before_full_copy: false,
         }
     }
@@ -475,6 +485,9 @@ fn default_chunk_bytes() -> u64 {
 }
 fn default_pipeline() -> usize {
     1024
+}
+fn default_inflight_bytes() -> u64 {
+    256 << 20
 }
 fn default_log_level() -> String {
     "info".into()

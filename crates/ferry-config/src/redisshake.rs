@@ -260,7 +260,9 @@ pub fn to_redacted_toml(cfg: &Config) -> String {
             ("listen", s(&w.listen)),
             ("pipeline_count_limit", w.pipeline_count_limit.to_string()),
             ("existing_key", s(existing)),
+            ("max_inflight_bytes", w.max_inflight_bytes.to_string()),
             ("max_ops_per_sec", w.max_ops_per_sec.to_string()),
+            ("max_bytes_per_sec", w.max_bytes_per_sec.to_string()),
         ],
     );
     let format = match cfg.log.format {
@@ -882,13 +884,11 @@ impl Cx<'_> {
                     self.cfg.writer.pipeline_count_limit = usize::try_from(n).unwrap_or(usize::MAX);
                 }
                 "target_redis_client_max_querybuf_len" => {
-                    self.uint(&field, v)?;
-                    self.warn(
-                        &field,
-                        "no equivalent: ferry bounds what is in flight to the target by command count \
-                         (writer.pipeline_count_limit) and value size (decoder.restore_max_bytes), not bytes; \
-                         ignored",
-                    );
+                    let n = self.uint(&field, v)?;
+                    if n == 0 {
+                        return Err(self.invalid(&field, "must be at least 1"));
+                    }
+                    self.cfg.writer.max_inflight_bytes = n;
                 }
                 "target_redis_proto_max_bulk_len" => {
                     // RedisShake sends values whose DUMP is larger than this as commands instead
@@ -1089,13 +1089,19 @@ target_mbbloom_version = 20603
             "advanced.metrics_port",
             "advanced.log_file",
             "advanced.log_interval",
-            "advanced.target_redis_client_max_querybuf_len",
         ] {
             assert!(has(w, field), "no warning for {field}: {w:#?}");
         }
         // One warning each, and none for options ferry honours.
-        assert_eq!(w.len(), 9, "{w:#?}");
-        for field in ["source.tls", "source.elasticache_psync", "advanced.log_level", "advanced.pipeline_count_limit"] {
+        assert_eq!(w.len(), 8, "{w:#?}");
+        assert_eq!(cfg.writer.max_inflight_bytes, 1_024_000_000);
+        for field in [
+            "source.tls",
+            "source.elasticache_psync",
+            "advanced.log_level",
+            "advanced.pipeline_count_limit",
+            "advanced.target_redis_client_max_querybuf_len",
+        ] {
             assert!(!has(w, field), "unexpected warning for {field}");
         }
     }
@@ -1179,14 +1185,13 @@ target_mbbloom_version = 20603
             "advanced.pprof_port",
             "advanced.log_file",
             "advanced.log_interval",
-            "advanced.target_redis_client_max_querybuf_len",
             "advanced.no_such_option",
             "module.target_mbbloom_version",
         ] {
             assert!(has(w, field), "no warning for {field}: {w:#?}");
         }
         // block_command_group warns twice: CONNECTION and TAIRHASH.
-        assert_eq!(w.len(), 15, "{w:#?}");
+        assert_eq!(w.len(), 14, "{w:#?}");
         for field in ["sync_reader.try_diskless", "sync_reader.tls", "advanced.status_port", "advanced.aws_psync"] {
             assert!(!has(w, field), "unexpected warning for {field}");
         }
@@ -1322,6 +1327,6 @@ target_mbbloom_version = 20603
         assert!(out.contains("[target]\ntype = \"cluster\"\naddress = \"10.233.103.2:6379\""), "{out}");
         assert!(!out.contains("3wPxzWffdn") && !out.contains("Aa123456"), "{out}");
         assert!(out.contains("# warning: advanced.ncpu: "), "{out}");
-        assert!(out.contains("# 9 warning(s):"), "{out}");
+        assert!(out.contains("# 8 warning(s):"), "{out}");
     }
 }

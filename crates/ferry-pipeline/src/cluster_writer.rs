@@ -354,6 +354,7 @@ pub(crate) async fn session(
     stats.clear_error();
     let mut replid = String::new();
     let mut limiter = common::RateLimiter::new(cfg.writer.max_ops_per_sec);
+    let mut byte_limiter = common::RateLimiter::new(cfg.writer.max_bytes_per_sec);
     loop {
         let msg = tokio::select! {
             m = batches.message() => m.map_err(|s| anyhow!("decoder stream: {}", s.message()))?,
@@ -377,6 +378,7 @@ pub(crate) async fn session(
             continue;
         }
         limiter.acquire(b.count as u64).await;
+        byte_limiter.acquire(b.resp.len() as u64).await;
         apply(&mut ct, &b, &replid, stats).await?;
         if b.offset >= 0 && (b.rdb_end || ct.last_floor_write.elapsed() >= Duration::from_secs(1)) {
             ct.write_floors(&checkpoint_value(&replid, &b), b.offset).await?;

@@ -116,7 +116,8 @@ struct InFlight {
     batch: Batch,
     /// Sent inside MULTI ... SELECT 0, SET checkpoint ... EXEC.
     wrapped: bool,
-    permits: tokio::sync::OwnedSemaphorePermit,
+    /// Commands and KiB in flight; released when the replies are in.
+    permits: (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit),
 }
 
 /// The key holding a pipeline's checkpoint on the target (db 0): `"<replid> <offset>"`.
@@ -208,12 +209,16 @@ async fn session(
     let (mut rd, mut wr) = conn.into_split();
     let limit = cfg.writer.pipeline_count_limit;
     let sem = Arc::new(Semaphore::new(limit));
+    // Bytes in flight, counted in KiB.
+    let kib_limit = (cfg.writer.max_inflight_bytes / 1024).clamp(1, u32::MAX as u64 >> 4) as usize;
+    let bytes_sem = Arc::new(Semaphore::new(kib_limit));
     let (inflight_tx, mut inflight_rx) = mpsc::channel::<InFlight>(limit.max(1));
 
     let sender = async {
         // Owned by this future: dropped when it ends, which lets the receiver finish.
         let inflight_tx = inflight_tx;
         let mut limiter = common::RateLimiter::new(cfg.writer.max_ops_per_sec);
+        let mut byte_limiter = common::RateLimiter::new(cfg.writer.max_bytes_per_sec);
         let mut replid = String::new();
         loop {
             let msg = tokio::select! {
@@ -243,7 +248,10 @@ async fn session(
             let wrapped = b.offset >= 0;
             let total = b.count + if wrapped { 4 } else { 0 };
             limiter.acquire(b.count as u64).await;
+            byte_limiter.acquire(b.resp.len() as u64).await;
             let permits = sem.clone().acquire_many_owned((total as usize).clamp(1, limit) as u32).await?;
+            let kib = (b.resp.len().div_ceil(1024)).clamp(1, kib_limit) as u32;
+            let byte_permits = bytes_sem.clone().acquire_many_owned(kib).await?;
             if wrapped {
                 let mut head = BytesMut::new();
                 encode_command_into(&mut head, &[&b"MULTI"[..]]);
@@ -258,7 +266,7 @@ async fn session(
             } else if !b.resp.is_empty() {
                 wr.write_all(&b.resp).await.context("target")?;
             }
-            if inflight_tx.send(InFlight { batch: b, wrapped, permits }).await.is_err() {
+            if inflight_tx.send(InFlight { batch: b, wrapped, permits: (permits, byte_permits) }).await.is_err() {
                 return Ok(());
             }
         }
