@@ -274,6 +274,14 @@ pub fn tls_of(r: &ferry_config::RedisConfig) -> Option<ferry_resp::TlsSettings> 
     r.tls.then(|| tls_settings(r))
 }
 
+/// The credentials of a deployment's sentinels.
+pub fn sentinel_auth_of(r: &ferry_config::RedisConfig) -> ferry_resp::Auth {
+    ferry_resp::Auth {
+        username: Some(r.sentinel_username.clone()).filter(|u| !u.is_empty()),
+        password: Some(r.sentinel_password.clone()).filter(|p| !p.is_empty()),
+    }
+}
+
 /// The TLS settings of a deployment's sentinels (`sentinel_tls`, default `tls`).
 pub fn sentinel_tls_of(r: &ferry_config::RedisConfig) -> Option<ferry_resp::TlsSettings> {
     r.sentinels_use_tls().then(|| tls_settings(r))
@@ -339,10 +347,7 @@ pub async fn resolve_at(r: &ferry_config::RedisConfig, slot: Option<u16>, seeds:
 pub async fn resolve(r: &ferry_config::RedisConfig) -> anyhow::Result<String> {
     match r.kind {
         ferry_config::DeploymentType::Sentinel => {
-            let auth = ferry_resp::Auth {
-                username: Some(r.sentinel_username.clone()).filter(|u| !u.is_empty()),
-                password: Some(r.sentinel_password.clone()).filter(|p| !p.is_empty()),
-            };
+            let auth = sentinel_auth_of(r);
             let tls = sentinel_tls_of(r);
             Ok(ferry_resp::sentinel::resolve_master_with(
                 &r.sentinels,
@@ -379,12 +384,16 @@ pub async fn server_rdb_version(conn: &mut ferry_resp::Connection) -> u32 {
     })
 }
 
-/// Resolves when a sentinel-managed deployment's master is no longer `current` (polled
-/// every 500 ms: Sentinel answers with the new master as soon as it is promoted, while
-/// `+switch-master` can come much later). Never resolves for other deployments.
+/// Resolves when a sentinel-managed deployment's master is no longer `current`: polled every
+/// 500 ms (Sentinel answers with the new master as soon as it is promoted, while
+/// `+switch-master` can come much later), and at once when a sentinel publishes a failover
+/// event about the master. Never resolves for other deployments.
 pub async fn master_moved(r: &ferry_config::RedisConfig, current: &str) -> anyhow::Error {
     master_moved_at(r, None, current).await
 }
+
+/// Sentinel events after which the master is looked up at once.
+const FAILOVER_EVENTS: [&str; 4] = ["+switch-master", "+failover-state-reconf-slaves", "+failover-end", "+odown"];
 
 /// [`master_moved`], for the master serving `slot` of a cluster as well.
 pub async fn master_moved_at(r: &ferry_config::RedisConfig, slot: Option<u16>, current: &str) -> anyhow::Error {
@@ -392,13 +401,55 @@ pub async fn master_moved_at(r: &ferry_config::RedisConfig, slot: Option<u16>, c
         return std::future::pending().await;
     }
     let seeds = [current.to_string()];
+    // One subscriber per sentinel; they only wake the loop below, which asks again. Owned
+    // here: dropping this future aborts them.
+    let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<String>(8);
+    let mut subscribers = tokio::task::JoinSet::new();
+    if r.kind == ferry_config::DeploymentType::Sentinel {
+        for s in r.sentinels.clone() {
+            let (r, wake_tx) = (r.clone(), wake_tx.clone());
+            subscribers.spawn(async move { watch_sentinel(&r, &s, wake_tx).await });
+        }
+    }
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            Some(event) = wake_rx.recv() => tracing::info!(event = %event, "sentinel event: looking up the master"),
+        }
         if let Ok(now) = resolve_at(r, slot, &seeds).await
             && now != current
         {
+            subscribers.abort_all();
             return anyhow::anyhow!("the master moved from {current} to {now} (failover)");
         }
+    }
+}
+
+/// Subscribes to one sentinel's failover events about `r`'s master and sends each one on
+/// `wake` (reconnecting after a second when the sentinel goes away).
+async fn watch_sentinel(r: &ferry_config::RedisConfig, sentinel: &str, wake: tokio::sync::mpsc::Sender<String>) {
+    let (auth, tls) = (sentinel_auth_of(r), sentinel_tls_of(r));
+    loop {
+        match ferry_resp::sentinel::Events::subscribe(
+            sentinel,
+            &FAILOVER_EVENTS,
+            &auth,
+            tls.as_ref(),
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok(mut events) => {
+                while let Ok((channel, message)) = events.next().await {
+                    if ferry_resp::sentinel::event_names_master(&message, &r.master_name) {
+                        // A full channel already holds a wake-up: nothing is lost by dropping this one.
+                        let _ = wake.try_send(format!("{channel} {message}"));
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(sentinel = %sentinel, error = %e, "cannot subscribe to sentinel events"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

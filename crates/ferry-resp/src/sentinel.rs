@@ -62,3 +62,56 @@ async fn ask(
         _ => Ok(None),
     }
 }
+
+/// A subscription to a sentinel's event channels (`+switch-master`, `+odown`, ...).
+pub struct Events {
+    conn: Connection,
+}
+
+impl Events {
+    /// Connects to `sentinel` and subscribes to `channels`.
+    pub async fn subscribe(
+        sentinel: &str,
+        channels: &[&str],
+        auth: &Auth,
+        tls: Option<&TlsSettings>,
+        timeout: Duration,
+    ) -> Result<Events, RespError> {
+        let mut conn = Connection::connect_with(sentinel, auth, tls, timeout).await?;
+        let mut args = vec!["SUBSCRIBE"];
+        args.extend_from_slice(channels);
+        conn.send(&args).await?;
+        for _ in channels {
+            // One confirmation per channel: ["subscribe", channel, count].
+            if let Some(e) = conn.read_reply().await?.first_error() {
+                return Err(RespError::Server {
+                    addr: sentinel.to_string(),
+                    command: "SUBSCRIBE".into(),
+                    reply: printable(e),
+                });
+            }
+        }
+        Ok(Events { conn })
+    }
+
+    /// The next event: its channel and its message
+    /// (`+switch-master <name> <old ip> <old port> <new ip> <new port>`: channel
+    /// `+switch-master`, message from `<name>` on).
+    pub async fn next(&mut self) -> Result<(String, String), RespError> {
+        loop {
+            if let Reply::Array(Some(items)) = self.conn.read_reply().await?
+                && items.len() == 3
+                && items[0].as_bytes().is_some_and(|b| &b[..] == b"message")
+            {
+                let text = |r: &Reply| r.as_bytes().map(|b| printable(b)).unwrap_or_default();
+                return Ok((text(&items[1]), text(&items[2])));
+            }
+        }
+    }
+}
+
+/// Whether a sentinel event message is about master `name` (the name is one of its words:
+/// `+switch-master mymaster ...`, `+promoted-slave slave ip:port ip port @ mymaster ip port`).
+pub fn event_names_master(message: &str, name: &str) -> bool {
+    message.split_whitespace().any(|w| w == name)
+}
