@@ -77,10 +77,12 @@ impl SlotMap {
                     masters.len() - 1
                 }
             };
-            let (from, to) = ((*start).max(0) as usize, (*end).min(SLOTS as i64 - 1) as usize);
-            if from <= to {
-                owner[from..=to].fill(Some(idx as u16));
+            // A range outside 0..16384 is not something Redis sends: refuse the reply.
+            let in_range = |s: i64| (0..SLOTS as i64).contains(&s);
+            if !in_range(*start) || !in_range(*end) || start > end {
+                return None;
             }
+            owner[*start as usize..=*end as usize].fill(Some(idx as u16));
         }
         Some(SlotMap { owner, masters })
     }
@@ -113,6 +115,24 @@ mod tests {
         assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"{user1000}.followers"));
         assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
         assert_eq!(key_slot(b"{}x"), crc16(b"{}x") % 16384);
+    }
+
+    #[test]
+    fn slot_ranges_outside_the_slot_space_are_refused() {
+        let reply = |start: i64, end: i64| {
+            Reply::Array(Some(vec![Reply::Array(Some(vec![
+                Reply::Integer(start),
+                Reply::Integer(end),
+                Reply::Array(Some(vec![Reply::Simple("h".into()), Reply::Integer(1)])),
+            ]))]))
+        };
+        // Found by the resp_frame fuzz target: an end of -1 used to index the whole address space.
+        assert!(SlotMap::from_cluster_slots(&reply(0, -1)).is_none());
+        assert!(SlotMap::from_cluster_slots(&reply(-5, 10)).is_none());
+        assert!(SlotMap::from_cluster_slots(&reply(10, 16384)).is_none());
+        assert!(SlotMap::from_cluster_slots(&reply(10, 5)).is_none());
+        let m = SlotMap::from_cluster_slots(&reply(0, 16383)).unwrap();
+        assert!(m.complete());
     }
 
     #[test]
