@@ -333,7 +333,12 @@ impl CommandState {
                 self.in_multi = false;
             } else {
                 let target = self.filter.map_db(self.db);
-                match self.filter.command(self.db, &data.slice(pos - len as usize..pos))? {
+                let whole = data.slice(pos - len as usize..pos);
+                if crate::filter::writes_own_key(&whole) {
+                    // Another pipeline's checkpoint on this source: not data to copy.
+                    continue;
+                }
+                match self.filter.command(self.db, &whole)? {
                     Decision::Forward => self.builder.push_raw(target, cmd, true, frame_start + pos as i64),
                     Decision::Rewrite(c) => self.builder.push_raw(target, &c, true, frame_start + pos as i64),
                     Decision::Drop => continue,

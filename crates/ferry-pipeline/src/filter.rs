@@ -767,12 +767,38 @@ pub struct FullCopy<'a> {
     full_warned: bool,
 }
 
+/// Prefixes of ferry's own keys (checkpoints, values being built): they describe a pipeline
+/// into the side that holds them, so they never travel to another side.
+pub const OWN_KEY_PREFIXES: [&[u8]; 2] = [b"ferry:checkpoint:", b"ferry:tmp:"];
+
+/// Whether `key` is one of ferry's own keys.
+pub fn is_own_key(key: &[u8]) -> bool {
+    OWN_KEY_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+/// Whether a command of the stream writes one of ferry's own keys (ferry's writer puts
+/// them in the source's stream when the source is itself the target of another pipeline).
+/// Cheap for every other command: only those containing `ferry:` are parsed.
+pub fn writes_own_key(cmd: &Bytes) -> bool {
+    if memchr::memmem::find(cmd, b"ferry:").is_none() {
+        return false;
+    }
+    let Ok(args) = ferry_resp::parse_command(cmd) else { return false };
+    let upper = args.first().map(|n| n.to_ascii_uppercase()).unwrap_or_default();
+    let keys = key_indexes(&upper, &args);
+    !keys.is_empty() && keys.iter().all(|&i| args.get(i).is_some_and(|k| is_own_key(k)))
+}
+
 impl FullCopy<'_> {
     /// The target db of `e`, or None when it is filtered out.
     pub fn entry(&mut self, e: &Entry) -> Option<u64> {
         let f = self.filter;
         if matches!(e.part, Part::Middle | Part::Last) {
             return self.keep.then_some(self.target);
+        }
+        if is_own_key(&e.key) {
+            self.keep = false;
+            return None;
         }
         self.keep = f.db_passes(e.db) && f.key_passes(&e.key);
         self.target = f.map_db(e.db);
@@ -856,6 +882,19 @@ mod tests {
             value: ferry_rdb::Value::String(Bytes::new()),
             raw: None,
         }
+    }
+
+    #[test]
+    fn ferrys_own_keys_never_travel() {
+        assert!(writes_own_key(&cmd(&["SET", "ferry:checkpoint:shard-0", "abc 12 12 0"])));
+        assert!(writes_own_key(&cmd(&["DEL", "ferry:tmp:{1}:k"])));
+        assert!(!writes_own_key(&cmd(&["SET", "user:1", "ferry:checkpoint:x"])));
+        assert!(!writes_own_key(&cmd(&["DEL", "ferry:checkpoint:a", "user:1"])));
+        assert!(!writes_own_key(&cmd(&["SET", "ferry:other", "v"])));
+        let f = Filter::pass_all();
+        let mut fc = f.full_copy();
+        assert_eq!(fc.entry(&entry(0, "ferry:checkpoint:floor:{1}:p", Part::Whole)), None);
+        assert_eq!(fc.entry(&entry(0, "user:1", Part::Whole)), Some(0));
     }
 
     #[test]
