@@ -47,6 +47,9 @@ pub struct RedisServer {
     pub dir: tempfile::TempDir,
     child: Child,
     pub password: Option<String>,
+    /// `redis-server` or `redis-sentinel`, and its arguments (for a restart).
+    program: &'static str,
+    args: Vec<String>,
 }
 
 impl RedisServer {
@@ -74,17 +77,29 @@ impl RedisServer {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let password = extra.windows(2).find(|w| w[0] == "--requirepass").map(|w| w[1].to_string());
-        let child = Command::new("redis-server")
+        let child = Self::spawn("redis-server", &args, log);
+        let s = RedisServer { port, dir, child, password, program: "redis-server", args };
+        s.wait_ready();
+        s
+    }
+
+    fn spawn(program: &str, args: &[String], log: std::fs::File) -> Child {
+        Command::new(program)
             // Own process group: a Ctrl-C meant for the parent does not kill the server first.
             .process_group(0)
-            .args(&args)
+            .args(args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("spawn redis-server");
-        let s = RedisServer { port, dir, child, password };
-        s.wait_ready();
-        s
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"))
+    }
+
+    /// Starts the server again (after [`kill`](Self::kill)) on the same port, in the same
+    /// directory: it loads `dump.rdb` if one was saved there (and `nodes.conf` in a cluster).
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("redis.log")).unwrap();
+        self.child = Self::spawn(self.program, &self.args, log);
+        self.wait_ready();
     }
 
     pub fn addr(&self) -> String {
@@ -218,14 +233,18 @@ impl Ferry {
         f
     }
 
-    /// (Re)starts one stage.
+    /// (Re)starts one stage (`ferry-watcher` runs `ferry-watcher run`).
     pub fn spawn(&mut self, stage: &str) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join(format!("{stage}.log")))
             .unwrap();
-        let child = Command::new(bin_dir().join(stage))
+        let mut cmd = Command::new(bin_dir().join(stage));
+        if stage == "ferry-watcher" {
+            cmd.arg("run");
+        }
+        let child = cmd
             .process_group(0)
             .arg("--config")
             .arg(self.dir.path().join("ferry.toml"))
@@ -251,7 +270,7 @@ impl Ferry {
     /// Every log line of every stage.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for stage in STAGES {
+        for stage in STAGES.iter().chain(&["ferry-watcher"]) {
             let text = std::fs::read_to_string(self.dir.path().join(format!("{stage}.log"))).unwrap_or_default();
             for line in text.lines() {
                 out.push_str(stage);
@@ -740,14 +759,9 @@ impl SentinelGroup {
             )
             .unwrap();
             let log = std::fs::File::create(dir.path().join("redis.log")).unwrap();
-            let child = Command::new("redis-sentinel")
-                .process_group(0)
-                .arg(&conf)
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("spawn redis-sentinel (apt-get install -y redis-sentinel)");
-            let s = RedisServer { port, dir, child, password: None };
+            let args = vec![conf.display().to_string()];
+            let child = RedisServer::spawn("redis-sentinel", &args, log);
+            let s = RedisServer { port, dir, child, password: None, program: "redis-sentinel", args };
             s.wait_ready();
             sents.push(s);
         }
@@ -955,6 +969,41 @@ impl Cluster {
 
     pub fn seed(&self) -> String {
         self.nodes[0].addr()
+    }
+
+    /// SIGKILLs every node (the whole deployment is lost).
+    pub fn kill_all(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+    }
+
+    /// `SAVE` on every node (what persistence would have on disk when it dies).
+    pub fn save_all(&self) {
+        Self::block_on(async {
+            for n in &self.nodes {
+                n.connect().await.unwrap().call(&["SAVE"]).await.unwrap();
+            }
+        });
+    }
+
+    /// Restarts every node from its directory (`nodes.conf` keeps the topology; `dump.rdb`,
+    /// when saved, the data) and waits for `cluster_state:ok`.
+    pub fn restart_all(&mut self, masters: usize) {
+        for n in &mut self.nodes {
+            n.restart();
+        }
+        self.wait_ok(masters);
+    }
+
+    /// `args` run on the master serving `key` (the key is `args[1]`).
+    pub fn call(&self, args: &[&str]) -> Reply {
+        let map = self.slot_map().expect("slot map");
+        let addr = map.masters[map.node_of(ferry_resp::cluster::key_slot(args[1].as_bytes())).unwrap()].clone();
+        Self::block_on(async {
+            let mut c = Connection::connect(&addr, &Auth::default(), Duration::from_secs(5)).await.unwrap();
+            c.call(args).await.unwrap()
+        })
     }
 
     /// TOML lines for a `[target]` of type cluster.

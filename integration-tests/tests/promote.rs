@@ -71,3 +71,60 @@ fn promote_refuses_without_a_sentinel_quorum() {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(err.contains("refusing to promote") && err.trim().lines().count() == 1, "{err}");
 }
+
+/// Seed 001 with the client users run: redis-py's Sentinel support, in a Python script
+/// (`scripts/sentinel_client.py`), writing and reading through the promotion.
+#[test]
+fn promote_with_a_redis_py_sentinel_client_writing_throughout() {
+    let group = SentinelGroup::start(1, 3);
+    let node = RedisServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let stop = dir.path().join("stop");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/sentinel_client.py");
+    let client = Command::new("python3")
+        .arg(script)
+        .arg(group.sentinel_addrs().join(","))
+        .arg(&group.name)
+        .arg(&stop)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (apt-get install -y python3; pip install redis)");
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = promote(&group, &node.addr());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains("still finishing"), "{text}");
+    assert_eq!(group.master_addr(), node.addr());
+    std::thread::sleep(Duration::from_millis(1000));
+    std::fs::write(&stop, b"").unwrap();
+    assert_eq!(group.master_addr(), node.addr(), "{}", group.logs());
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the redis-py client failed (is redis-py installed? pip install redis):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let acknowledged = report["acknowledged"].as_u64().unwrap();
+    assert!(acknowledged > 100, "{report}");
+    assert_eq!(report["master"].as_str(), Some(node.addr().as_str()), "the client follows the sentinels: {report}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut c = Connection::connect(&node.addr(), &Auth::default(), Duration::from_secs(2)).await.unwrap();
+        let (mut counts, mut items) = (0u64, 0u64);
+        for k in 0..7 {
+            if let Some(b) = c.call(&["GET", &format!("witness:{k}:count")]).await.unwrap().as_bytes() {
+                counts += String::from_utf8_lossy(b).parse::<u64>().unwrap();
+            }
+            if let Reply::Integer(n) = c.call(&["LLEN", &format!("witness:{k}:list")]).await.unwrap() {
+                items += n as u64;
+            }
+        }
+        assert_eq!(
+            (counts, items),
+            (acknowledged, acknowledged),
+            "an acknowledged write is missing or doubled: {report}"
+        );
+    });
+}

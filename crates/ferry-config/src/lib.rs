@@ -47,6 +47,60 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub filter: FilterConfig,
+    #[serde(default)]
+    pub watcher: WatcherConfig,
+}
+
+/// `[watcher]`: when the role-swap state machine moves on its own (see the README's
+/// "Role swaps"). "Source" and "target" are the configured sides: A and B of seed 000.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatcherConfig {
+    /// How often the sides are health-checked.
+    #[serde(default = "default_check_interval_ms")]
+    pub check_interval_ms: u64,
+    /// The source unreachable (or a cluster source not `cluster_state:ok`) this long: fence.
+    #[serde(default = "default_ten")]
+    pub lost_after_secs: u64,
+    /// The fenced source healthy again this long: start the reverse pipelines (recovery).
+    #[serde(default = "default_ten")]
+    pub back_after_secs: u64,
+    /// Recovery counts as caught up when every reverse pipeline has had lag 0 this long.
+    #[serde(default = "default_caught_up_secs")]
+    pub caught_up_secs: u64,
+    /// Switch back on its own once caught up (default: wait for `ferry-watcher switchback`).
+    #[serde(default)]
+    pub auto_switchback: bool,
+    /// Empty the source (FLUSHALL, every master) before the reverse full copy, so keys
+    /// deleted on the target while the source was away do not come back.
+    #[serde(default = "default_true")]
+    pub recovery_empty_target: bool,
+}
+
+impl Default for WatcherConfig {
+    fn default() -> Self {
+        WatcherConfig {
+            check_interval_ms: default_check_interval_ms(),
+            lost_after_secs: default_ten(),
+            back_after_secs: default_ten(),
+            caught_up_secs: default_caught_up_secs(),
+            auto_switchback: false,
+            recovery_empty_target: true,
+        }
+    }
+}
+
+fn default_check_interval_ms() -> u64 {
+    1000
+}
+fn default_ten() -> u64 {
+    10
+}
+fn default_caught_up_secs() -> u64 {
+    5
+}
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -268,11 +322,19 @@ pub struct CoordinatorConfig {
     /// gRPC: assignments and status reports from the stages.
     #[serde(default = "default_coordinator_grpc")]
     pub grpc_addr: String,
+    /// Where the role (forward, fenced, recovering, switchback) is kept across restarts.
+    /// Required by `ferry-watcher run`; empty: the coordinator always starts forward.
+    #[serde(default)]
+    pub state_file: String,
 }
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
-        CoordinatorConfig { status_addr: default_status_addr(), grpc_addr: default_coordinator_grpc() }
+        CoordinatorConfig {
+            status_addr: default_status_addr(),
+            grpc_addr: default_coordinator_grpc(),
+            state_file: String::new(),
+        }
     }
 }
 
@@ -494,6 +556,18 @@ fn default_log_level() -> String {
 }
 
 impl Config {
+    /// The config of a reverse pipeline of a role swap: the two sides swapped, the
+    /// existing-key policy `rewrite`, the source emptied first when
+    /// `watcher.recovery_empty_target`, and no filter (a recovery copies everything back).
+    pub fn reversed(&self) -> Config {
+        let mut c = self.clone();
+        std::mem::swap(&mut c.source, &mut c.target);
+        c.writer.existing_key = ExistingKey::Rewrite;
+        c.writer.empty_target_before_full_copy = self.watcher.recovery_empty_target;
+        c.filter = FilterConfig::default();
+        c
+    }
+
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let name = path.display().to_string();

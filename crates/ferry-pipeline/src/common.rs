@@ -26,7 +26,12 @@ pub fn grpc_url(addr: &str) -> String {
 pub fn init_logging(cfg: &LogConfig, service: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: a log file or a collector gets plain text.
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let res = match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),
@@ -144,6 +149,18 @@ pub async fn plan(
             return None;
         }
     }
+}
+
+/// Asks the coordinator once for the pipelines this stage should serve now (or only
+/// `pipeline`); empty when the current role runs none (fenced, switching back).
+pub async fn plan_once(coordinator: &str, role: &str, pipeline: Option<&str>) -> Result<Vec<Assignment>, String> {
+    let req = AssignRequest {
+        role: role.into(),
+        instance: instance_name(),
+        pipeline_id: pipeline.unwrap_or_default().into(),
+    };
+    let mut client = CoordinatorClient::connect(coordinator.to_string()).await.map_err(|e| e.to_string())?;
+    client.plan(req).await.map(|r| r.into_inner().pipelines).map_err(|s| s.message().to_string())
 }
 
 /// Counters of one stage, updated by the stage and reported to the coordinator.
@@ -408,7 +425,7 @@ pub async fn master_moved_at(r: &ferry_config::RedisConfig, slot: Option<u16>, c
     if r.kind == ferry_config::DeploymentType::Sentinel {
         for s in r.sentinels.clone() {
             let (r, wake_tx) = (r.clone(), wake_tx.clone());
-            subscribers.spawn(async move { watch_sentinel(&r, &s, wake_tx).await });
+            subscribers.spawn(async move { watch_sentinel(&r, &s, &FAILOVER_EVENTS, wake_tx).await });
         }
     }
     loop {
@@ -425,19 +442,18 @@ pub async fn master_moved_at(r: &ferry_config::RedisConfig, slot: Option<u16>, c
     }
 }
 
-/// Subscribes to one sentinel's failover events about `r`'s master and sends each one on
-/// `wake` (reconnecting after a second when the sentinel goes away).
-async fn watch_sentinel(r: &ferry_config::RedisConfig, sentinel: &str, wake: tokio::sync::mpsc::Sender<String>) {
+/// Subscribes to one sentinel's `channels` and sends each event about `r`'s master on
+/// `wake` (reconnecting after a second when the sentinel goes away). Runs until dropped.
+pub async fn watch_sentinel(
+    r: &ferry_config::RedisConfig,
+    sentinel: &str,
+    channels: &[&str],
+    wake: tokio::sync::mpsc::Sender<String>,
+) {
     let (auth, tls) = (sentinel_auth_of(r), sentinel_tls_of(r));
     loop {
-        match ferry_resp::sentinel::Events::subscribe(
-            sentinel,
-            &FAILOVER_EVENTS,
-            &auth,
-            tls.as_ref(),
-            Duration::from_secs(5),
-        )
-        .await
+        match ferry_resp::sentinel::Events::subscribe(sentinel, channels, &auth, tls.as_ref(), Duration::from_secs(5))
+            .await
         {
             Ok(mut events) => {
                 while let Ok((channel, message)) = events.next().await {

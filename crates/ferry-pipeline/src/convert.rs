@@ -138,6 +138,7 @@ impl BatchBuilder {
             resume_db: 0,
             cmd_offsets: std::mem::take(&mut self.offsets),
             module_restores: std::mem::take(&mut self.module_restores),
+            reverse: false,
         };
         self.count = 0;
         self.keys = 0;

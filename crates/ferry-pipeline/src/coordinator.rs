@@ -12,13 +12,14 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use ferry_config::Config;
 use ferry_proto::coordinator_server::{Coordinator, CoordinatorServer};
-use ferry_proto::{AssignRequest, Assignment, PlanReply, ReportReply, StatusReport};
+use ferry_proto::{AssignRequest, Assignment, PlanReply, ReportReply, RoleRequest, RoleState, StatusReport};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::common;
+use crate::role::{self, Role, RoleRecord};
 
 /// A report older than this means the stage is gone.
 const STALE: Duration = Duration::from_secs(5);
@@ -36,20 +37,31 @@ pub struct PipelinePlan {
     pub target: String,
     pub decoder: String,
     pub writer: String,
+    /// A reverse pipeline of a role swap (configured target → configured source).
+    pub reverse: bool,
 }
 
 /// Pipelines for the config: one for a standalone or sentinel-managed source, one per
 /// master that serves slots for a cluster (named after the shard's first slot, so the name
-/// survives a failover of the shard).
-pub async fn plan(cfg: &Config) -> anyhow::Result<Vec<PipelinePlan>> {
-    let one = |id: String, source: String, source_address: String, slot: i32| PipelinePlan {
-        id,
+/// survives a failover of the shard). `reverse`: from the configured target into the
+/// configured source (a role swap's recovery); `epoch` goes into the ids (see [`role`]).
+pub async fn plan(cfg: &Config, epoch: u64, reverse: bool) -> anyhow::Result<Vec<PipelinePlan>> {
+    let reversed;
+    let cfg = if reverse {
+        reversed = cfg.reversed();
+        &reversed
+    } else {
+        cfg
+    };
+    let one = |base: String, source: String, source_address: String, slot: i32| PipelinePlan {
+        id: role::pipeline_id(&base, epoch, reverse),
         source,
         source_address,
         slot,
         target: cfg.target.describe(),
         decoder: cfg.decoder.listen.clone(),
         writer: cfg.writer.listen.clone(),
+        reverse,
     };
     Ok(match cfg.source.kind {
         ferry_config::DeploymentType::Sentinel => {
@@ -120,16 +132,29 @@ impl Counters {
 
 /// Shared state of the coordinator.
 pub struct CoordinatorState {
-    /// Empty until the source topology is known.
+    /// The pipelines of the current role (none while fenced or switching back).
     plans: Mutex<Vec<PipelinePlan>>,
+    /// The plans are those of the current role (false while the source is being discovered).
+    planned: std::sync::atomic::AtomicBool,
     plan_error: Mutex<Option<String>>,
     reports: Mutex<Reports>,
+    role: Mutex<RoleRecord>,
+    state_file: Option<std::path::PathBuf>,
+    /// Wakes the planner after a role change.
+    replan: tokio::sync::Notify,
 }
 
 /// The `/status` document (field names and meaning are a contract: see DESIGN/README).
 #[derive(Serialize, Debug, Clone)]
 pub struct StatusDoc {
     pub role: &'static str,
+    // Additions beyond the contract.
+    /// Role swaps so far (pipeline ids carry it from the first swap on).
+    pub epoch: u64,
+    pub role_reason: String,
+    pub role_since_ms: i64,
+    /// Pipelines of an earlier role whose readers still report (they are stopping).
+    pub draining: Vec<String>,
     pub pipelines: Vec<PipelineStatus>,
 }
 
@@ -174,13 +199,92 @@ pub struct StageStatus {
 }
 
 impl CoordinatorState {
-    pub fn new(cfg: &Config) -> Arc<Self> {
-        let _ = cfg;
-        Arc::new(CoordinatorState {
+    /// The state, with the role read from `coordinator.state_file` (forward without one).
+    pub fn new(cfg: &Config) -> anyhow::Result<Arc<Self>> {
+        let state_file =
+            Some(std::path::PathBuf::from(&cfg.coordinator.state_file)).filter(|p| !p.as_os_str().is_empty());
+        let record = match &state_file {
+            Some(p) => RoleRecord::load(p)?,
+            None => RoleRecord::default(),
+        };
+        if record.role != Role::Forward || record.epoch > 0 {
+            info!(role = record.role.as_str(), epoch = record.epoch, reason = %record.reason, "role restored from the state file");
+        }
+        Ok(Arc::new(CoordinatorState {
             plans: Mutex::new(Vec::new()),
+            planned: std::sync::atomic::AtomicBool::new(false),
             plan_error: Mutex::new(None),
             reports: Mutex::new(Reports::default()),
-        })
+            role: Mutex::new(record),
+            state_file,
+            replan: tokio::sync::Notify::new(),
+        }))
+    }
+
+    /// The role, and what the watcher needs to decide the next one.
+    pub fn role_state(&self) -> RoleState {
+        let rec = self.role.lock().unwrap().clone();
+        let doc = self.status();
+        let caught_up = self.planned.load(std::sync::atomic::Ordering::SeqCst)
+            && !doc.pipelines.is_empty()
+            && doc.pipelines.iter().all(|p| p.phase == "incremental" && p.lag_bytes == 0);
+        RoleState {
+            role: rec.role.as_str().into(),
+            epoch: rec.epoch,
+            reason: rec.reason,
+            since_ms: rec.since_ms,
+            draining: doc.draining,
+            caught_up,
+            pipelines: doc.pipelines.len() as u32,
+        }
+    }
+
+    /// Moves to role `to` (persisted first: a transition that cannot be persisted is refused).
+    pub fn set_role(&self, to: Role, reason: &str, force: bool) -> anyhow::Result<RoleState> {
+        if !force {
+            // Never two directions at once, and no switch back before the recovery is done.
+            let now = self.role_state();
+            if matches!(to, Role::Recovering | Role::Forward) && !now.draining.is_empty() {
+                anyhow::bail!("pipelines of the previous role are still stopping: {}", now.draining.join(", "));
+            }
+            if to == Role::Switchback && now.role == "recovering" && !now.caught_up {
+                anyhow::bail!("the reverse pipelines have not caught up yet (see /status; force overrides)");
+            }
+        }
+        {
+            let mut rec = self.role.lock().unwrap();
+            if rec.role == to {
+                return Ok(self.role_state_locked(&rec));
+            }
+            if !force && !rec.role.allows(to) {
+                anyhow::bail!(
+                    "cannot go from {} to {}: the cycle is forward → fenced → recovering → switchback → forward (force overrides)",
+                    rec.role.as_str(),
+                    to.as_str()
+                );
+            }
+            let next = rec.next(to, reason);
+            if let Some(p) = &self.state_file {
+                next.save(p)?;
+            }
+            warn!(from = rec.role.as_str(), to = to.as_str(), epoch = next.epoch, reason = %reason, force, "role changed");
+            *rec = next;
+            // The pipelines of the old role stop as soon as their readers ask for the plan.
+            self.plans.lock().unwrap().clear();
+            self.planned.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.replan.notify_one();
+        Ok(self.role_state())
+    }
+
+    fn role_state_locked(&self, rec: &RoleRecord) -> RoleState {
+        RoleState {
+            role: rec.role.as_str().into(),
+            epoch: rec.epoch,
+            reason: rec.reason.clone(),
+            since_ms: rec.since_ms,
+            ..Default::default()
+        }
     }
 
     fn find(&self, id: &str) -> Option<PipelinePlan> {
@@ -193,27 +297,42 @@ impl CoordinatorState {
         Status::unavailable(format!("no pipeline planned yet: {why}"))
     }
 
-    /// Discovers the source topology until it succeeds (or `cancel` fires).
+    /// Plans the pipelines of the current role: discovers the topology of the side that is
+    /// the source in that role (retrying until it succeeds), then waits for a role change.
     async fn plan_loop(self: Arc<Self>, cfg: Config, cancel: CancellationToken) {
         let mut backoff = common::Backoff::new();
         loop {
-            match plan(&cfg).await {
-                Ok(plans) => {
+            let rec = self.role.lock().unwrap().clone();
+            let result = match rec.role.direction() {
+                None => Ok(Vec::new()),
+                Some(reverse) => plan(&cfg, rec.epoch, reverse).await,
+            };
+            let retry = match result {
+                // Planned for a role that is still the current one.
+                Ok(plans) if *self.role.lock().unwrap() == rec => {
                     for p in &plans {
-                        info!(pipeline = %p.id, source = %p.source, leader = %p.source_address, target = %p.target, "pipeline planned");
+                        info!(pipeline = %p.id, source = %p.source, leader = %p.source_address, target = %p.target, role = rec.role.as_str(), "pipeline planned");
                     }
                     *self.plans.lock().unwrap() = plans;
                     *self.plan_error.lock().unwrap() = None;
-                    return;
+                    self.planned.store(true, std::sync::atomic::Ordering::SeqCst);
+                    backoff = common::Backoff::new();
+                    false
                 }
+                Ok(_) => continue,
                 Err(e) => {
-                    let msg = format!("cannot discover the source {}: {e:#}", cfg.source.describe());
+                    let side = if rec.role == Role::Recovering { &cfg.target } else { &cfg.source };
+                    let msg = format!("cannot discover the source {}: {e:#}", side.describe());
                     warn!(error = %msg, "planning failed, retrying");
                     *self.plan_error.lock().unwrap() = Some(msg);
+                    true
                 }
-            }
-            if !common::sleep_or_cancel(backoff.next_delay(), &cancel).await {
-                return;
+            };
+            let delay = if retry { backoff.next_delay() } else { Duration::from_secs(3600) };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.replan.notified() => {}
+                _ = cancel.cancelled() => return,
             }
         }
     }
@@ -317,7 +436,27 @@ impl CoordinatorState {
                 }
             })
             .collect();
-        StatusDoc { role: "forward", pipelines }
+        let planned: std::collections::BTreeSet<&str> = plans.iter().map(|p| p.id.as_str()).collect();
+        let draining = reports
+            .by_stage
+            .iter()
+            .filter(|((id, role), (t, r))| {
+                role == "reader"
+                    && !planned.contains(id.as_str())
+                    && now.duration_since(*t) < STALE
+                    && r.phase != "stopped"
+            })
+            .map(|((id, _), _)| id.clone())
+            .collect();
+        let rec = self.role.lock().unwrap().clone();
+        StatusDoc {
+            role: rec.role.as_str(),
+            epoch: rec.epoch,
+            role_reason: rec.reason,
+            role_since_ms: rec.since_ms,
+            draining,
+            pipelines,
+        }
     }
 }
 
@@ -347,17 +486,32 @@ impl Coordinator for CoordinatorSvc {
 
     async fn plan(&self, req: Request<AssignRequest>) -> Result<Response<PlanReply>, Status> {
         let req = req.into_inner();
-        let plans = self.state.plans.lock().unwrap().clone();
-        if plans.is_empty() {
+        if !self.state.planned.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(self.state.not_ready());
         }
+        let plans = self.state.plans.lock().unwrap().clone();
+        let want = req.pipeline_id.as_str();
         let pipelines = plans
             .iter()
-            .filter(|p| req.pipeline_id.is_empty() || p.id == req.pipeline_id)
+            .filter(|p| want.is_empty() || p.id == want || role::base_of(&p.id) == want)
             .map(|p| assignment(p, if req.role == "reader" { p.decoder.clone() } else { p.writer.clone() }))
             .collect();
-        info!(role = %req.role, instance = %req.instance, "plan requested");
+        debug!(role = %req.role, instance = %req.instance, "plan requested");
         Ok(Response::new(PlanReply { pipelines }))
+    }
+
+    async fn get_role(&self, _req: Request<RoleRequest>) -> Result<Response<RoleState>, Status> {
+        Ok(Response::new(self.state.role_state()))
+    }
+
+    async fn set_role(&self, req: Request<RoleRequest>) -> Result<Response<RoleState>, Status> {
+        let req = req.into_inner();
+        let to = Role::parse(&req.role).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let reason = if req.reason.is_empty() { "requested" } else { req.reason.as_str() };
+        self.state
+            .set_role(to, reason, req.force)
+            .map(Response::new)
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))
     }
 
     async fn report(&self, req: Request<StatusReport>) -> Result<Response<ReportReply>, Status> {
@@ -383,12 +537,13 @@ fn assignment(p: &PipelinePlan, downstream: String) -> Assignment {
         downstream_address: downstream,
         target: p.target.clone(),
         slot: p.slot,
+        reverse: p.reverse,
     }
 }
 
 /// Runs the coordinator until `cancel` fires.
 pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
-    let state = CoordinatorState::new(&cfg);
+    let state = CoordinatorState::new(&cfg)?;
     let grpc_addr: std::net::SocketAddr = cfg
         .coordinator
         .grpc_addr

@@ -138,6 +138,15 @@ async fn session(
     ack_tx: mpsc::Sender<Result<Ack, Status>>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
+    // A reverse pipeline of a role swap: the sides swapped, policy rewrite, no filter.
+    let (reversed, pass_all);
+    let (cfg, filter) = if hello.reverse {
+        reversed = cfg.reversed();
+        pass_all = Arc::new(Filter::pass_all());
+        (&reversed, &pass_all)
+    } else {
+        (cfg, filter)
+    };
     stats.clear_error();
     let mut client = WriterClient::connect(writer_url.to_string())
         .await
@@ -146,7 +155,13 @@ async fn session(
         .max_encoding_message_size(1024 * 1024 * 1024);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(8);
     batch_tx
-        .send(Batch { hello: true, pipeline_id: hello.pipeline_id.clone(), offset: -1, ..Default::default() })
+        .send(Batch {
+            hello: true,
+            pipeline_id: hello.pipeline_id.clone(),
+            offset: -1,
+            reverse: hello.reverse,
+            ..Default::default()
+        })
         .await
         .map_err(|_| anyhow!("the writer stream is closed"))?;
     let mut acks =

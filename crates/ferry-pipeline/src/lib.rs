@@ -15,6 +15,9 @@
 //! - [`cluster_writer`]: the writer's routing for a Redis Cluster target (slots, MOVED/ASK,
 //!   one checkpoint per master).
 //! - [`coordinator`]: assignments, the status API (`/status`, `/metrics`, `/healthz`).
+//! - [`role`]: the role-swap state machine (forward, fenced, recovering, switchback), its
+//!   persisted record, and the pipeline ids of each epoch.
+//! - [`watcher`]: health checks of both sides and the automatic role swaps.
 //! - [`promote`]: promotion cut-over through Sentinel (`ferry-watcher promote`).
 //! - [`cli`]: the command-line arguments the binaries share.
 
@@ -27,5 +30,7 @@ pub mod decoder;
 pub mod filter;
 pub mod promote;
 pub mod reader;
+pub mod role;
 pub mod spool;
+pub mod watcher;
 pub mod writer;

@@ -14,6 +14,9 @@
 //!    promotion would be lost.
 //! 6. Wait until the sentinels name the node as master and it says so itself; make the old
 //!    master a replica of the new one (Sentinel would, seconds later) and unpause it.
+//! 7. Wait until every sentinel has finished the failover (`SENTINEL MASTER` shows the node,
+//!    without `failover_in_progress`): Sentinel-aware clients such as redis-py read
+//!    `SENTINEL MASTERS`, which names the old master until then.
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +46,9 @@ pub struct PromoteReport {
     pub new_master: String,
     pub offset: i64,
     pub took: Duration,
+    /// Every sentinel finished the failover within the timeout (clients that read
+    /// `SENTINEL MASTERS` find the new master).
+    pub settled: bool,
 }
 
 async fn conn(addr: &str, auth: &Auth) -> anyhow::Result<Connection> {
@@ -94,15 +100,32 @@ async fn sentinel_replicas(o: &PromoteOptions) -> anyhow::Result<Vec<(String, St
     let mut out = Vec::new();
     for r in items {
         let Reply::Array(Some(kv)) = r else { continue };
-        let get = |k: &str| {
-            kv.chunks(2)
-                .find(|p| p[0].as_bytes().is_some_and(|b| &b[..] == k.as_bytes()))
-                .and_then(|p| p.get(1).and_then(|v| v.as_bytes()).map(|b| String::from_utf8_lossy(b).to_string()))
-                .unwrap_or_default()
-        };
+        let get = |k: &str| kv_field(&kv, k);
         out.push((format!("{}:{}", get("ip"), get("port")), get("flags"), get("slave-priority")));
     }
     Ok(out)
+}
+
+/// A field of a `SENTINEL MASTER`/`REPLICAS` entry (a flat field, value, ... array).
+fn kv_field(kv: &[Reply], k: &str) -> String {
+    kv.chunks(2)
+        .find(|p| p[0].as_bytes().is_some_and(|b| &b[..] == k.as_bytes()))
+        .and_then(|p| p.get(1).and_then(|v| v.as_bytes()).map(|b| String::from_utf8_lossy(b).to_string()))
+        .unwrap_or_default()
+}
+
+/// Whether every sentinel describes `node` as the master of `o.master_name`, with no
+/// failover in progress.
+async fn sentinels_settled(o: &PromoteOptions) -> bool {
+    for s in &o.sentinels {
+        let Ok(mut c) = conn(s, &o.sentinel_auth).await else { return false };
+        let Ok(Reply::Array(Some(kv))) = c.call(&["SENTINEL", "MASTER", &o.master_name]).await else { return false };
+        let addr = format!("{}:{}", kv_field(&kv, "ip"), kv_field(&kv, "port"));
+        if addr != o.node || kv_field(&kv, "flags").contains("failover_in_progress") {
+            return false;
+        }
+    }
+    true
 }
 
 /// Promotes `o.node`; see the module documentation for the steps.
@@ -255,5 +278,17 @@ pub async fn promote(o: &PromoteOptions) -> anyhow::Result<PromoteReport> {
         }
     }
     let offset = result?;
-    Ok(PromoteReport { old_master: old, new_master: o.node.clone(), offset, took: started.elapsed() })
+    // 7. Every sentinel done with the failover.
+    let deadline = Instant::now() + o.timeout;
+    let settled = loop {
+        if sentinels_settled(o).await {
+            break true;
+        }
+        if Instant::now() > deadline {
+            warn!(master = %o.master_name, "some sentinels are still finishing the failover: clients that read SENTINEL MASTERS may still find the old master");
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    Ok(PromoteReport { old_master: old, new_master: o.node.clone(), offset, took: started.elapsed(), settled })
 }

@@ -47,20 +47,54 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// How often the reader asks the coordinator for the plan: a role swap stops the
+/// pipelines of the old role within about this long.
+const PLAN_POLL: Duration = Duration::from_millis(500);
+
 /// Runs the reader until `cancel` fires: one replication session loop per pipeline it
-/// serves (all of the plan, or the one given with `--pipeline`).
+/// serves (all of the plan, or the one given with `--pipeline`). The plan is asked for
+/// again and again: pipelines that leave it (a role swap) are stopped, new ones started.
+/// While the coordinator cannot be reached, the running pipelines go on.
 pub async fn run(
     cfg: Config,
     coordinator: String,
     pipeline: Option<String>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let Some(assignments) = common::plan(&coordinator, "reader", pipeline.as_deref(), &cancel).await else {
-        return Ok(());
-    };
     let tasks = TaskTracker::new();
-    for a in assignments {
-        tasks.spawn(run_pipeline(cfg.clone(), coordinator.clone(), a, cancel.clone()));
+    let mut running: std::collections::HashMap<String, CancellationToken> = std::collections::HashMap::new();
+    let mut warned = false;
+    loop {
+        match common::plan_once(&coordinator, "reader", pipeline.as_deref()).await {
+            Ok(assignments) => {
+                warned = false;
+                running.retain(|id, token| {
+                    let keep = assignments.iter().any(|a| a.pipeline_id == *id);
+                    if !keep {
+                        info!(pipeline = %id, "pipeline no longer planned (role change): stopping it");
+                        token.cancel();
+                    }
+                    keep
+                });
+                for a in assignments {
+                    if running.contains_key(&a.pipeline_id) {
+                        continue;
+                    }
+                    info!(pipeline = %a.pipeline_id, leader = %a.source_address, downstream = %a.downstream_address, reverse = a.reverse, "assigned");
+                    let token = cancel.child_token();
+                    running.insert(a.pipeline_id.clone(), token.clone());
+                    tasks.spawn(run_pipeline(cfg.clone(), coordinator.clone(), a, token));
+                }
+            }
+            Err(e) if !warned => {
+                warn!(coordinator = %coordinator, error = %e, "waiting for the coordinator");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        if !common::sleep_or_cancel(PLAN_POLL, &cancel).await {
+            break;
+        }
     }
     tasks.close();
     tasks.wait().await;
@@ -68,14 +102,18 @@ pub async fn run(
 }
 
 async fn run_pipeline(cfg: Config, coordinator: String, assignment: Assignment, cancel: CancellationToken) {
+    // A reverse pipeline reads the configured target and writes the configured source.
+    let cfg = if assignment.reverse { cfg.reversed() } else { cfg };
     let stats = Stats::new("connecting");
     let tasks = TaskTracker::new();
+    // Its own token: the last report, sent when it is cancelled, says "stopped".
+    let report_cancel = CancellationToken::new();
     tasks.spawn(common::report_loop(
         coordinator.clone(),
         assignment.pipeline_id.clone(),
         "reader",
         stats.clone(),
-        cancel.clone(),
+        report_cancel.clone(),
     ));
     // A standalone source is where the coordinator says (a sidecar may be given its own
     // leader); a sentinel-managed one is resolved at every session, and a cluster shard is
@@ -98,6 +136,7 @@ async fn run_pipeline(cfg: Config, coordinator: String, assignment: Assignment, 
             source_cfg: &source_cfg,
             slot,
             pipeline_id: &assignment.pipeline_id,
+            reverse: assignment.reverse,
             source: &source,
             decoder: &decoder,
             stats: &stats,
@@ -116,6 +155,7 @@ async fn run_pipeline(cfg: Config, coordinator: String, assignment: Assignment, 
         }
     }
     stats.set_phase("stopped");
+    report_cancel.cancel();
     tasks.close();
     tasks.wait().await;
 }
@@ -125,6 +165,7 @@ struct Session<'a> {
     source_cfg: &'a ferry_config::RedisConfig,
     slot: Option<u16>,
     pipeline_id: &'a str,
+    reverse: bool,
     source: &'a str,
     decoder: &'a str,
     stats: &'a Arc<Stats>,
@@ -167,7 +208,9 @@ impl Session<'_> {
         let _close = CloseOnDrop(spool.clone());
         let tx = spool.clone();
         let rx = futures::stream::unfold((spool.clone(), stats.clone()), next_frame);
-        let hello = Frame { kind: Some(frame::Kind::Hello(Hello { pipeline_id: self.pipeline_id.to_string() })) };
+        let hello = Frame {
+            kind: Some(frame::Kind::Hello(Hello { pipeline_id: self.pipeline_id.to_string(), reverse: self.reverse })),
+        };
         tx.push(hello)?;
         let mut acks = client.sync(rx).await.context("decoder refused the stream")?.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(30), acks.message())

@@ -183,6 +183,14 @@ async fn session(
     ack_tx: mpsc::Sender<Result<Ack, Status>>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
+    // A reverse pipeline of a role swap writes into the configured source.
+    let reversed;
+    let cfg = if hello.reverse {
+        reversed = cfg.reversed();
+        &reversed
+    } else {
+        cfg
+    };
     if cfg.target.kind == ferry_config::DeploymentType::Cluster {
         return crate::cluster_writer::session(cfg, stats, hello, batches, ack_tx, cancel).await;
     }

@@ -1,13 +1,18 @@
-//! `ferry-watcher`: role changes of Sentinel-managed deployments. Thin: the logic is in
+//! `ferry-watcher`: role swaps of a deployment pair and the Sentinel promotion cut-over.
+//! Thin: the logic is in `ferry_pipeline::watcher`, `ferry_pipeline::role` and
 //! `ferry_pipeline::promote`.
 
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use ferry_pipeline::cli::block_on;
+use ferry_pipeline::cli::{CommonArgs, block_on};
+use ferry_pipeline::role::Role;
+use ferry_pipeline::watcher;
 use ferry_resp::Auth;
 
-/// ferry's watcher. Today: `promote`, the Sentinel promotion cut-over of seed 001.
+/// ferry's watcher: the role swaps of seed 000 (`run`, and `fence`, `recover`,
+/// `switchback`, `status` by hand), and the Sentinel promotion cut-over of seed 001
+/// (`promote`).
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
@@ -17,6 +22,47 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Health-check the configured source and swap roles on its own: forward → fenced when
+    /// the source is lost, → recovering when it is back, → switchback and forward again
+    /// when the reverse copy has caught up (with watcher.auto_switchback) or on `switchback`.
+    Run {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Stop every pipeline now (the safe state: nothing writes anywhere).
+    Fence {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Why, for the log and the status.
+        #[arg(long, default_value = "operator")]
+        reason: String,
+    },
+    /// Start the reverse pipelines (target → source) from fenced.
+    Recover {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, default_value = "operator")]
+        reason: String,
+        /// From any role (never two directions at once is still the operator's to ensure).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop the reverse pipelines and go forward again (a full copy source → target). Move
+    /// the writers back to the source first. Refused until the reverse copy has caught up.
+    Switchback {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, default_value = "operator")]
+        reason: String,
+        /// Even when the reverse copy has not caught up (what it has not copied is lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the role, its epoch and why.
+    Status {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
     /// Make NODE the master of a Sentinel-managed group without losing an acknowledged
     /// write: attach it as a replica, wait until it is caught up, make it the only replica
     /// Sentinel can pick, pause writes on the old master, SENTINEL FAILOVER, wait until the
@@ -51,6 +97,41 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let res = block_on(async {
         match args.cmd {
+            Cmd::Run { common } => {
+                let (cfg, coordinator, cancel) = common.start("ferry-watcher")?;
+                watcher::run(cfg, coordinator, cancel).await
+            }
+            Cmd::Fence { common, reason } => manual(&common, Role::Fenced, &reason, false).await,
+            Cmd::Recover { common, reason, force } => manual(&common, Role::Recovering, &reason, force).await,
+            Cmd::Switchback { common, reason, force } => {
+                manual(&common, Role::Switchback, &reason, force).await?;
+                // Forward again once the reverse pipelines have stopped (a running watcher
+                // would do the same; whichever comes first, the other is a no-op).
+                let (_, coordinator, _) = common.start("ferry-watcher")?;
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                loop {
+                    let s = watcher::get_role(&coordinator).await?;
+                    if s.role != "switchback" {
+                        println!("{}", watcher::describe(&s));
+                        return Ok(());
+                    }
+                    if s.draining.is_empty() {
+                        let s =
+                            watcher::set_role(&coordinator, Role::Forward, "reverse pipelines stopped", false).await?;
+                        println!("{}", watcher::describe(&s));
+                        return Ok(());
+                    }
+                    if std::time::Instant::now() > deadline {
+                        anyhow::bail!("the reverse pipelines did not stop within 60s: {}", s.draining.join(", "));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            Cmd::Status { common } => {
+                let (_, coordinator, _) = common.start("ferry-watcher")?;
+                println!("{}", watcher::describe(&watcher::get_role(&coordinator).await?));
+                Ok(())
+            }
             Cmd::Promote { sentinels, master_name, node, password, username, sentinel_password, timeout } => {
                 let opts = ferry_pipeline::promote::PromoteOptions {
                     sentinels,
@@ -62,16 +143,25 @@ fn main() -> std::process::ExitCode {
                 };
                 let r = ferry_pipeline::promote::promote(&opts).await?;
                 println!(
-                    "promoted {} to master of {} (was {}) at offset {} in {:.1}s",
+                    "promoted {} to master of {} (was {}) at offset {} in {:.1}s{}",
                     r.new_master,
                     opts.master_name,
                     r.old_master,
                     r.offset,
-                    r.took.as_secs_f64()
+                    r.took.as_secs_f64(),
+                    if r.settled { "" } else { "; some sentinels are still finishing the failover" }
                 );
                 Ok(())
             }
         }
     });
     ferry_pipeline::cli::exit(res)
+}
+
+/// A role change asked for by an operator.
+async fn manual(common: &CommonArgs, role: Role, reason: &str, force: bool) -> anyhow::Result<()> {
+    let (_, coordinator, _) = common.start("ferry-watcher")?;
+    let s = watcher::set_role(&coordinator, role, reason, force).await?;
+    println!("{}", watcher::describe(&s));
+    Ok(())
 }

@@ -1,0 +1,190 @@
+//! The role-swap state machine of a deployment pair (seed 000):
+//!
+//! ```text
+//! FORWARD ──source lost──▶ FENCED ──source back──▶ RECOVERING ──caught up──▶ SWITCHBACK ──▶ FORWARD
+//!  A→B runs               nothing runs             B→A runs                  nothing runs
+//! ```
+//!
+//! The coordinator holds the role and plans pipelines for it; the watcher (or an operator
+//! through `ferry-watcher fence | recover | switchback`) moves it. Each transition is
+//! persisted in `coordinator.state_file`. Every transition into a role that runs pipelines
+//! starts a new epoch; pipeline ids carry it, so the pipelines of each period have their own
+//! checkpoints and always begin with a full copy: a checkpoint from before a swap never lets a
+//! pipeline continue a stream the other direction has written into since.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// The role of the pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The configured source serves; source → target runs.
+    Forward,
+    /// The source was lost: nothing runs (a stale source that comes back can never
+    /// overwrite the target, which now serves writes).
+    Fenced,
+    /// The source is back: target → source runs, the target keeps serving.
+    Recovering,
+    /// The reverse pipelines stop; then forward starts again.
+    Switchback,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Forward => "forward",
+            Role::Fenced => "fenced",
+            Role::Recovering => "recovering",
+            Role::Switchback => "switchback",
+        }
+    }
+
+    pub fn parse(s: &str) -> anyhow::Result<Role> {
+        Ok(match s {
+            "forward" => Role::Forward,
+            "fenced" => Role::Fenced,
+            "recovering" => Role::Recovering,
+            "switchback" => Role::Switchback,
+            other => bail!("unknown role {other:?}: expected forward, fenced, recovering or switchback"),
+        })
+    }
+
+    /// Whether pipelines run in this role, and in which direction (`Some(true)`: reverse).
+    pub fn direction(self) -> Option<bool> {
+        match self {
+            Role::Forward => Some(false),
+            Role::Recovering => Some(true),
+            Role::Fenced | Role::Switchback => None,
+        }
+    }
+
+    /// Whether `self → to` is a step of the machine. Fencing is always allowed (it is the
+    /// safe state); anything else off the cycle needs `force`.
+    pub fn allows(self, to: Role) -> bool {
+        matches!(
+            (self, to),
+            (_, Role::Fenced)
+                | (Role::Fenced, Role::Recovering)
+                | (Role::Recovering, Role::Switchback)
+                | (Role::Switchback, Role::Forward)
+        )
+    }
+}
+
+/// What is persisted: the role, its epoch, why and when it began.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleRecord {
+    pub role: Role,
+    pub epoch: u64,
+    pub reason: String,
+    pub since_ms: i64,
+}
+
+impl Default for RoleRecord {
+    fn default() -> Self {
+        RoleRecord { role: Role::Forward, epoch: 0, reason: "start".into(), since_ms: now_ms() }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl RoleRecord {
+    /// The record in `path`, or the default (forward, epoch 0) when the file does not exist.
+    pub fn load(path: &Path) -> anyhow::Result<RoleRecord> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("{}: not a ferry role state (delete it to start forward)", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RoleRecord::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Writes the record to `path` atomically (temporary file, fsync, rename).
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(self)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+
+    /// The record after moving to `to`: a new epoch when `to` runs pipelines.
+    pub fn next(&self, to: Role, reason: &str) -> RoleRecord {
+        let epoch = if to.direction().is_some() { self.epoch + 1 } else { self.epoch };
+        RoleRecord { role: to, epoch, reason: reason.to_string(), since_ms: now_ms() }
+    }
+}
+
+/// The id of a pipeline: its base name (`standalone address`, `sentinel-<name>`,
+/// `shard-<slot>`), `reverse-` in front for the reverse direction, `@<epoch>` after it from
+/// the first swap on (epoch 0 keeps the plain names of a deployment that never swapped).
+pub fn pipeline_id(base: &str, epoch: u64, reverse: bool) -> String {
+    let dir = if reverse { "reverse-" } else { "" };
+    if epoch == 0 { format!("{dir}{base}") } else { format!("{dir}{base}@{epoch}") }
+}
+
+/// The id without its epoch (what a sidecar reader names with `--pipeline`).
+pub fn base_of(id: &str) -> &str {
+    id.rsplit_once('@').map(|(b, _)| b).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cycle_and_fencing_are_allowed_nothing_else() {
+        use Role::*;
+        for (from, to) in [(Forward, Fenced), (Fenced, Recovering), (Recovering, Switchback), (Switchback, Forward)] {
+            assert!(from.allows(to), "{from:?} -> {to:?}");
+        }
+        for from in [Forward, Fenced, Recovering, Switchback] {
+            assert!(from.allows(Fenced));
+        }
+        for (from, to) in [(Forward, Recovering), (Fenced, Forward), (Recovering, Forward), (Forward, Switchback)] {
+            assert!(!from.allows(to), "{from:?} -> {to:?}");
+        }
+    }
+
+    #[test]
+    fn epochs_and_ids() {
+        let r = RoleRecord::default();
+        let fenced = r.next(Role::Fenced, "source lost");
+        assert_eq!(fenced.epoch, 0);
+        let rec = fenced.next(Role::Recovering, "source back");
+        assert_eq!(rec.epoch, 1);
+        let fwd = rec.next(Role::Switchback, "operator").next(Role::Forward, "reverse stopped");
+        assert_eq!(fwd.epoch, 2);
+        assert_eq!(pipeline_id("shard-0", 0, false), "shard-0");
+        assert_eq!(pipeline_id("sentinel-b", 1, true), "reverse-sentinel-b@1");
+        assert_eq!(base_of("reverse-sentinel-b@1"), "reverse-sentinel-b");
+        assert_eq!(base_of("127.0.0.1:6379"), "127.0.0.1:6379");
+    }
+
+    #[test]
+    fn the_record_survives_a_restart() {
+        let dir = tempfile_dir();
+        let path = dir.join("role.json");
+        assert_eq!(RoleRecord::load(&path).unwrap().role, Role::Forward);
+        let r = RoleRecord::default().next(Role::Fenced, "source lost: connection refused");
+        r.save(&path).unwrap();
+        assert_eq!(RoleRecord::load(&path).unwrap(), r);
+        std::fs::write(&path, "garbage").unwrap();
+        let e = RoleRecord::load(&path).unwrap_err();
+        assert!(format!("{e:#}").contains("not a ferry role state"), "{e:#}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("ferry-role-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
