@@ -113,13 +113,23 @@ async fn read_status_line(rd: &mut ReplyReader) -> Result<String, RespError> {
     }
 }
 
-fn parse_psync_reply(addr: &str, line: &str) -> Result<PsyncReply, RespError> {
+/// The largest offset ferry accepts from a master: far beyond any real stream, and far
+/// enough from `i64::MAX` that adding the bytes that follow cannot overflow.
+const MAX_OFFSET: i64 = 1 << 62;
+
+/// Parses the master's reply to `PSYNC` (`+FULLRESYNC <replid> <offset>`, `+CONTINUE
+/// [<replid>]`, or an error). Public for the fuzz target.
+pub fn parse_psync_reply(addr: &str, line: &str) -> Result<PsyncReply, RespError> {
     let unexpected =
         || RespError::Unexpected { addr: addr.to_string(), command: "PSYNC".into(), reply: printable(line.as_bytes()) };
     if let Some(rest) = line.strip_prefix("+FULLRESYNC ") {
         let mut parts = rest.split_whitespace();
         let replid = parts.next().ok_or_else(unexpected)?.to_string();
-        let offset = parts.next().and_then(|o| o.parse().ok()).ok_or_else(unexpected)?;
+        let offset = parts
+            .next()
+            .and_then(|o| o.parse::<i64>().ok())
+            .filter(|o| (0..=MAX_OFFSET).contains(o))
+            .ok_or_else(unexpected)?;
         Ok(PsyncReply::FullResync { replid, offset })
     } else if let Some(rest) = line.strip_prefix("+CONTINUE") {
         let id = rest.trim();
@@ -294,7 +304,7 @@ impl ReplStream {
                     return Ok(None);
                 }
                 let data = self.rd.buffer().split_to(pos).freeze();
-                self.offset += pos as i64;
+                self.offset = self.offset.saturating_add(pos as i64);
                 Ok(Some(ReplEvent::Commands { data, lens, end_offset: self.offset, getack }))
             }
         }
@@ -333,6 +343,9 @@ mod tests {
             PsyncReply::Continue { replid: Some("xyz".into()) }
         );
         assert!(parse_psync_reply("a", "-NOMASTERLINK Can't SYNC").unwrap_err().to_string().contains("NOMASTERLINK"));
+        // Offsets no master sends: refused, so the stream's offset arithmetic cannot overflow.
+        assert!(parse_psync_reply("a", "+FULLRESYNC abc -1").is_err());
+        assert!(parse_psync_reply("a", "+FULLRESYNC abc 9223372036854775807").is_err());
         assert!(parse_psync_reply("a", "garbage").is_err());
     }
 
