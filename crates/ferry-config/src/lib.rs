@@ -385,7 +385,9 @@ pub struct DecoderConfig {
     /// gRPC listen address of the decoder.
     #[serde(default = "default_decoder_listen")]
     pub listen: String,
-    /// Values whose RDB encoding is at most this many bytes are sent as one `RESTORE`.
+    /// Values whose RDB encoding is at most this many bytes are sent as one `RESTORE`
+    /// (the decoder holds such a value about twice while it sends it: keep it small
+    /// against the 128 MiB a decoder may use).
     #[serde(default = "default_restore_limit")]
     pub restore_max_bytes: u64,
     /// Larger values are sent as commands in chunks of about this many bytes.
@@ -540,10 +542,10 @@ fn default_max_bulk() -> u64 {
     512 * 1024 * 1024
 }
 fn default_restore_limit() -> u64 {
-    64 * 1024 * 1024
+    16 * 1024 * 1024
 }
 fn default_chunk_bytes() -> u64 {
-    4 * 1024 * 1024
+    1024 * 1024
 }
 fn default_pipeline() -> usize {
     1024

@@ -8,7 +8,7 @@
 //! that is renamed into place at the end (so the key appears whole, and the existing-key
 //! policy applies with `RENAME` / `RENAMENX`).
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use ferry_config::ExistingKey;
 use ferry_proto::Batch;
 use ferry_rdb::{Entry, Flavor, Part, Value};
@@ -104,6 +104,38 @@ impl BatchBuilder {
 
     pub fn mark_renamenx(&mut self) {
         self.renamenx.push(self.count - 1);
+    }
+
+    /// Adds `RESTORE key ttl <payload> [ABSTTL] [REPLACE]`, the payload being `raw` followed
+    /// by the DUMP footer (RDB version, CRC-64), written straight into the batch: a big
+    /// value is copied once, not once into a payload and again into the batch.
+    pub fn push_restore(&mut self, db: u64, key: &[u8], ttl: &[u8], raw: &[u8], version: u16, flags: &[&[u8]]) {
+        use std::io::Write;
+        self.select(db);
+        let footer_version = version.to_le_bytes();
+        let crc = ferry_rdb::crc64(ferry_rdb::crc64(0, raw), &footer_version);
+        let payload_len = raw.len() + 10;
+        self.resp.reserve(raw.len() + key.len() + 128);
+        let mut w = (&mut self.resp).writer();
+        let _ = write!(w, "*{}\r\n$7\r\nRESTORE\r\n${}\r\n", 4 + flags.len(), key.len());
+        self.resp.extend_from_slice(key);
+        let mut w = (&mut self.resp).writer();
+        let _ = write!(w, "\r\n${}\r\n", ttl.len());
+        self.resp.extend_from_slice(ttl);
+        let mut w = (&mut self.resp).writer();
+        let _ = write!(w, "\r\n${payload_len}\r\n");
+        self.resp.extend_from_slice(raw);
+        self.resp.extend_from_slice(&footer_version);
+        self.resp.extend_from_slice(&crc.to_le_bytes());
+        self.resp.extend_from_slice(b"\r\n");
+        for f in flags {
+            let mut w = (&mut self.resp).writer();
+            let _ = write!(w, "${}\r\n", f.len());
+            self.resp.extend_from_slice(f);
+            self.resp.extend_from_slice(b"\r\n");
+        }
+        self.count += 1;
+        self.commands += 1;
     }
 
     /// The command just added is a `RESTORE` of a module value.
@@ -272,16 +304,15 @@ impl RdbConverter {
     }
 
     fn restore(&self, e: &Entry, raw: &[u8], version: u16, b: &mut BatchBuilder) {
-        let payload = ferry_rdb::dump_payload(raw, version);
         let ttl = e.expire_ms.unwrap_or(0).max(0).to_string();
-        let mut args: Vec<&[u8]> = vec![b"RESTORE", &e.key, ttl.as_bytes(), &payload];
+        let mut flags: Vec<&[u8]> = Vec::new();
         if e.expire_ms.is_some() {
-            args.push(b"ABSTTL");
+            flags.push(b"ABSTTL");
         }
         if self.policy == ExistingKey::Rewrite {
-            args.push(b"REPLACE");
+            flags.push(b"REPLACE");
         }
-        b.push(e.db, &args);
+        b.push_restore(e.db, &e.key, ttl.as_bytes(), raw, version, &flags);
         b.add_key();
     }
 
@@ -455,6 +486,19 @@ fn push_chunks<const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restore_written_in_place_is_the_encoded_command() {
+        let raw = b"\x00\x05hello";
+        let mut a = BatchBuilder::new(1 << 20, 100);
+        a.push_restore(2, b"key", b"0", raw, 10, &[b"ABSTTL", b"REPLACE"]);
+        let payload = ferry_rdb::dump_payload(raw, 10);
+        let mut b = BatchBuilder::new(1 << 20, 100);
+        b.push(2, &[&b"RESTORE"[..], b"key", b"0", &payload, b"ABSTTL", b"REPLACE"]);
+        let (a, b) = (a.take(-1, false), b.take(-1, false));
+        assert_eq!(a.resp, b.resp);
+        assert_eq!((a.count, a.commands), (b.count, b.commands));
+    }
 
     #[test]
     fn scores_round_trip() {

@@ -28,7 +28,7 @@ pub use crc::{crc64, dump_payload};
 pub use error::{ErrorKind, RdbError};
 pub use inspect::{InspectError, inspect};
 pub use json::{bytes_to_json, bytes_to_json_key, entry_to_json, score_to_json, type_name, value_to_json};
-pub use parser::Parser;
+pub use parser::{ELEM_OVERHEAD, Parser};
 
 /// Newest Redis RDB version this parser knows.
 pub const MAX_REDIS_RDB_VERSION: u32 = 12;
@@ -40,7 +40,8 @@ pub const MAX_VALKEY_RDB_VERSION: u32 = 80;
 pub struct ParserOptions {
     /// Keep the raw RDB encoding of a value (type byte + body) when it is at most this many bytes, so it can be sent as a RESTORE payload. 0 = never.
     pub raw_limit: usize,
-    /// A value whose decoded elements exceed this many bytes (sum of element lengths) is emitted in parts instead of whole.
+    /// A value whose decoded elements exceed this many bytes (sum of element lengths, plus
+    /// a fixed overhead per element) is emitted in parts instead of whole.
     pub chunk_bytes: usize,
     /// Verify the CRC-64 trailer when present and non-zero (mismatch = error).
     pub verify_checksum: bool,
@@ -50,7 +51,7 @@ pub struct ParserOptions {
 
 impl Default for ParserOptions {
     fn default() -> Self {
-        ParserOptions { raw_limit: 64 << 20, chunk_bytes: 4 << 20, verify_checksum: true, allow_newer_version: false }
+        ParserOptions { raw_limit: 16 << 20, chunk_bytes: 1 << 20, verify_checksum: true, allow_newer_version: false }
     }
 }
 

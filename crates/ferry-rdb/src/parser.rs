@@ -1,7 +1,8 @@
 //! The streaming RDB parser: [`Parser::next_event`] yields one [`Event`] at a
 //! time; big values are emitted in parts so memory stays bounded.
 //!
-//! Parts: elements are accumulated until their decoded size reaches
+//! Parts: elements are accumulated until their decoded size (their bytes plus
+//! [`ELEM_OVERHEAD`] each, what an element costs in memory beyond its bytes) reaches
 //! `chunk_bytes`; if more elements remain, the accumulated ones are emitted as
 //! a `First`/`Middle` part (so every non-final part holds at least
 //! `chunk_bytes`, at most `chunk_bytes` + one element). A value that ends
@@ -62,15 +63,21 @@ enum Elem {
 }
 
 impl Elem {
+    /// Memory an element takes: its bytes plus [`ELEM_OVERHEAD`] (a value of ten million
+    /// tiny hash fields must be cut into parts by what it costs, not by its few bytes).
     fn size(&self) -> usize {
-        match self {
-            Elem::B(b) => b.len(),
-            Elem::Z(m, _) => m.len() + 8,
-            Elem::H(h) => h.field.len() + h.value.len() + if h.expire_ms.is_some() { 8 } else { 0 },
-            Elem::S(e) => 16 + e.fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>(),
-        }
+        ELEM_OVERHEAD
+            + match self {
+                Elem::B(b) => b.len(),
+                Elem::Z(m, _) => m.len() + 8,
+                Elem::H(h) => h.field.len() + h.value.len() + if h.expire_ms.is_some() { 8 } else { 0 },
+                Elem::S(e) => 16 + e.fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>(),
+            }
     }
 }
+
+/// Bytes an element of a part costs beyond its own (`Bytes` handles, allocation headers).
+pub const ELEM_OVERHEAD: usize = 64;
 
 enum Kind {
     /// Plain string still in the file: bytes left.

@@ -5,16 +5,19 @@ mod common;
 use common::*;
 use ferry_rdb::{Bytes, Event, Parser, ParserOptions, Part, Value, crc64, dump_payload, entry_to_json};
 
+/// What a part costs by the parser's measure: element bytes plus `ELEM_OVERHEAD` each
+/// (strings are cut in slices of bytes).
 fn elem_bytes(v: &Value) -> usize {
+    const O: usize = ferry_rdb::ELEM_OVERHEAD;
     match v {
         Value::String(b) => b.len(),
-        Value::List(x) | Value::Set(x) => x.iter().map(|b| b.len()).sum(),
-        Value::ZSet(x) => x.iter().map(|(m, _)| m.len() + 8).sum(),
+        Value::List(x) | Value::Set(x) => x.iter().map(|b| O + b.len()).sum(),
+        Value::ZSet(x) => x.iter().map(|(m, _)| O + m.len() + 8).sum(),
         Value::Hash(x) => {
-            x.iter().map(|h| h.field.len() + h.value.len() + if h.expire_ms.is_some() { 8 } else { 0 }).sum()
+            x.iter().map(|h| O + h.field.len() + h.value.len() + if h.expire_ms.is_some() { 8 } else { 0 }).sum()
         }
         Value::Stream(s) => {
-            s.entries.iter().map(|e| 16 + e.fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>()).sum()
+            s.entries.iter().map(|e| O + 16 + e.fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>()).sum()
         }
         Value::Module { .. } => 0,
     }
@@ -27,7 +30,7 @@ fn parts_concatenate_to_whole_values() {
     for fx in fixtures() {
         let whole = parse_all(&fx.bytes, ParserOptions::default());
         // chunk 1 (every element its own part) only on the smaller files.
-        let chunks: &[usize] = if fx.bytes.len() < 512 * 1024 { &[64, 1] } else { &[64] };
+        let chunks: &[usize] = if fx.bytes.len() < 512 * 1024 { &[300, 64, 1] } else { &[300] };
         for &chunk in chunks {
             let opts = ParserOptions { chunk_bytes: chunk, ..ParserOptions::default() };
             // Check part sizes on the raw event stream.
