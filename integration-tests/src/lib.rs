@@ -850,6 +850,15 @@ impl SentinelGroup {
         self.wait_new_master(&old)
     }
 
+    /// SIGKILLs the master and waits until the sentinels have promoted a replica.
+    pub fn kill_master(&mut self) -> String {
+        let old = self.master_addr();
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.addr() == old) {
+            n.kill();
+        }
+        self.wait_new_master(&old)
+    }
+
     /// Waits until the sentinels report a master other than `old` that accepts writes.
     pub fn wait_new_master(&self, old: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -877,6 +886,40 @@ impl SentinelGroup {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Writes INCR (db 0) and RPUSH (db `list_db`) witnesses to a standalone source from a
+/// thread until `stop` is set; returns how many writes were acknowledged.
+pub fn source_witnesses(
+    addr: String,
+    list_db: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+            let auth = ferry_resp::Auth::default();
+            let mut c = ferry_resp::Connection::connect(&addr, &auth, Duration::from_secs(5)).await.unwrap();
+            // Lists in another db: the stream switches dbs all the time, so a resume that lost
+            // track of the selected db would put writes in the wrong one.
+            let mut c5 = ferry_resp::Connection::connect(&addr, &auth, Duration::from_secs(5)).await.unwrap();
+            c5.call(&["SELECT", &list_db.to_string()]).await.unwrap();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                // Runs of 20 writes per db, so most resume points fall inside a run, where the
+                // stream has no SELECT.
+                if (n / 20).is_multiple_of(2) {
+                    c.call(&["INCR", &format!("witness:counter:{}", n % 5)]).await.unwrap();
+                } else {
+                    c5.call(&["RPUSH", &format!("witness:list:{}", n % 3), &n.to_string()]).await.unwrap();
+                }
+                n += 1;
+                if n.is_multiple_of(50) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            n
+        })
+    })
 }
 
 /// INCR/RPUSH witnesses against whatever the sentinels say the master is; a write that
@@ -971,6 +1014,12 @@ impl Cluster {
         self.nodes[0].addr()
     }
 
+    /// The address of the master serving `slot` now.
+    pub fn master_of(&self, slot: u16) -> String {
+        let map = self.slot_map().expect("slot map");
+        map.masters[map.node_of(slot).expect("slot served")].clone()
+    }
+
     /// SIGKILLs every node (the whole deployment is lost).
     pub fn kill_all(&mut self) {
         for n in &mut self.nodes {
@@ -1006,9 +1055,11 @@ impl Cluster {
         })
     }
 
-    /// TOML lines for a `[target]` of type cluster.
+    /// TOML lines for a `[target]` of type cluster: every node, so a process started while
+    /// one node is down still finds the cluster.
     pub fn toml(&self) -> String {
-        format!("type = \"cluster\"\naddress = \"{}\"\n", self.seed())
+        let all: Vec<String> = self.nodes.iter().map(|n| n.addr()).collect();
+        format!("type = \"cluster\"\naddress = \"{}\"\n", all.join(","))
     }
 
     fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -1131,6 +1182,102 @@ impl Cluster {
                 n
             })
         })
+    }
+
+    /// SIGKILLs the master serving `slot` and waits until a replica serves it instead.
+    pub fn kill_master_of(&mut self, slot: u16) -> String {
+        let map = self.slot_map().unwrap();
+        let old = map.masters[map.node_of(slot).unwrap()].clone();
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.addr() == old) {
+            n.kill();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(m) = self.slot_map_from_live_nodes()
+                && let Some(i) = m.node_of(slot)
+                && m.masters[i] != old
+            {
+                return m.masters[i].clone();
+            }
+            assert!(Instant::now() < deadline, "no replica took over slot {slot} from {old}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The slot map from a node that is up (some may have been killed).
+    fn slot_map_from_live_nodes(&self) -> Option<ferry_resp::cluster::SlotMap> {
+        Self::block_on(async {
+            for n in &self.nodes {
+                if let Ok(mut c) = Connection::connect(&n.addr(), &Auth::default(), Duration::from_millis(300)).await
+                    && let Ok(r) = c.call(&["CLUSTER", "SLOTS"]).await
+                {
+                    return ferry_resp::cluster::SlotMap::from_cluster_slots(&r);
+                }
+            }
+            None
+        })
+    }
+
+    /// Moves `slot`, keys included, to the master serving `to`, the way `redis-cli --cluster
+    /// reshard` does: `SETSLOT IMPORTING`/`MIGRATING`, `MIGRATE` of its keys in batches
+    /// (clients get `ASK` for the keys already moved), then `SETSLOT NODE` on both.
+    pub fn migrate_slot(&self, slot: u16, to: u16) {
+        let map = self.slot_map().unwrap();
+        let (src, dst) =
+            (map.masters[map.node_of(slot).unwrap()].clone(), map.masters[map.node_of(to).unwrap()].clone());
+        if src == dst {
+            return;
+        }
+        Self::block_on(async {
+            let connect = |a: String| async move {
+                Connection::connect(&a, &Auth::default(), Duration::from_secs(5)).await.unwrap()
+            };
+            let (mut s, mut d) = (connect(src.clone()).await, connect(dst.clone()).await);
+            let id = |r: Reply| r.as_bytes().map(|b| String::from_utf8_lossy(b).to_string()).unwrap();
+            let (src_id, dst_id) =
+                (id(s.call(&["CLUSTER", "MYID"]).await.unwrap()), id(d.call(&["CLUSTER", "MYID"]).await.unwrap()));
+            let n = slot.to_string();
+            d.call(&["CLUSTER", "SETSLOT", &n, "IMPORTING", &src_id]).await.unwrap();
+            s.call(&["CLUSTER", "SETSLOT", &n, "MIGRATING", &dst_id]).await.unwrap();
+            let (host, port) = dst.rsplit_once(':').unwrap();
+            loop {
+                let Reply::Array(Some(keys)) = s.call(&["CLUSTER", "GETKEYSINSLOT", &n, "10"]).await.unwrap() else {
+                    break;
+                };
+                if keys.is_empty() {
+                    break;
+                }
+                let keys: Vec<Bytes> = keys.into_iter().filter_map(|k| k.as_bytes().cloned()).collect();
+                let mut args: Vec<&[u8]> =
+                    vec![b"MIGRATE", host.as_bytes(), port.as_bytes(), b"", b"0", b"5000", b"REPLACE", b"KEYS"];
+                args.extend(keys.iter().map(|k| &k[..]));
+                let r = s.call(&args).await.unwrap();
+                assert!(r.first_error().is_none(), "MIGRATE: {r:?}");
+                // Slowly, so the writes in between meet the half-moved slot.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let r = d.call(&["CLUSTER", "SETSLOT", &n, "NODE", &dst_id]).await.unwrap();
+            assert!(r.first_error().is_none(), "SETSLOT NODE on the importing node: {r:?}");
+            // The source refuses while it still holds keys of the slot (a write may have
+            // landed after the last MIGRATE): move those and ask again.
+            for _ in 0..50 {
+                let r = s.call(&["CLUSTER", "SETSLOT", &n, "NODE", &dst_id]).await.unwrap();
+                if r.first_error().is_none() {
+                    return;
+                }
+                if let Reply::Array(Some(keys)) = s.call(&["CLUSTER", "GETKEYSINSLOT", &n, "100"]).await.unwrap() {
+                    let keys: Vec<Bytes> = keys.into_iter().filter_map(|k| k.as_bytes().cloned()).collect();
+                    if !keys.is_empty() {
+                        let mut args: Vec<&[u8]> =
+                            vec![b"MIGRATE", host.as_bytes(), port.as_bytes(), b"", b"0", b"5000", b"REPLACE", b"KEYS"];
+                        args.extend(keys.iter().map(|k| &k[..]));
+                        s.call(&args).await.unwrap();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("slot {slot}: the source kept refusing SETSLOT NODE");
+        });
     }
 
     /// `CLUSTER FAILOVER` on a replica of the master serving `slot`; waits until it serves it.

@@ -128,7 +128,7 @@ fn seed_000_sync_toml_explains_and_syncs() {
         format!("grpc_addr = \"{grpc}\""),
         format!("[decoder]\nlisten = \"{decoder}\""),
         format!("[writer]\nlisten = \"{writer}\"\npipeline_count_limit = 1024\nexisting_key = \"rewrite\""),
-        "restore_max_bytes = 512000000".to_string(),
+        "restore_max_bytes = 16777216".to_string(),
         "[log]\nlevel = \"info\"".to_string(),
         "# 7 warning(s):".to_string(),
         "# warning: advanced.ncpu: ".to_string(),

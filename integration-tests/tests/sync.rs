@@ -221,36 +221,6 @@ fn existing_key_policy_skip_keeps_target_values() {
     });
 }
 
-/// Writes INCR and RPUSH witnesses to the source from a thread until `stop` is set.
-fn witness_writer(addr: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let rt = rt();
-        rt.block_on(async {
-            let auth = ferry_resp::Auth::default();
-            let mut c = ferry_resp::Connection::connect(&addr, &auth, Duration::from_secs(5)).await.unwrap();
-            // Lists in db 5: the stream switches dbs all the time, so a resume that lost track
-            // of the selected db would put writes in the wrong one.
-            let mut c5 = ferry_resp::Connection::connect(&addr, &auth, Duration::from_secs(5)).await.unwrap();
-            c5.call(&["SELECT", "5"]).await.unwrap();
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                // Runs of 20 writes per db, so most resume points fall inside a run, where the
-                // stream has no SELECT.
-                if (n / 20).is_multiple_of(2) {
-                    c.call(&["INCR", &format!("witness:counter:{}", n % 5)]).await.unwrap();
-                } else {
-                    c5.call(&["RPUSH", &format!("witness:list:{}", n % 3), &n.to_string()]).await.unwrap();
-                }
-                n += 1;
-                if n.is_multiple_of(50) {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-            n
-        })
-    })
-}
-
 #[test]
 fn killed_stages_resume_with_partial_resync_and_exact_witnesses() {
     // A backlog that outlives a stage restart under this write rate.
@@ -266,7 +236,7 @@ fn killed_stages_resume_with_partial_resync_and_exact_witnesses() {
     let offset = rt.block_on(src.repl_offset()).unwrap();
     ferry.wait_caught_up(offset, Duration::from_secs(60));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = witness_writer(src.addr(), stop.clone());
+    let writer = source_witnesses(src.addr(), 5, stop.clone());
     for stage in ["ferry-coordinator", "ferry-writer", "ferry-decoder", "ferry-reader"] {
         std::thread::sleep(Duration::from_millis(400));
         ferry.kill(stage);

@@ -131,8 +131,10 @@ impl DeploymentType {
 pub struct RedisConfig {
     #[serde(default, rename = "type")]
     pub kind: DeploymentType,
-    /// `host:port` of the server (standalone). Default: 127.0.0.1:6379 for the source,
-    /// 127.0.0.1:6380 for the target.
+    /// `host:port` of the server (standalone), or of any node of a cluster; a cluster may be
+    /// given by several nodes, comma-separated (`"10.0.0.1:6379,10.0.0.2:6379"`), asked in
+    /// turn when one is down. Default: 127.0.0.1:6379 for the source, 127.0.0.1:6380 for the
+    /// target.
     #[serde(default)]
     pub address: String,
     #[serde(default)]
@@ -668,9 +670,17 @@ impl Config {
             }
             r.check_tls(side).map_err(|(field, message)| invalid(&field, message))?;
         }
+        for (field, r) in [("source.address", &self.source), ("target.address", &self.target)] {
+            // A cluster may be given by several of its nodes, comma-separated (asked in turn).
+            if r.kind == DeploymentType::Cluster {
+                for addr in r.address.split(',').map(str::trim) {
+                    check_host_port(addr).map_err(|m| invalid(field, m))?;
+                }
+            } else {
+                check_host_port(&r.address).map_err(|m| invalid(field, m))?;
+            }
+        }
         for (field, addr) in [
-            ("source.address", &self.source.address),
-            ("target.address", &self.target.address),
             ("coordinator.status_addr", &self.coordinator.status_addr),
             ("coordinator.grpc_addr", &self.coordinator.grpc_addr),
             ("decoder.listen", &self.decoder.listen),

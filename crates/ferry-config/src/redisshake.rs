@@ -897,7 +897,8 @@ impl Cx<'_> {
                     if n == 0 {
                         return Err(self.invalid(&field, "must be at least 1"));
                     }
-                    self.cfg.decoder.restore_max_bytes = n;
+                    // Never above ferry's own default, which keeps the decoder's memory bounded.
+                    self.cfg.decoder.restore_max_bytes = self.cfg.decoder.restore_max_bytes.min(n);
                     self.cfg.decoder.chunk_bytes = self.cfg.decoder.chunk_bytes.min(n);
                 }
                 "aws_psync" => {
@@ -1071,8 +1072,8 @@ target_mbbloom_version = 20603
         assert_eq!(cfg.target.password, "Aa123456");
         assert_eq!(cfg.writer.existing_key, ExistingKey::Rewrite);
         assert_eq!(cfg.writer.pipeline_count_limit, 1024);
-        assert_eq!(cfg.decoder.restore_max_bytes, 512_000_000);
-        assert_eq!(cfg.decoder.chunk_bytes, 4 * 1024 * 1024);
+        assert_eq!(cfg.decoder.restore_max_bytes, 16 * 1024 * 1024);
+        assert_eq!(cfg.decoder.chunk_bytes, 1024 * 1024);
         assert_eq!(cfg.log.level, "info");
         // ferry-only settings keep their defaults.
         assert_eq!(cfg.coordinator.status_addr, "127.0.0.1:7701");

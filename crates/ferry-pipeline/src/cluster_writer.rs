@@ -67,8 +67,28 @@ struct ClusterTarget {
 impl ClusterTarget {
     async fn connect(cfg: &Config, pipeline_id: &str) -> anyhow::Result<ClusterTarget> {
         let t = &cfg.target;
-        let mut seed = common::connect_node(t, &t.address, Duration::from_secs(10)).await?;
-        let map = load_map(&mut seed).await?;
+        // The configured node first, then any node seen before (the configured one may be
+        // the master that just died).
+        let mut found = None;
+        let mut last = None;
+        for addr in common::cluster_seeds(t) {
+            let res = async {
+                let mut c = common::connect_node(t, &addr, Duration::from_secs(10)).await?;
+                let map = load_map(t, &mut c).await?;
+                anyhow::Ok((c, map))
+            }
+            .await;
+            match res {
+                Ok(ok) => {
+                    found = Some(ok);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let Some((mut seed, map)) = found else {
+            return Err(last.unwrap_or_else(|| anyhow!("no cluster node to ask")));
+        };
         let specs = load_specs(&mut seed).await?;
         let mut ct = ClusterTarget {
             cfg: t.clone(),
@@ -106,11 +126,12 @@ impl ClusterTarget {
     /// Reads the slot map again (after MOVED, or when a master changed).
     async fn refresh(&mut self) -> anyhow::Result<()> {
         let mut last = None;
-        let candidates: Vec<String> = self.map.masters.iter().cloned().chain([self.cfg.address.clone()]).collect();
+        let mut candidates: Vec<String> = self.map.masters.clone();
+        candidates.extend(common::cluster_seeds(&self.cfg).into_iter().filter(|a| !self.map.masters.contains(a)));
         for addr in candidates {
             let res = async {
                 let mut c = common::connect_node(&self.cfg, &addr, Duration::from_secs(5)).await?;
-                load_map(&mut c).await
+                load_map(&self.cfg, &mut c).await
             }
             .await;
             match res {
@@ -196,12 +217,30 @@ impl ClusterTarget {
     }
 
     /// Writes every master's floor: all of batch `b` (and what came before) is applied everywhere.
+    /// A floor lives in a slot its master serves; when that slot has just moved (`MOVED`/`ASK`
+    /// after a migration or a failover), the slot map is read again and the floors written
+    /// where they now belong.
     async fn write_floors(&mut self, value: &str, offset: i64) -> anyhow::Result<()> {
-        for (n, m) in self.map.masters.clone().iter().enumerate() {
-            let key = self.floor_key(n);
-            let c = self.conns.get_mut(m).ok_or_else(|| anyhow!("no connection to {m}"))?;
-            c.call(&["SET", &key, value]).await.with_context(|| format!("target {m}"))?;
-            self.floor.insert(m.clone(), offset);
+        let mut attempt = 0;
+        'again: loop {
+            for (n, m) in self.map.masters.clone().iter().enumerate() {
+                let key = self.floor_key(n);
+                let c = self.conns.get_mut(m).ok_or_else(|| anyhow!("no connection to {m}"))?;
+                match c.call(&["SET", &key, value]).await {
+                    Ok(_) => {
+                        self.floor.insert(m.clone(), offset);
+                    }
+                    Err(e) if attempt < 10 && is_redirect(&e) => {
+                        attempt += 1;
+                        warn!(master = %m, error = %e, attempt, "a floor's slot moved: reading the slot map again");
+                        tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                        self.refresh().await?;
+                        continue 'again;
+                    }
+                    Err(e) => return Err(anyhow::Error::from(e).context(format!("target {m}"))),
+                }
+            }
+            break;
         }
         self.last_floor_write = std::time::Instant::now();
         Ok(())
@@ -282,8 +321,15 @@ impl ClusterTarget {
     }
 }
 
-async fn load_map(c: &mut Connection) -> anyhow::Result<SlotMap> {
+/// An error reply that means "this key lives elsewhere now, or soon": ask the slot map again.
+fn is_redirect(e: &ferry_resp::RespError) -> bool {
+    let ferry_resp::RespError::Server { reply, .. } = e else { return false };
+    ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"].iter().any(|k| reply.starts_with(k))
+}
+
+async fn load_map(t: &ferry_config::RedisConfig, c: &mut Connection) -> anyhow::Result<SlotMap> {
     let r = c.call(&["CLUSTER", "SLOTS"]).await.context("CLUSTER SLOTS (is the target a cluster?)")?;
+    common::remember_cluster_nodes(t, &r);
     let map = SlotMap::from_cluster_slots(&r).ok_or_else(|| anyhow!("cannot read the reply to CLUSTER SLOTS"))?;
     if !map.complete() {
         bail!("the target cluster does not serve every slot (cluster_state not ok)");

@@ -330,10 +330,12 @@ pub async fn cluster_map(
     seeds: &[String],
 ) -> anyhow::Result<ferry_resp::cluster::SlotMap> {
     let mut last = None;
-    for addr in seeds.iter().chain(std::iter::once(&r.address)) {
+    for addr in seeds.iter().cloned().chain(cluster_seeds(r)) {
+        let addr = &addr;
         let res = async {
             let mut c = connect_node(r, addr, Duration::from_secs(5)).await?;
             let reply = c.call(&["CLUSTER", "SLOTS"]).await?;
+            remember_cluster_nodes(r, &reply);
             ferry_resp::cluster::SlotMap::from_cluster_slots(&reply)
                 .ok_or_else(|| anyhow::anyhow!("cannot read CLUSTER SLOTS"))
         }
@@ -345,6 +347,37 @@ pub async fn cluster_map(
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no cluster node to ask")))
+}
+
+/// Nodes of each cluster deployment (by its configured address) seen in `CLUSTER SLOTS`
+/// replies, masters and replicas: asked when the configured node is gone.
+static KNOWN_CLUSTER_NODES: Mutex<Vec<(String, Vec<String>)>> = Mutex::new(Vec::new());
+
+/// Records the nodes a `CLUSTER SLOTS` reply of deployment `r` names.
+pub fn remember_cluster_nodes(r: &ferry_config::RedisConfig, reply: &ferry_resp::Reply) {
+    let nodes = ferry_resp::cluster::SlotMap::nodes_of_cluster_slots(reply);
+    if nodes.is_empty() {
+        return;
+    }
+    let mut known = KNOWN_CLUSTER_NODES.lock().unwrap();
+    match known.iter_mut().find(|(a, _)| *a == r.address) {
+        Some((_, n)) => *n = nodes,
+        None => known.push((r.address.clone(), nodes)),
+    }
+}
+
+/// Where to ask a cluster deployment for its slot map: the configured address (several,
+/// comma-separated, are allowed), then every node seen in its slot maps so far.
+pub fn cluster_seeds(r: &ferry_config::RedisConfig) -> Vec<String> {
+    let mut out: Vec<String> = r.address.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+    if let Some((_, nodes)) = KNOWN_CLUSTER_NODES.lock().unwrap().iter().find(|(a, _)| *a == r.address) {
+        for n in nodes {
+            if !out.contains(n) {
+                out.push(n.clone());
+            }
+        }
+    }
+    out
 }
 
 /// Where the master of a deployment is now: its address (standalone), what the sentinels

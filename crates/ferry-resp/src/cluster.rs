@@ -87,6 +87,27 @@ impl SlotMap {
         Some(SlotMap { owner, masters })
     }
 
+    /// Every node a `CLUSTER SLOTS` reply names, masters and replicas (`host:port`): the
+    /// places to ask for the slot map when the configured node is gone.
+    pub fn nodes_of_cluster_slots(reply: &Reply) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let Reply::Array(Some(ranges)) = reply else { return out };
+        for r in ranges {
+            let Reply::Array(Some(parts)) = r else { continue };
+            for node in parts.iter().skip(2) {
+                let Reply::Array(Some(n)) = node else { continue };
+                let (Some(host), Some(Reply::Integer(port))) = (n.first().and_then(|h| h.as_bytes()), n.get(1)) else {
+                    continue;
+                };
+                let addr = format!("{}:{port}", String::from_utf8_lossy(host));
+                if !out.contains(&addr) {
+                    out.push(addr);
+                }
+            }
+        }
+        out
+    }
+
     /// The index (in `masters`) of the master serving `slot`, if any.
     pub fn node_of(&self, slot: u16) -> Option<usize> {
         self.owner.get(slot as usize).copied().flatten().map(|i| i as usize)

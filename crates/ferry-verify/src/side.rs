@@ -54,10 +54,22 @@ impl Endpoint {
                 (Topology::Single(addr.clone()), addr)
             }
             DeploymentType::Cluster => {
-                let map = read_slot_map(&cfg.address, &auth, timeout)
-                    .await
+                // `address` may list several nodes (comma-separated): the first that answers.
+                let mut last = None;
+                let mut found = None;
+                for addr in cfg.address.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+                    match read_slot_map(addr, &auth, timeout).await {
+                        Ok(map) => {
+                            found = Some((map, addr.to_string()));
+                            break;
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                let (map, seed) = found
+                    .ok_or_else(|| last.unwrap_or_else(|| anyhow::anyhow!("no cluster address")))
                     .with_context(|| format!("{name}: reading the cluster's slot map"))?;
-                (Topology::Cluster(map), cfg.address.clone())
+                (Topology::Cluster(map), seed)
             }
         };
         let ep = Endpoint { name, topology, auth, timeout, seed };
