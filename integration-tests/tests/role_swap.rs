@@ -34,6 +34,29 @@ fn b_call(b: &SentinelGroup, args: &[&str]) -> Reply {
     })
 }
 
+/// Replicas with port 0 (ferry's readers announce none) in the sentinels' lists of B.
+fn reader_replicas(b: &SentinelGroup) -> usize {
+    rt().block_on(async {
+        let mut n = 0;
+        for s in b.sentinel_addrs() {
+            let mut c = ferry_resp::Connection::connect(&s, &ferry_resp::Auth::default(), Duration::from_secs(2))
+                .await
+                .unwrap();
+            if let Reply::Array(Some(items)) = c.call(&["SENTINEL", "REPLICAS", &b.name]).await.unwrap() {
+                for item in items {
+                    let Reply::Array(Some(kv)) = item else { continue };
+                    let port = kv
+                        .chunks(2)
+                        .find(|p| p[0].as_bytes().is_some_and(|k| &k[..] == b"port"))
+                        .and_then(|p| p[1].as_bytes().cloned());
+                    n += usize::from(port.as_deref() == Some(&b"0"[..]));
+                }
+            }
+        }
+        n
+    })
+}
+
 fn wait_role(ferry: &Ferry, role: &str, timeout: Duration) -> serde_json::Value {
     let deadline = Instant::now() + timeout;
     loop {
@@ -171,12 +194,28 @@ fn seed_000(stale_a: bool) {
     let s = wait_synced(&ferry, "recovering", 1, Duration::from_secs(60));
     assert_eq!(s["epoch"], 1);
     assert_converges("recovering after restarts", || a.snapshot(), || snapshot_b(&b), &ferry);
+    if stale_a {
+        // B's sentinels see the reverse pipeline's reader as a replica (port 0) once their
+        // INFO refresh (every 10 s) has run: wait for it, so the clean-up below is tested.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reader_replicas(&b) == 0 {
+            assert!(Instant::now() < deadline, "the sentinels never listed the reverse reader");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 
     // SWITCHBACK by the operator: the reverse pipeline stops, forward starts again (epoch 2).
     let out = watcher_cli(&ferry, &["switchback", "--reason", "test: writers moved back to A"]);
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    let cli = format!("{}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{cli}");
     let s = wait_synced(&ferry, "forward", MASTERS, Duration::from_secs(90));
     assert_eq!(s["epoch"], 2);
+    // The reverse reader is gone from B, and no sentinel keeps it as a phantom replica.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reader_replicas(&b) > 0 {
+        assert!(Instant::now() < deadline, "B's sentinels still list ferry's reader:\n{cli}\n{}", ferry.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(s["pipelines"][0]["id"].as_str().unwrap().ends_with("@2"), "{s:#}");
     for i in 0..30 {
         a.call(&["SET", &format!("after-switchback:{i}"), "from A again"]);
@@ -201,4 +240,45 @@ fn seed_000_a_lost_and_back_empty() {
 #[test]
 fn seed_000_a_lost_and_back_with_stale_data() {
     seed_000(true);
+}
+
+/// A replica that announces no port (as ferry's readers) stays in Sentinel's lists after it
+/// left; the clean-up after a switch back makes every sentinel forget it, and only it.
+#[test]
+fn sentinels_forget_ferrys_readers() {
+    let b = SentinelGroup::start(1, 3);
+    let port = b.master().port.to_string();
+    let mut reader = std::process::Command::new("redis-cli")
+        .args(["-p", &port, "--replica"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while reader_replicas(&b) < 3 {
+        assert!(Instant::now() < deadline, "the sentinels never listed the port-0 replica");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = reader.kill();
+    let _ = reader.wait();
+    let cfg = ferry_config::Config::parse(
+        &format!("[source]\naddress = \"127.0.0.1:1\"\n[target]\n{}\n", b.toml()),
+        "test.toml",
+    )
+    .unwrap();
+    let n = rt().block_on(ferry_pipeline::watcher::forget_ferry_replicas(&cfg.target)).unwrap();
+    assert_eq!(n, 3, "every sentinel listed it, every sentinel is reset");
+    assert_eq!(reader_replicas(&b), 0);
+    // The real replica is known again everywhere.
+    rt().block_on(async {
+        for s in b.sentinel_addrs() {
+            let mut c = ferry_resp::Connection::connect(&s, &ferry_resp::Auth::default(), Duration::from_secs(2))
+                .await
+                .unwrap();
+            let Reply::Array(Some(items)) = c.call(&["SENTINEL", "REPLICAS", &b.name]).await.unwrap() else {
+                panic!("bad SENTINEL REPLICAS reply")
+            };
+            assert_eq!(items.len(), 1, "{s} forgot the real replica");
+        }
+    });
 }

@@ -356,6 +356,28 @@ fn byte_limits_pace_the_target_and_lose_nothing() {
 }
 
 #[test]
+fn a_target_that_needs_replicas_to_accept_writes_is_waited_for() {
+    let src = RedisServer::start(&[]);
+    // Like a newly promoted master whose replicas have not reconnected yet.
+    let tgt = RedisServer::start(&["--min-replicas-to-write", "1", "--min-replicas-max-lag", "10"]);
+    let rt = rt();
+    rt.block_on(async { populate(&mut src.connect().await.unwrap()).await.unwrap() });
+    let (cfg, status) = config(&src, &tgt, "");
+    let ferry = Ferry::start(&cfg, &status);
+    ferry.wait_for("the writer waiting for the target's replicas", Duration::from_secs(60), |p| {
+        p["error"].as_str().is_some_and(|e| e.contains("min-replicas-to-write"))
+    });
+    // The replica arrives; ferry goes on by itself and nothing is missing.
+    let _replica = RedisServer::start(&["--replicaof", "127.0.0.1", &tgt.port.to_string()]);
+    let p = ferry.wait_caught_up(rt.block_on(src.repl_offset()).unwrap(), Duration::from_secs(90));
+    assert!(p["errors_by_kind"]["NOREPLICAS"].as_u64().unwrap_or(0) > 0, "{p:#}");
+    rt.block_on(async {
+        let (mut a, mut b) = (src.connect().await.unwrap(), tgt.connect().await.unwrap());
+        compare(&mut a, &mut b, 2000).await.unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
+    });
+}
+
+#[test]
 fn empty_target_before_full_copy_removes_target_only_keys() {
     let src = RedisServer::start(&[]);
     let tgt = RedisServer::start(&[]);

@@ -98,9 +98,12 @@ pub async fn run(cfg: Config, coordinator: String, cancel: CancellationToken) ->
     info!(source = %cfg.source.describe(), target = %cfg.target.describe(), lost_after_secs = w.lost_after_secs, back_after_secs = w.back_after_secs, auto_switchback = w.auto_switchback, "watcher started");
     let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<String>(8);
     let mut subscribers = tokio::task::JoinSet::new();
-    if cfg.source.kind == DeploymentType::Sentinel {
-        for s in cfg.source.sentinels.clone() {
-            let (r, wake_tx) = (cfg.source.clone(), wake_tx.clone());
+    for side in [&cfg.source, &cfg.target] {
+        if side.kind != DeploymentType::Sentinel {
+            continue;
+        }
+        for s in side.sentinels.clone() {
+            let (r, wake_tx) = (side.clone(), wake_tx.clone());
             subscribers.spawn(async move { common::watch_sentinel(&r, &s, &HEALTH_EVENTS, wake_tx).await });
         }
     }
@@ -158,7 +161,12 @@ pub async fn run(cfg: Config, coordinator: String, cancel: CancellationToken) ->
         };
         if let Some((to, reason)) = next {
             match set_role(&coordinator, to, &reason, false).await {
-                Ok(s) => info!(role = %s.role, epoch = s.epoch, reason = %reason, "role swap"),
+                Ok(s) => {
+                    info!(role = %s.role, epoch = s.epoch, reason = %reason, "role swap");
+                    if role == Role::Switchback && to == Role::Forward {
+                        after_switchback(&cfg).await;
+                    }
+                }
                 Err(e) => warn!(to = to.as_str(), error = %format!("{e:#}"), "role swap refused"),
             }
             // Conditions are measured afresh in the new role.
@@ -168,6 +176,16 @@ pub async fn run(cfg: Config, coordinator: String, cancel: CancellationToken) ->
     subscribers.abort_all();
     while subscribers.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Once the reverse pipelines are gone: the sentinels of the side they read (the
+/// configured target) forget ferry's reader. Failures are logged, never fatal.
+pub async fn after_switchback(cfg: &Config) {
+    match forget_ferry_replicas(&cfg.target).await {
+        Ok(0) => {}
+        Ok(n) => info!(sentinels = n, "the sentinels forgot the reverse pipelines' readers"),
+        Err(e) => warn!(error = %format!("{e:#}"), "could not clean the sentinels' replica lists"),
+    }
 }
 
 /// One line describing a role state (`ferry-watcher status`).
@@ -185,4 +203,87 @@ pub fn describe(s: &RoleState) -> String {
         line.push_str(&format!("; stopping: {}", s.draining.join(", ")));
     }
     line
+}
+
+/// Sentinel remembers every replica it ever saw in its master's `INFO`, ferry's readers
+/// included: a reader announces no port, so it shows as `<ip>:0`, down for good once it
+/// disconnects (never a failover candidate, but an `+sdown` alert that never clears). After
+/// the reverse pipelines of a swap stopped reading side `r`, each sentinel that lists such a
+/// replica gets `SENTINEL RESET` (one at a time, each rediscovering its replicas and peers
+/// before the next). Returns how many sentinels were reset.
+pub async fn forget_ferry_replicas(r: &RedisConfig) -> anyhow::Result<usize> {
+    if r.kind != DeploymentType::Sentinel {
+        return Ok(0);
+    }
+    let (auth, tls) = (common::sentinel_auth_of(r), common::sentinel_tls_of(r));
+    let timeout = Duration::from_secs(3);
+    let replicas = |reply: ferry_resp::Reply| -> Vec<(String, String)> {
+        let ferry_resp::Reply::Array(Some(items)) = reply else { return Vec::new() };
+        items
+            .into_iter()
+            .filter_map(|i| match i {
+                ferry_resp::Reply::Array(Some(kv)) => Some(kv),
+                _ => None,
+            })
+            .map(|kv| {
+                let get = |k: &str| {
+                    kv.chunks(2)
+                        .find(|p| p[0].as_bytes().is_some_and(|b| &b[..] == k.as_bytes()))
+                        .and_then(|p| {
+                            p.get(1).and_then(|v| v.as_bytes()).map(|b| String::from_utf8_lossy(b).into_owned())
+                        })
+                        .unwrap_or_default()
+                };
+                (get("port"), get("flags"))
+            })
+            .collect()
+    };
+    // First the master must have let go of the readers, or the sentinels would find them
+    // again in its INFO right after the reset.
+    if let Ok(master) = common::resolve(r).await
+        && let Ok(mut m) = common::connect_node(r, &master, timeout).await
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let info = m.call(&["INFO", "replication"]).await?;
+            let text = info.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            if !text.lines().any(|l| l.starts_with("slave") && l.contains(",port=0,")) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                warn!(master = %master, "a replica without a port is still attached to the master");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut reset = 0;
+    for s in &r.sentinels {
+        let mut c = ferry_resp::Connection::connect_with(s, &auth, tls.as_ref(), timeout).await?;
+        let before = replicas(c.call(&["SENTINEL", "REPLICAS", &r.master_name]).await?);
+        // Port 0: announced no port, which Redis replicas always do and ferry's readers never.
+        let phantoms = before.iter().filter(|(port, _)| port == "0").count();
+        if phantoms == 0 {
+            continue;
+        }
+        let real = before.len() - phantoms;
+        warn!(sentinel = %s, master = %r.master_name, phantoms, "SENTINEL RESET: forgetting the replicas ferry's readers left behind");
+        c.call(&["SENTINEL", "RESET", &r.master_name]).await?;
+        reset += 1;
+        // Wait until it knows the real replicas again (its INFO refresh runs every 10 s).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = replicas(c.call(&["SENTINEL", "REPLICAS", &r.master_name]).await?);
+            let known = now.iter().filter(|(port, _)| port != "0").count();
+            if known >= real {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                warn!(sentinel = %s, known, real, "the sentinel has not rediscovered every replica yet");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(reset)
 }

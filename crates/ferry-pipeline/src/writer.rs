@@ -306,6 +306,10 @@ async fn session(
                     }
                     other => {
                         let (i, e) = queued_error.unwrap_or((0, format!("{other:?}")));
+                        if e.starts_with("NOREPLICAS") {
+                            stats.count_error("NOREPLICAS");
+                            return Err(no_replicas(&e));
+                        }
                         let (name, key) = (command_name_at(&b.resp, i as usize), command_key(&b.resp, i as usize));
                         stats.count_error("EXECABORT");
                         bail!("target rejected {name} on key {key}: {e}");
@@ -380,6 +384,9 @@ impl ReplyCheck<'_> {
         let Some(err) = reply.first_error() else { return Ok(()) };
         let kind = printable(err.split(|c| *c == b' ').next().unwrap_or(b"ERR"));
         self.stats.count_error(&kind);
+        if kind == "NOREPLICAS" {
+            return Err(no_replicas(&printable(err)));
+        }
         if kind == "BUSYKEY" && b.busykey_is_skip {
             self.stats.keys_skipped.fetch_add(1, Relaxed);
             return Ok(());
@@ -408,6 +415,15 @@ fn module_of_payload(payload: &[u8]) -> Option<String> {
         _ => return None,
     };
     Some(ferry_rdb::module_name_from_id(id).0)
+}
+
+/// A master with `min-replicas-to-write` refuses writes until its replicas are back (a newly
+/// promoted one, typically). Nothing of the batch was applied: the session ends, and the next
+/// one resumes from the checkpoint once the target accepts writes again.
+fn no_replicas(reply: &str) -> anyhow::Error {
+    anyhow!(
+        "the target refuses writes until enough of its replicas are connected (min-replicas-to-write); retrying: {reply}"
+    )
 }
 
 /// The i-th command of a RESP blob, parsed (rare path: only for error messages).
