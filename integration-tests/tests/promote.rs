@@ -25,6 +25,24 @@ fn promote(group: &SentinelGroup, node: &str) -> std::process::Output {
         .expect("run ferry-watcher")
 }
 
+/// The sum of the witness counters and the number of witness list items on `addr`.
+fn witnesses_on(addr: &str) -> (u64, u64) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut c = Connection::connect(addr, &Auth::default(), Duration::from_secs(2)).await.unwrap();
+        let (mut counts, mut items) = (0u64, 0u64);
+        for k in 0..7 {
+            if let Some(b) = c.call(&["GET", &format!("witness:{k}:count")]).await.unwrap().as_bytes() {
+                counts += String::from_utf8_lossy(b).parse::<u64>().unwrap();
+            }
+            if let Reply::Integer(n) = c.call(&["LLEN", &format!("witness:{k}:list")]).await.unwrap() {
+                items += n as u64;
+            }
+        }
+        (counts, items)
+    })
+}
+
 #[test]
 fn promote_a_new_node_without_losing_an_acknowledged_write() {
     let group = SentinelGroup::start(1, 3);
@@ -42,20 +60,7 @@ fn promote_a_new_node_without_losing_an_acknowledged_write() {
     let acknowledged = writer.join().unwrap();
     assert!(acknowledged > 100, "only {acknowledged} writes");
     // Every acknowledged write is on the new master, once.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let mut c = Connection::connect(&node.addr(), &Auth::default(), Duration::from_secs(2)).await.unwrap();
-        let (mut counts, mut items) = (0u64, 0u64);
-        for k in 0..7 {
-            if let Some(b) = c.call(&["GET", &format!("witness:{k}:count")]).await.unwrap().as_bytes() {
-                counts += String::from_utf8_lossy(b).parse::<u64>().unwrap();
-            }
-            if let Reply::Integer(n) = c.call(&["LLEN", &format!("witness:{k}:list")]).await.unwrap() {
-                items += n as u64;
-            }
-        }
-        assert_eq!((counts, items), (acknowledged, acknowledged), "an acknowledged write is missing or doubled");
-    });
+    assert_eq!(witnesses_on(&node.addr()), (acknowledged, acknowledged), "an acknowledged write is missing or doubled");
 }
 
 #[test]
@@ -109,22 +114,9 @@ fn promote_with_a_redis_py_sentinel_client_writing_throughout() {
     let acknowledged = report["acknowledged"].as_u64().unwrap();
     assert!(acknowledged > 100, "{report}");
     assert_eq!(report["master"].as_str(), Some(node.addr().as_str()), "the client follows the sentinels: {report}");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let mut c = Connection::connect(&node.addr(), &Auth::default(), Duration::from_secs(2)).await.unwrap();
-        let (mut counts, mut items) = (0u64, 0u64);
-        for k in 0..7 {
-            if let Some(b) = c.call(&["GET", &format!("witness:{k}:count")]).await.unwrap().as_bytes() {
-                counts += String::from_utf8_lossy(b).parse::<u64>().unwrap();
-            }
-            if let Reply::Integer(n) = c.call(&["LLEN", &format!("witness:{k}:list")]).await.unwrap() {
-                items += n as u64;
-            }
-        }
-        assert_eq!(
-            (counts, items),
-            (acknowledged, acknowledged),
-            "an acknowledged write is missing or doubled: {report}"
-        );
-    });
+    assert_eq!(
+        witnesses_on(&node.addr()),
+        (acknowledged, acknowledged),
+        "an acknowledged write is missing or doubled: {report}"
+    );
 }

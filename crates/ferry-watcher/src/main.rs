@@ -20,6 +20,19 @@ struct Args {
     cmd: Cmd,
 }
 
+/// Arguments of a role change by hand.
+#[derive(clap::Args, Debug)]
+struct RoleArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Why, for the log and the status.
+    #[arg(long, default_value = "operator")]
+    reason: String,
+    /// Even off the cycle forward → fenced → recovering → switchback → forward.
+    #[arg(long)]
+    force: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Health-check the configured source and swap roles on its own: forward → fenced when
@@ -37,27 +50,13 @@ enum Cmd {
         #[arg(long, default_value = "operator")]
         reason: String,
     },
-    /// Start the reverse pipelines (target → source) from fenced.
-    Recover {
-        #[command(flatten)]
-        common: CommonArgs,
-        #[arg(long, default_value = "operator")]
-        reason: String,
-        /// From any role (never two directions at once is still the operator's to ensure).
-        #[arg(long)]
-        force: bool,
-    },
+    /// Start the reverse pipelines (target → source) from fenced (`--force`: from any
+    /// role; never two directions at once is then the operator's to ensure).
+    Recover(RoleArgs),
     /// Stop the reverse pipelines and go forward again (a full copy source → target). Move
-    /// the writers back to the source first. Refused until the reverse copy has caught up.
-    Switchback {
-        #[command(flatten)]
-        common: CommonArgs,
-        #[arg(long, default_value = "operator")]
-        reason: String,
-        /// Even when the reverse copy has not caught up (what it has not copied is lost).
-        #[arg(long)]
-        force: bool,
-    },
+    /// the writers back to the source first. Refused until the reverse copy has caught up
+    /// (`--force`: anyway; what it has not copied is lost).
+    Switchback(RoleArgs),
     /// Print the role, its epoch and why.
     Status {
         #[command(flatten)]
@@ -102,8 +101,8 @@ fn main() -> std::process::ExitCode {
                 watcher::run(cfg, coordinator, cancel).await
             }
             Cmd::Fence { common, reason } => manual(&common, Role::Fenced, &reason, false).await,
-            Cmd::Recover { common, reason, force } => manual(&common, Role::Recovering, &reason, force).await,
-            Cmd::Switchback { common, reason, force } => {
+            Cmd::Recover(RoleArgs { common, reason, force }) => manual(&common, Role::Recovering, &reason, force).await,
+            Cmd::Switchback(RoleArgs { common, reason, force }) => {
                 manual(&common, Role::Switchback, &reason, force).await?;
                 // Forward again once the reverse pipelines have stopped (a running watcher
                 // would do the same; whichever comes first, the other is a no-op).
