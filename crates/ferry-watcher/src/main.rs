@@ -117,6 +117,8 @@ fn main() -> std::process::ExitCode {
                     if s.draining.is_empty() {
                         let s =
                             watcher::set_role(&coordinator, Role::Forward, "reverse pipelines stopped", false).await?;
+                        let (cfg, _, _) = common.start("ferry-watcher")?;
+                        watcher::after_switchback(&cfg).await;
                         println!("{}", watcher::describe(&s));
                         return Ok(());
                     }
