@@ -69,26 +69,7 @@ impl ClusterTarget {
         let t = &cfg.target;
         // The configured node first, then any node seen before (the configured one may be
         // the master that just died).
-        let mut found = None;
-        let mut last = None;
-        for addr in common::cluster_seeds(t) {
-            let res = async {
-                let mut c = common::connect_node(t, &addr, Duration::from_secs(10)).await?;
-                let map = load_map(t, &mut c).await?;
-                anyhow::Ok((c, map))
-            }
-            .await;
-            match res {
-                Ok(ok) => {
-                    found = Some(ok);
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let Some((mut seed, map)) = found else {
-            return Err(last.unwrap_or_else(|| anyhow!("no cluster node to ask")));
-        };
+        let (mut seed, map) = first_map(t, common::cluster_seeds(t)).await?;
         let specs = load_specs(&mut seed).await?;
         let mut ct = ClusterTarget {
             cfg: t.clone(),
@@ -125,25 +106,12 @@ impl ClusterTarget {
 
     /// Reads the slot map again (after MOVED, or when a master changed).
     async fn refresh(&mut self) -> anyhow::Result<()> {
-        let mut last = None;
         let mut candidates: Vec<String> = self.map.masters.clone();
         candidates.extend(common::cluster_seeds(&self.cfg).into_iter().filter(|a| !self.map.masters.contains(a)));
-        for addr in candidates {
-            let res = async {
-                let mut c = common::connect_node(&self.cfg, &addr, Duration::from_secs(5)).await?;
-                load_map(&self.cfg, &mut c).await
-            }
-            .await;
-            match res {
-                Ok(map) => {
-                    self.map = map;
-                    self.conns.retain(|a, _| self.map.masters.contains(a));
-                    return self.connect_masters().await;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow!("no cluster node answered")))
+        let (_, map) = first_map(&self.cfg, candidates).await?;
+        self.map = map;
+        self.conns.retain(|a, _| self.map.masters.contains(a));
+        self.connect_masters().await
     }
 
     fn slot_key(&self, slot: u16) -> String {
@@ -321,6 +289,24 @@ impl ClusterTarget {
     }
 }
 
+/// The first of `candidates` that answers with a complete slot map, and its connection.
+async fn first_map(t: &ferry_config::RedisConfig, candidates: Vec<String>) -> anyhow::Result<(Connection, SlotMap)> {
+    let mut last = None;
+    for addr in candidates {
+        let res = async {
+            let mut c = common::connect_node(t, &addr, Duration::from_secs(5)).await?;
+            let map = load_map(t, &mut c).await?;
+            anyhow::Ok((c, map))
+        }
+        .await;
+        match res {
+            Ok(found) => return Ok(found),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no cluster node to ask")))
+}
+
 /// An error reply that means "this key lives elsewhere now, or soon": ask the slot map again.
 fn is_redirect(e: &ferry_resp::RespError) -> bool {
     let ferry_resp::RespError::Server { reply, .. } = e else { return false };
@@ -385,19 +371,8 @@ pub(crate) async fn session(
     let mut ct = ClusterTarget::connect(cfg, &hello.pipeline_id).await.context("target cluster")?;
     info!(target = %cfg.target.describe(), masters = ct.map.masters.len(), "connected to the target cluster");
     let checkpoint = ct.read_checkpoints().await.context("target cluster")?;
-    if checkpoint.present {
-        stats.applied_offset.store(checkpoint.offset, Relaxed);
-    }
     let target_rdb_version = ct.rdb_version().await;
-    let _ = ack_tx
-        .send(Ok(Ack {
-            applied_offset: checkpoint.offset,
-            rdb_applied: false,
-            checkpoint: Some(checkpoint),
-            target_rdb_version,
-        }))
-        .await;
-    stats.clear_error();
+    crate::writer::hello_ack(&ack_tx, stats, checkpoint, target_rdb_version).await;
     let mut replid = String::new();
     let mut limiter = common::RateLimiter::new(cfg.writer.max_ops_per_sec);
     let mut byte_limiter = common::RateLimiter::new(cfg.writer.max_bytes_per_sec);

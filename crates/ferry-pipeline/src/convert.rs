@@ -8,7 +8,7 @@
 //! that is renamed into place at the end (so the key appears whole, and the existing-key
 //! policy applies with `RENAME` / `RENAMENX`).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use ferry_config::ExistingKey;
 use ferry_proto::Batch;
 use ferry_rdb::{Entry, Flavor, Part, Value};
@@ -110,27 +110,24 @@ impl BatchBuilder {
     /// by the DUMP footer (RDB version, CRC-64), written straight into the batch: a big
     /// value is copied once, not once into a payload and again into the batch.
     pub fn push_restore(&mut self, db: u64, key: &[u8], ttl: &[u8], raw: &[u8], version: u16, flags: &[&[u8]]) {
-        use std::io::Write;
+        use std::fmt::Write;
         self.select(db);
         let footer_version = version.to_le_bytes();
         let crc = ferry_rdb::crc64(ferry_rdb::crc64(0, raw), &footer_version);
-        let payload_len = raw.len() + 10;
         self.resp.reserve(raw.len() + key.len() + 128);
-        let mut w = (&mut self.resp).writer();
-        let _ = write!(w, "*{}\r\n$7\r\nRESTORE\r\n${}\r\n", 4 + flags.len(), key.len());
-        self.resp.extend_from_slice(key);
-        let mut w = (&mut self.resp).writer();
-        let _ = write!(w, "\r\n${}\r\n", ttl.len());
-        self.resp.extend_from_slice(ttl);
-        let mut w = (&mut self.resp).writer();
-        let _ = write!(w, "\r\n${payload_len}\r\n");
+        let _ = write!(self.resp, "*{}\r\n$7\r\nRESTORE\r\n", 4 + flags.len());
+        for arg in [key, ttl] {
+            let _ = write!(self.resp, "${}\r\n", arg.len());
+            self.resp.extend_from_slice(arg);
+            self.resp.extend_from_slice(b"\r\n");
+        }
+        let _ = write!(self.resp, "${}\r\n", raw.len() + 10);
         self.resp.extend_from_slice(raw);
         self.resp.extend_from_slice(&footer_version);
         self.resp.extend_from_slice(&crc.to_le_bytes());
         self.resp.extend_from_slice(b"\r\n");
         for f in flags {
-            let mut w = (&mut self.resp).writer();
-            let _ = write!(w, "${}\r\n", f.len());
+            let _ = write!(self.resp, "${}\r\n", f.len());
             self.resp.extend_from_slice(f);
             self.resp.extend_from_slice(b"\r\n");
         }

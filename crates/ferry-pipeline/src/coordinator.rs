@@ -241,9 +241,12 @@ impl CoordinatorState {
 
     /// Moves to role `to` (persisted first: a transition that cannot be persisted is refused).
     pub fn set_role(&self, to: Role, reason: &str, force: bool) -> anyhow::Result<RoleState> {
+        let now = self.role_state();
+        if now.role == to.as_str() {
+            return Ok(now);
+        }
         if !force {
             // Never two directions at once, and no switch back before the recovery is done.
-            let now = self.role_state();
             if matches!(to, Role::Recovering | Role::Forward) && !now.draining.is_empty() {
                 anyhow::bail!("pipelines of the previous role are still stopping: {}", now.draining.join(", "));
             }
@@ -253,9 +256,6 @@ impl CoordinatorState {
         }
         {
             let mut rec = self.role.lock().unwrap();
-            if rec.role == to {
-                return Ok(self.role_state_locked(&rec));
-            }
             if !force && !rec.role.allows(to) {
                 anyhow::bail!(
                     "cannot go from {} to {}: the cycle is forward → fenced → recovering → switchback → forward (force overrides)",
@@ -269,22 +269,14 @@ impl CoordinatorState {
             }
             warn!(from = rec.role.as_str(), to = to.as_str(), epoch = next.epoch, reason = %reason, force, "role changed");
             *rec = next;
-            // The pipelines of the old role stop as soon as their readers ask for the plan.
+            // The pipelines of the old role stop as soon as their readers ask for the plan. A
+            // role that runs none is planned at once (fencing waits for nothing); the others
+            // once the planner has discovered their source.
             self.plans.lock().unwrap().clear();
-            self.planned.store(false, std::sync::atomic::Ordering::SeqCst);
+            self.planned.store(to.direction().is_none(), std::sync::atomic::Ordering::SeqCst);
         }
         self.replan.notify_one();
         Ok(self.role_state())
-    }
-
-    fn role_state_locked(&self, rec: &RoleRecord) -> RoleState {
-        RoleState {
-            role: rec.role.as_str().into(),
-            epoch: rec.epoch,
-            reason: rec.reason.clone(),
-            since_ms: rec.since_ms,
-            ..Default::default()
-        }
     }
 
     fn find(&self, id: &str) -> Option<PipelinePlan> {

@@ -107,7 +107,7 @@ async fn sentinel_replicas(o: &PromoteOptions) -> anyhow::Result<Vec<(String, St
 }
 
 /// A field of a `SENTINEL MASTER`/`REPLICAS` entry (a flat field, value, ... array).
-fn kv_field(kv: &[Reply], k: &str) -> String {
+pub(crate) fn kv_field(kv: &[Reply], k: &str) -> String {
     kv.chunks(2)
         .find(|p| p[0].as_bytes().is_some_and(|b| &b[..] == k.as_bytes()))
         .and_then(|p| p.get(1).and_then(|v| v.as_bytes()).map(|b| String::from_utf8_lossy(b).to_string()))

@@ -225,17 +225,7 @@ pub async fn forget_ferry_replicas(r: &RedisConfig) -> anyhow::Result<usize> {
                 ferry_resp::Reply::Array(Some(kv)) => Some(kv),
                 _ => None,
             })
-            .map(|kv| {
-                let get = |k: &str| {
-                    kv.chunks(2)
-                        .find(|p| p[0].as_bytes().is_some_and(|b| &b[..] == k.as_bytes()))
-                        .and_then(|p| {
-                            p.get(1).and_then(|v| v.as_bytes()).map(|b| String::from_utf8_lossy(b).into_owned())
-                        })
-                        .unwrap_or_default()
-                };
-                (get("port"), get("flags"))
-            })
+            .map(|kv| (crate::promote::kv_field(&kv, "port"), crate::promote::kv_field(&kv, "flags")))
             .collect()
     };
     // First the master must have let go of the readers, or the sentinels would find them

@@ -161,6 +161,23 @@ pub(crate) async fn batch_applied(b: &Batch, stats: &Stats, ack_tx: &mpsc::Sende
     true
 }
 
+/// Answers a session's hello (both writers): the checkpoint the target holds and the RDB
+/// version it loads. The session starts from the checkpoint's offset.
+pub(crate) async fn hello_ack(
+    ack_tx: &mpsc::Sender<Result<Ack, Status>>,
+    stats: &Stats,
+    checkpoint: Checkpoint,
+    target_rdb_version: u32,
+) {
+    if checkpoint.present {
+        stats.applied_offset.store(checkpoint.offset, Relaxed);
+    }
+    let ack =
+        Ack { applied_offset: checkpoint.offset, rdb_applied: false, checkpoint: Some(checkpoint), target_rdb_version };
+    let _ = ack_tx.send(Ok(ack)).await;
+    stats.clear_error();
+}
+
 /// Reads the checkpoint of `pipeline_id` from the target.
 async fn read_checkpoint(conn: &mut Connection, pipeline_id: &str) -> anyhow::Result<Checkpoint> {
     conn.call(&["SELECT", "0"]).await.context("target")?;
@@ -202,18 +219,9 @@ async fn session(
     let checkpoint = read_checkpoint(&mut conn, &pipeline_id).await?;
     if checkpoint.present {
         info!(pipeline = %pipeline_id, replid = %checkpoint.replid, offset = checkpoint.offset, "checkpoint found on the target");
-        stats.applied_offset.store(checkpoint.offset, Relaxed);
     }
     let target_rdb_version = common::server_rdb_version(&mut conn).await;
-    let _ = ack_tx
-        .send(Ok(Ack {
-            applied_offset: checkpoint.offset,
-            rdb_applied: false,
-            checkpoint: Some(checkpoint),
-            target_rdb_version,
-        }))
-        .await;
-    stats.clear_error();
+    hello_ack(&ack_tx, stats, checkpoint, target_rdb_version).await;
     let (mut rd, mut wr) = conn.into_split();
     let limit = cfg.writer.pipeline_count_limit;
     let sem = Arc::new(Semaphore::new(limit));

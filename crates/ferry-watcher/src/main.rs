@@ -100,13 +100,19 @@ fn main() -> std::process::ExitCode {
                 let (cfg, coordinator, cancel) = common.start("ferry-watcher")?;
                 watcher::run(cfg, coordinator, cancel).await
             }
-            Cmd::Fence { common, reason } => manual(&common, Role::Fenced, &reason, false).await,
-            Cmd::Recover(RoleArgs { common, reason, force }) => manual(&common, Role::Recovering, &reason, force).await,
+            Cmd::Fence { common, reason } => {
+                let (_, coordinator, _) = common.start("ferry-watcher")?;
+                manual(&coordinator, Role::Fenced, &reason, false).await
+            }
+            Cmd::Recover(RoleArgs { common, reason, force }) => {
+                let (_, coordinator, _) = common.start("ferry-watcher")?;
+                manual(&coordinator, Role::Recovering, &reason, force).await
+            }
             Cmd::Switchback(RoleArgs { common, reason, force }) => {
-                manual(&common, Role::Switchback, &reason, force).await?;
+                let (cfg, coordinator, _) = common.start("ferry-watcher")?;
+                manual(&coordinator, Role::Switchback, &reason, force).await?;
                 // Forward again once the reverse pipelines have stopped (a running watcher
                 // would do the same; whichever comes first, the other is a no-op).
-                let (_, coordinator, _) = common.start("ferry-watcher")?;
                 let deadline = std::time::Instant::now() + Duration::from_secs(60);
                 loop {
                     let s = watcher::get_role(&coordinator).await?;
@@ -117,7 +123,6 @@ fn main() -> std::process::ExitCode {
                     if s.draining.is_empty() {
                         let s =
                             watcher::set_role(&coordinator, Role::Forward, "reverse pipelines stopped", false).await?;
-                        let (cfg, _, _) = common.start("ferry-watcher")?;
                         watcher::after_switchback(&cfg).await;
                         println!("{}", watcher::describe(&s));
                         return Ok(());
@@ -160,9 +165,8 @@ fn main() -> std::process::ExitCode {
 }
 
 /// A role change asked for by an operator.
-async fn manual(common: &CommonArgs, role: Role, reason: &str, force: bool) -> anyhow::Result<()> {
-    let (_, coordinator, _) = common.start("ferry-watcher")?;
-    let s = watcher::set_role(&coordinator, role, reason, force).await?;
+async fn manual(coordinator: &str, role: Role, reason: &str, force: bool) -> anyhow::Result<()> {
+    let s = watcher::set_role(coordinator, role, reason, force).await?;
     println!("{}", watcher::describe(&s));
     Ok(())
 }
