@@ -985,21 +985,21 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    fn start_node() -> RedisServer {
+        RedisServer::start(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+            "--repl-backlog-size",
+            "64mb",
+        ])
+    }
+
     pub fn start(masters: usize, replicas: usize) -> Cluster {
-        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
-            .map(|_| {
-                RedisServer::start(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                    "--repl-backlog-size",
-                    "64mb",
-                ])
-            })
-            .collect();
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas)).map(|_| Self::start_node()).collect();
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
         args.extend(nodes.iter().map(|n| n.addr()));
         args.extend(["--cluster-replicas".into(), replicas.to_string(), "--cluster-yes".into()]);
@@ -1012,6 +1012,39 @@ impl Cluster {
 
     pub fn seed(&self) -> String {
         self.nodes[0].addr()
+    }
+
+    /// Adds an empty master (`redis-cli --cluster add-node`) and returns its address; give it
+    /// slots with [`Cluster::migrate_slot_to`].
+    pub fn add_master(&mut self) -> String {
+        let node = Self::start_node();
+        let addr = node.addr();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "add-node", &addr, &self.seed()])
+            .output()
+            .expect("run redis-cli --cluster add-node");
+        assert!(out.status.success(), "redis-cli --cluster add-node failed: {}", String::from_utf8_lossy(&out.stdout));
+        self.nodes.push(node);
+        // Every node must know the new one before slots can move to it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !Self::block_on(async {
+            for n in &self.nodes {
+                let Ok(mut c) = n.connect().await else { return false };
+                match c.call(&["CLUSTER", "NODES"]).await {
+                    Ok(Reply::Bulk(Some(b))) if String::from_utf8_lossy(&b).contains(&addr) => {}
+                    _ => return false,
+                }
+                let Ok(info) = c.call(&["CLUSTER", "INFO"]).await else { return false };
+                if ferry_resp::replication::info_field(&info, "cluster_state") != Some("ok") {
+                    return false;
+                }
+            }
+            true
+        }) {
+            assert!(Instant::now() < deadline, "the cluster did not learn of {addr}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        addr
     }
 
     /// The address of the master serving `slot` now.
@@ -1222,9 +1255,13 @@ impl Cluster {
     /// reshard` does: `SETSLOT IMPORTING`/`MIGRATING`, `MIGRATE` of its keys in batches
     /// (clients get `ASK` for the keys already moved), then `SETSLOT NODE` on both.
     pub fn migrate_slot(&self, slot: u16, to: u16) {
-        let map = self.slot_map().unwrap();
-        let (src, dst) =
-            (map.masters[map.node_of(slot).unwrap()].clone(), map.masters[map.node_of(to).unwrap()].clone());
+        self.migrate_slot_to(slot, &self.master_of(to));
+    }
+
+    /// [`Cluster::migrate_slot`] to the master at `dst`.
+    pub fn migrate_slot_to(&self, slot: u16, dst: &str) {
+        let src = self.master_of(slot);
+        let dst = dst.to_string();
         if src == dst {
             return;
         }

@@ -181,6 +181,8 @@ pub struct Stats {
     pub partial_resyncs: AtomicU64,
     /// Bytes of the replication stream waiting in the reader's disk spool.
     pub spool_bytes: AtomicU64,
+    /// The replication id of the session (decoder: what the reader continues).
+    pub replid: Mutex<String>,
     pub error: Mutex<String>,
     pub errors_by_kind: Mutex<BTreeMap<String, u64>>,
     /// The decoder's filter, whose counters are reported too.
@@ -381,15 +383,37 @@ pub fn cluster_seeds(r: &ferry_config::RedisConfig) -> Vec<String> {
 }
 
 /// Where the master of a deployment is now: its address (standalone), what the sentinels
-/// say (sentinel), or the node serving `slot` (cluster; `seeds` are asked first).
-pub async fn resolve_at(r: &ferry_config::RedisConfig, slot: Option<u16>, seeds: &[String]) -> anyhow::Result<String> {
+/// say (sentinel), or the master of a cluster shard (see [`shard_master`]; `current` is
+/// asked for the slot map first). For a cluster, `slot` is the shard's hint and is moved
+/// to a slot the master serves now.
+pub async fn resolve_at(
+    r: &ferry_config::RedisConfig,
+    slot: Option<&mut u16>,
+    current: &str,
+) -> anyhow::Result<String> {
     if r.kind == ferry_config::DeploymentType::Cluster {
-        let slot = slot.ok_or_else(|| anyhow::anyhow!("a cluster pipeline needs a slot"))?;
-        let map = cluster_map(r, seeds).await?;
-        let n = map.node_of(slot).ok_or_else(|| anyhow::anyhow!("no master serves slot {slot}"))?;
-        return Ok(map.masters[n].clone());
+        let hint = slot.ok_or_else(|| anyhow::anyhow!("a cluster pipeline needs a slot"))?;
+        let seeds: Vec<String> = std::iter::once(current.to_string()).filter(|s| !s.is_empty()).collect();
+        let map = cluster_map(r, &seeds).await?;
+        let (addr, slot) =
+            shard_master(&map, current, *hint).ok_or_else(|| anyhow::anyhow!("no master serves slot {hint}"))?;
+        *hint = slot;
+        return Ok(addr);
     }
     resolve(r).await
+}
+
+/// The master of a cluster shard: `current` for as long as it serves slots (a slot
+/// migration does not move a pipeline to another master: that master has a pipeline of
+/// its own), otherwise whoever serves `hint` now (a failover: the new master continues the
+/// old one's replication history). Also returns a slot the master serves, the next hint.
+pub fn shard_master(map: &ferry_resp::cluster::SlotMap, current: &str, hint: u16) -> Option<(String, u16)> {
+    if let Some(n) = map.master_index(current) {
+        let slot = if map.node_of(hint) == Some(n) { hint } else { map.a_slot_of(n)? };
+        return Some((current.to_string(), slot));
+    }
+    let n = map.node_of(hint)?;
+    Some((map.masters[n].clone(), hint))
 }
 
 /// Where the master of a deployment is now: its address (standalone), or what the
@@ -445,12 +469,13 @@ pub async fn master_moved(r: &ferry_config::RedisConfig, current: &str) -> anyho
 /// Sentinel events after which the master is looked up at once.
 const FAILOVER_EVENTS: [&str; 4] = ["+switch-master", "+failover-state-reconf-slaves", "+failover-end", "+odown"];
 
-/// [`master_moved`], for the master serving `slot` of a cluster as well.
+/// [`master_moved`], for the master of a cluster shard as well (hint `slot`): resolves when
+/// `current` no longer serves slots and another master serves the hint.
 pub async fn master_moved_at(r: &ferry_config::RedisConfig, slot: Option<u16>, current: &str) -> anyhow::Error {
     if r.kind == ferry_config::DeploymentType::Standalone {
         return std::future::pending().await;
     }
-    let seeds = [current.to_string()];
+    let mut hint = slot;
     // One subscriber per sentinel; they only wake the loop below, which asks again. Owned
     // here: dropping this future aborts them.
     let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<String>(8);
@@ -466,7 +491,7 @@ pub async fn master_moved_at(r: &ferry_config::RedisConfig, slot: Option<u16>, c
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             Some(event) = wake_rx.recv() => tracing::info!(event = %event, "sentinel event: looking up the master"),
         }
-        if let Ok(now) = resolve_at(r, slot, &seeds).await
+        if let Ok(now) = resolve_at(r, hint.as_mut(), current).await
             && now != current
         {
             subscribers.abort_all();
@@ -521,6 +546,11 @@ impl Sessions {
         cancel: CancellationToken,
     ) -> Self {
         Sessions { role, coordinator, tasks, cancel, inner: Mutex::new(std::collections::HashMap::new()) }
+    }
+
+    /// The statistics of every pipeline seen.
+    pub fn all(&self) -> Vec<Arc<Stats>> {
+        self.inner.lock().unwrap().values().map(|(s, _)| s.clone()).collect()
     }
 
     /// Starts a session of `pipeline_id`: its statistics and a cancellation token.

@@ -24,8 +24,29 @@ use crate::role::{self, Role, RoleRecord};
 /// A report older than this means the stage is gone.
 const STALE: Duration = Duration::from_secs(5);
 
+/// How often a cluster source's topology is looked at again.
+const TOPOLOGY_POLL: Duration = Duration::from_secs(2);
+
+/// Logs how a new plan differs from the one before.
+fn log_plan_changes(old: &[PipelinePlan], new: &[PipelinePlan], role: &str) {
+    for p in new {
+        match old.iter().find(|o| o.id == p.id) {
+            None => {
+                info!(pipeline = %p.id, source = %p.source, leader = %p.source_address, target = %p.target, role, "pipeline planned")
+            }
+            Some(o) if o.source_address != p.source_address => {
+                info!(pipeline = %p.id, from = %o.source_address, to = %p.source_address, "pipeline follows its shard to a new master (failover)")
+            }
+            Some(_) => {}
+        }
+    }
+    for o in old.iter().filter(|o| !new.iter().any(|p| p.id == o.id)) {
+        info!(pipeline = %o.id, leader = %o.source_address, "pipeline ended: its master no longer serves slots");
+    }
+}
+
 /// One pipeline: a source leader and where its stages listen.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PipelinePlan {
     pub id: String,
     /// Description for the status.
@@ -45,7 +66,9 @@ pub struct PipelinePlan {
 /// master that serves slots for a cluster (named after the shard's first slot, so the name
 /// survives a failover of the shard). `reverse`: from the configured target into the
 /// configured source (a role swap's recovery); `epoch` goes into the ids (see [`role`]).
-pub async fn plan(cfg: &Config, epoch: u64, reverse: bool) -> anyhow::Result<Vec<PipelinePlan>> {
+/// `old`: the current plan of the same role, whose pipelines keep their ids when the
+/// cluster's topology changes (see [`cluster_plans`]).
+pub async fn plan(cfg: &Config, epoch: u64, reverse: bool, old: &[PipelinePlan]) -> anyhow::Result<Vec<PipelinePlan>> {
     let reversed;
     let cfg = if reverse {
         reversed = cfg.reversed();
@@ -72,17 +95,51 @@ pub async fn plan(cfg: &Config, epoch: u64, reverse: bool) -> anyhow::Result<Vec
         }
         ferry_config::DeploymentType::Cluster => {
             let map = common::cluster_map(&cfg.source, &[]).await?;
-            let mut plans: Vec<PipelinePlan> = (0..map.masters.len())
-                .filter_map(|n| {
-                    let slot = map.a_slot_of(n)?;
-                    let addr = map.masters[n].clone();
-                    Some(one(format!("shard-{slot}"), format!("cluster shard of slot {slot}"), addr, slot as i32))
-                })
-                .collect();
-            plans.sort_by_key(|p| p.slot);
-            plans
+            cluster_plans(&map, old, |name, slot, addr| {
+                one(name, format!("cluster shard of slot {slot}"), addr, slot as i32)
+            })
         }
     })
+}
+
+/// One pipeline per master that serves slots. The pipelines of `old` keep their ids: each
+/// follows its master while it serves slots (a slot migration), or whoever serves its slot
+/// now (a failover); one whose master no longer serves any slot (all migrated away, or
+/// removed) ends, and a master no pipeline follows (a new one) gets a new pipeline, named
+/// after its first slot, which starts with a full copy.
+pub fn cluster_plans(
+    map: &ferry_resp::cluster::SlotMap,
+    old: &[PipelinePlan],
+    new: impl Fn(String, u16, String) -> PipelinePlan,
+) -> Vec<PipelinePlan> {
+    let mut taken = vec![false; map.masters.len()];
+    let mut kept: Vec<(usize, PipelinePlan)> = Vec::new();
+    // Pipelines whose master still serves slots first: a failed-over one must not take them.
+    let mut order: Vec<(usize, &PipelinePlan)> = old.iter().enumerate().filter(|(_, p)| p.slot >= 0).collect();
+    order.sort_by_key(|(_, p)| map.master_index(&p.source_address).is_none());
+    for (i, p) in order {
+        let Some((addr, slot)) = common::shard_master(map, &p.source_address, p.slot as u16) else { continue };
+        let Some(n) = map.master_index(&addr) else { continue };
+        if !std::mem::replace(&mut taken[n], true) {
+            kept.push((i, PipelinePlan { source_address: addr, slot: slot as i32, ..p.clone() }));
+        }
+    }
+    kept.sort_by_key(|(i, _)| *i);
+    let mut out: Vec<PipelinePlan> = kept.into_iter().map(|(_, p)| p).collect();
+    let mut fresh: Vec<PipelinePlan> = Vec::new();
+    for n in (0..taken.len()).filter(|&n| !taken[n]) {
+        let Some(slot) = map.a_slot_of(n) else { continue };
+        let mut p = new(format!("shard-{slot}"), slot, map.masters[n].clone());
+        let mut k = 1;
+        while out.iter().chain(&fresh).any(|o| o.id == p.id) {
+            p = new(format!("shard-{slot}-{k}"), slot, map.masters[n].clone());
+            k += 1;
+        }
+        fresh.push(p);
+    }
+    fresh.sort_by_key(|p| p.slot);
+    out.extend(fresh);
+    out
 }
 
 #[derive(Default)]
@@ -290,28 +347,45 @@ impl CoordinatorState {
     }
 
     /// Plans the pipelines of the current role: discovers the topology of the side that is
-    /// the source in that role (retrying until it succeeds), then waits for a role change.
+    /// the source in that role (retrying until it succeeds), then waits for a role change;
+    /// a cluster source's topology is looked at again every [`TOPOLOGY_POLL`], and the plan
+    /// follows it (new masters, masters left without slots, failovers).
     async fn plan_loop(self: Arc<Self>, cfg: Config, cancel: CancellationToken) {
         let mut backoff = common::Backoff::new();
+        let mut planned_for: Option<RoleRecord> = None;
         loop {
             let rec = self.role.lock().unwrap().clone();
+            let same_role = planned_for.as_ref() == Some(&rec);
+            let old = if same_role { self.plans.lock().unwrap().clone() } else { Vec::new() };
             let result = match rec.role.direction() {
                 None => Ok(Vec::new()),
-                Some(reverse) => plan(&cfg, rec.epoch, reverse).await,
+                Some(reverse) => plan(&cfg, rec.epoch, reverse, &old).await,
+            };
+            let source_kind = match rec.role.direction() {
+                Some(true) => Some(cfg.target.kind),
+                Some(false) => Some(cfg.source.kind),
+                None => None,
             };
             let retry = match result {
                 // Planned for a role that is still the current one.
                 Ok(plans) if *self.role.lock().unwrap() == rec => {
-                    for p in &plans {
-                        info!(pipeline = %p.id, source = %p.source, leader = %p.source_address, target = %p.target, role = rec.role.as_str(), "pipeline planned");
+                    if !same_role || plans != old {
+                        log_plan_changes(&old, &plans, rec.role.as_str());
+                        *self.plans.lock().unwrap() = plans;
                     }
-                    *self.plans.lock().unwrap() = plans;
                     *self.plan_error.lock().unwrap() = None;
                     self.planned.store(true, std::sync::atomic::Ordering::SeqCst);
+                    planned_for = Some(rec);
                     backoff = common::Backoff::new();
                     false
                 }
                 Ok(_) => continue,
+                // A topology check failed (a node is down, a failover is under way): the
+                // pipelines planned go on, the readers follow failovers by themselves.
+                Err(e) if same_role => {
+                    debug!(error = %format!("{e:#}"), "topology check failed; keeping the plan");
+                    false
+                }
                 Err(e) => {
                     let side = if rec.role == Role::Recovering { &cfg.target } else { &cfg.source };
                     let msg = format!("cannot discover the source {}: {e:#}", side.describe());
@@ -320,7 +394,13 @@ impl CoordinatorState {
                     true
                 }
             };
-            let delay = if retry { backoff.next_delay() } else { Duration::from_secs(3600) };
+            let delay = if retry {
+                backoff.next_delay()
+            } else if source_kind == Some(ferry_config::DeploymentType::Cluster) {
+                TOPOLOGY_POLL
+            } else {
+                Duration::from_secs(3600)
+            };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.replan.notified() => {}
@@ -636,4 +716,83 @@ pub fn render_metrics(doc: &StatusDoc) -> String {
 
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_resp::Reply;
+
+    /// A slot map from `(start, end, master)` ranges.
+    fn map(ranges: &[(i64, i64, &str)]) -> ferry_resp::cluster::SlotMap {
+        let r = ranges
+            .iter()
+            .map(|(s, e, m)| {
+                let (h, p) = m.split_once(':').unwrap();
+                Reply::Array(Some(vec![
+                    Reply::Integer(*s),
+                    Reply::Integer(*e),
+                    Reply::Array(Some(vec![
+                        Reply::Bulk(Some(h.as_bytes().to_vec().into())),
+                        Reply::Integer(p.parse().unwrap()),
+                    ])),
+                ]))
+            })
+            .collect();
+        ferry_resp::cluster::SlotMap::from_cluster_slots(&Reply::Array(Some(r))).unwrap()
+    }
+
+    fn new(name: String, slot: u16, addr: String) -> PipelinePlan {
+        PipelinePlan {
+            id: name,
+            source: String::new(),
+            source_address: addr,
+            slot: slot as i32,
+            target: String::new(),
+            decoder: String::new(),
+            writer: String::new(),
+            reverse: false,
+        }
+    }
+
+    fn ids(plans: &[PipelinePlan]) -> Vec<(String, String, i32)> {
+        plans.iter().map(|p| (p.id.clone(), p.source_address.clone(), p.slot)).collect()
+    }
+
+    fn v(id: &str, addr: &str, slot: i32) -> (String, String, i32) {
+        (id.to_string(), addr.to_string(), slot)
+    }
+
+    #[test]
+    fn pipelines_follow_masters_through_migrations_failovers_and_new_masters() {
+        let first = cluster_plans(&map(&[(0, 99, "h:1"), (100, 16383, "h:2")]), &[], new);
+        assert_eq!(ids(&first), vec![v("shard-0", "h:1", 0), v("shard-100", "h:2", 100)]);
+        // Slots 0-49 migrate to h:2, and a new master h:3 takes 16000-16383: shard-0 stays on
+        // h:1 (its hint moves to a slot h:1 still serves), h:3 gets a pipeline of its own.
+        let m = map(&[(0, 49, "h:2"), (50, 99, "h:1"), (100, 15999, "h:2"), (16000, 16383, "h:3")]);
+        let second = cluster_plans(&m, &first, new);
+        assert_eq!(
+            ids(&second),
+            vec![v("shard-0", "h:1", 50), v("shard-100", "h:2", 100), v("shard-16000", "h:3", 16000)]
+        );
+        // h:1 fails over to h:4 (h:1 is gone from the map): shard-0 follows the hint.
+        let m = map(&[(0, 49, "h:2"), (50, 99, "h:4"), (100, 15999, "h:2"), (16000, 16383, "h:3")]);
+        let third = cluster_plans(&m, &second, new);
+        assert_eq!(
+            ids(&third),
+            vec![v("shard-0", "h:4", 50), v("shard-100", "h:2", 100), v("shard-16000", "h:3", 16000)]
+        );
+        // h:4 gives all its slots to h:2: its pipeline ends, h:2 keeps exactly one.
+        let m = map(&[(0, 15999, "h:2"), (16000, 16383, "h:3")]);
+        let fourth = cluster_plans(&m, &third, new);
+        assert_eq!(ids(&fourth), vec![v("shard-100", "h:2", 100), v("shard-16000", "h:3", 16000)]);
+        // A new master whose first slot names a pipeline that exists gets another name.
+        let m = map(&[(0, 99, "h:5"), (100, 15999, "h:2"), (16000, 16383, "h:3")]);
+        let old = vec![new("shard-0".into(), 100, "h:2".into()), new("shard-16000".into(), 16000, "h:3".into())];
+        let fifth = cluster_plans(&m, &old, new);
+        assert_eq!(
+            ids(&fifth),
+            vec![v("shard-0", "h:2", 100), v("shard-16000", "h:3", 16000), v("shard-0-1", "h:5", 0)]
+        );
+    }
 }

@@ -33,6 +33,7 @@ use tracing::{error, info, warn};
 use crate::common::{self, Stats};
 use crate::convert::{BatchBuilder, RdbConverter};
 use crate::filter::{Decision, Filter};
+use crate::migration::{self, Edits, MigrationGuard};
 
 /// Largest batch built by the decoder.
 const BATCH_BYTES: usize = 1024 * 1024;
@@ -113,7 +114,9 @@ impl Decoder for DecoderSvc {
             let (stats, session_cancel) = sessions.begin(&hello.pipeline_id);
             let _ = stats.filter.set(filter.clone());
             stats.set_phase("running");
-            let res = session(&cfg, &writer, &stats, &filter, hello, frames, ack_tx.clone(), &session_cancel).await;
+            let res =
+                session(&cfg, &writer, &stats, &filter, &sessions, hello, frames, ack_tx.clone(), &session_cancel)
+                    .await;
             session_cancel.cancel();
             if let Err(e) = res {
                 let msg = format!("{e:#}");
@@ -133,6 +136,7 @@ async fn session(
     writer_url: &str,
     stats: &Arc<Stats>,
     filter: &Arc<Filter>,
+    sessions: &common::Sessions,
     hello: ferry_proto::Hello,
     mut frames: Streaming<Frame>,
     ack_tx: mpsc::Sender<Result<Ack, Status>>,
@@ -173,6 +177,7 @@ async fn session(
     let forward = {
         let cancel = cancel.clone();
         let target_rdb = target_rdb.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -183,6 +188,11 @@ async fn session(
                     Ok(Some(ack)) => {
                         if ack.target_rdb_version != 0 {
                             target_rdb.store(ack.target_rdb_version, Relaxed);
+                        }
+                        // What the other pipelines' migration barriers wait for.
+                        stats.applied_offset.store(ack.applied_offset, Relaxed);
+                        if ack.rdb_applied {
+                            stats.rdb_applied.store(true, Relaxed);
                         }
                         if ack_tx.send(Ok(ack)).await.is_err() {
                             break;
@@ -206,6 +216,8 @@ async fn session(
     let mut rdb: Option<(mpsc::Sender<Bytes>, tokio::task::JoinHandle<anyhow::Result<()>>)> = None;
     let mut cmds = CommandState::new();
     cmds.filter = filter.clone();
+    // A cluster source: keys migrating between its masters (see `migration`).
+    let mut guard: Option<MigrationGuard> = None;
     let result: anyhow::Result<()> = async {
         loop {
             let msg = tokio::select! {
@@ -220,6 +232,15 @@ async fn session(
                     cmds.db = start.db as u64;
                     cmds.data_offset = start.offset;
                     cmds.data_db = start.db as u64;
+                    *stats.replid.lock().unwrap() = start.replid.clone();
+                    stats.rdb_applied.store(!start.full, Relaxed);
+                    if cfg.source.kind == ferry_config::DeploymentType::Cluster && !start.source_address.is_empty() {
+                        let mut g = MigrationGuard::new(cfg.source.clone(), start.source_address.clone());
+                        if start.full {
+                            g.barrier(&sessions.all(), stats, "the full copy of this master").await;
+                        }
+                        guard = Some(g);
+                    }
                     let begin = Batch { begin: Some(start), offset: -1, ..Default::default() };
                     batch_tx.send(begin).await.map_err(|_| anyhow!("the writer stream is closed"))?;
                 }
@@ -259,7 +280,13 @@ async fn session(
                     batch_tx.send(batch).await.map_err(|_| anyhow!("the writer stream is closed"))?;
                 }
                 frame::Kind::Commands(c) => {
-                    if let Some(batch) = cmds.frame(&c.data, &c.lens, c.end_offset)? {
+                    let edits = match &mut guard {
+                        Some(g) if migration::concerns(&c.data, &c.lens) => {
+                            g.edits(&c.data, &c.lens, &sessions.all(), stats).await
+                        }
+                        _ => Edits::new(),
+                    };
+                    if let Some(batch) = cmds.frame(&c.data, &c.lens, c.end_offset, &edits)? {
                         batch_tx.send(batch).await.map_err(|_| anyhow!("the writer stream is closed"))?;
                     }
                 }
@@ -305,21 +332,36 @@ impl CommandState {
         }
     }
 
-    /// Adds one frame of commands; returns a batch unless a `MULTI` is still open.
-    fn frame(&mut self, data: &Bytes, lens: &[u32], end_offset: i64) -> anyhow::Result<Option<Batch>> {
+    /// Adds one frame of commands; returns a batch unless a `MULTI` is still open. `edits`
+    /// replace (or drop, `None`) commands by their index in the frame; offsets stay the source's.
+    fn frame(
+        &mut self,
+        data: &Bytes,
+        lens: &[u32],
+        end_offset: i64,
+        edits: &[(usize, Option<Bytes>)],
+    ) -> anyhow::Result<Option<Batch>> {
         let frame_start = end_offset - data.len() as i64;
         self.builder.set_base_offset(frame_start);
         let mut pos = 0usize;
-        for &len in lens {
+        for (i, &len) in lens.iter().enumerate() {
             let end = pos + len as usize;
-            let cmd = data.get(pos..end).ok_or_else(|| anyhow!("protocol error: command lengths exceed the frame"))?;
+            if end > data.len() {
+                bail!("protocol error: command lengths exceed the frame");
+            }
             pos = end;
+            let whole = match edits.iter().find(|(at, _)| *at == i) {
+                Some((_, None)) => continue,
+                Some((_, Some(e))) => e.clone(),
+                None => data.slice(pos - len as usize..pos),
+            };
+            let cmd = &whole[..];
             let name =
                 ferry_resp::command_name(cmd).ok_or_else(|| anyhow!("malformed command in the replication stream"))?;
             if is_non_data(name) {
                 continue;
             } else if name.eq_ignore_ascii_case(b"SELECT") {
-                let args = ferry_resp::parse_command(&data.slice(pos - len as usize..pos))?;
+                let args = ferry_resp::parse_command(&whole)?;
                 let db = args
                     .get(1)
                     .and_then(|a| std::str::from_utf8(a).ok())
@@ -348,7 +390,6 @@ impl CommandState {
                 self.in_multi = false;
             } else {
                 let target = self.filter.map_db(self.db);
-                let whole = data.slice(pos - len as usize..pos);
                 if crate::filter::writes_own_key(&whole) {
                     // Another pipeline's checkpoint on this source: not data to copy.
                     continue;
@@ -456,11 +497,11 @@ mod tests {
         let parts = [cmd(&["PING"]), cmd(&["MULTI"]), cmd(&["INCR", "a"])];
         let data: Bytes = parts.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>().into();
         let lens: Vec<u32> = parts.iter().map(|p| p.len() as u32).collect();
-        assert!(st.frame(&data, &lens, 100).unwrap().is_none());
+        assert!(st.frame(&data, &lens, 100, &[]).unwrap().is_none());
         let parts = [cmd(&["EXEC"]), cmd(&["SELECT", "2"]), cmd(&["SET", "k", "v"])];
         let data: Bytes = parts.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>().into();
         let lens: Vec<u32> = parts.iter().map(|p| p.len() as u32).collect();
-        let batch = st.frame(&data, &lens, 200).unwrap().unwrap();
+        let batch = st.frame(&data, &lens, 200, &[]).unwrap().unwrap();
         // SELECT 0, INCR, SELECT 2, SET: MULTI/EXEC dropped, the batch is applied atomically.
         assert_eq!(batch.count, 4);
         assert_eq!(batch.commands, 2);
@@ -468,7 +509,7 @@ mod tests {
         // The SET ends the frame: the resume point is the frame's end, in db 2.
         assert_eq!((batch.resume_offset, batch.resume_db), (200, 2));
         assert_eq!(st.db, 2);
-        let next = st.frame(&cmd(&["DEL", "k"]), &[cmd(&["DEL", "k"]).len() as u32], 300).unwrap().unwrap();
+        let next = st.frame(&cmd(&["DEL", "k"]), &[cmd(&["DEL", "k"]).len() as u32], 300, &[]).unwrap().unwrap();
         assert!(next.resp.starts_with(&cmd(&["SELECT", "2"])));
     }
 
@@ -488,7 +529,7 @@ mod tests {
         ];
         let data: Bytes = parts.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>().into();
         let lens: Vec<u32> = parts.iter().map(|p| p.len() as u32).collect();
-        let batch = st.frame(&data, &lens, 1000).unwrap().unwrap();
+        let batch = st.frame(&data, &lens, 1000, &[]).unwrap().unwrap();
         let expect: Vec<u8> = [cmd(&["SELECT", "0"]), cmd(&["SET", "a", "1"]), cmd(&["DEL", "b"])]
             .iter()
             .flat_map(|b| b.to_vec())
@@ -515,7 +556,7 @@ mod tests {
         let data: Bytes = parts.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>().into();
         let lens: Vec<u32> = parts.iter().map(|p| p.len() as u32).collect();
         let end = 1000 + data.len() as i64;
-        let batch = st.frame(&data, &lens, end).unwrap().unwrap();
+        let batch = st.frame(&data, &lens, end, &[]).unwrap().unwrap();
         assert!(batch.resp.starts_with(&cmd(&["SELECT", "5"])));
         assert_eq!(batch.commands, 1, "PUBLISH and PING are not forwarded");
         assert_eq!(batch.cmd_offsets, vec![1000, 1000 + parts[0].len() as i64]);

@@ -28,6 +28,7 @@ pub mod convert;
 pub mod coordinator;
 pub mod decoder;
 pub mod filter;
+pub mod migration;
 pub mod promote;
 pub mod reader;
 pub mod role;

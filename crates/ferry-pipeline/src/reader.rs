@@ -122,7 +122,7 @@ async fn run_pipeline(cfg: Config, coordinator: String, assignment: Assignment, 
     if source_cfg.kind == ferry_config::DeploymentType::Standalone && !assignment.source_address.is_empty() {
         source_cfg.address = assignment.source_address.clone();
     }
-    let slot = u16::try_from(assignment.slot).ok();
+    let mut slot = u16::try_from(assignment.slot).ok();
     let source = match slot {
         Some(s) => format!("{} (slot {s})", source_cfg.describe()),
         None => source_cfg.describe(),
@@ -134,14 +134,13 @@ async fn run_pipeline(cfg: Config, coordinator: String, assignment: Assignment, 
         let session = Session {
             cfg: &cfg,
             source_cfg: &source_cfg,
-            slot,
             pipeline_id: &assignment.pipeline_id,
             reverse: assignment.reverse,
             source: &source,
             decoder: &decoder,
             stats: &stats,
         };
-        match session.run(&cancel, &mut backoff, &mut last_leader).await {
+        match session.run(&cancel, &mut backoff, &mut last_leader, &mut slot).await {
             Ok(()) => break,
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -163,7 +162,6 @@ async fn run_pipeline(cfg: Config, coordinator: String, assignment: Assignment, 
 struct Session<'a> {
     cfg: &'a Config,
     source_cfg: &'a ferry_config::RedisConfig,
-    slot: Option<u16>,
     pipeline_id: &'a str,
     reverse: bool,
     source: &'a str,
@@ -178,11 +176,13 @@ impl Session<'_> {
         cancel: &CancellationToken,
         backoff: &mut Backoff,
         last_leader: &mut String,
+        slot: &mut Option<u16>,
     ) -> anyhow::Result<()> {
         let stats = self.stats;
         stats.set_phase("connecting");
-        let seeds: Vec<String> = std::iter::once(last_leader.clone()).filter(|s| !s.is_empty()).collect();
-        let addr = common::resolve_at(self.source_cfg, self.slot, &seeds).await.context("source")?;
+        // A cluster shard is followed by its master's lineage: the same master while it
+        // serves slots (the hint moves with its slots), the one serving the hint after a failover.
+        let addr = common::resolve_at(self.source_cfg, slot.as_mut(), last_leader).await.context("source")?;
         let conn = common::connect_node(self.source_cfg, &addr, Duration::from_secs(10)).await.context("source")?;
         *last_leader = addr.clone();
         if addr != self.source_cfg.address {
@@ -255,8 +255,14 @@ impl Session<'_> {
         stats.rdb_size.store(0, Relaxed);
         stats.set_phase(if full { "full_sync" } else { "incremental" });
         let db = if full { 0 } else { checkpoint.as_ref().map(|c| c.resume_db).unwrap_or(0) };
-        let start_frame =
-            SyncStart { pipeline_id: self.pipeline_id.to_string(), replid: replid.clone(), offset: start, full, db };
+        let start_frame = SyncStart {
+            pipeline_id: self.pipeline_id.to_string(),
+            replid: replid.clone(),
+            offset: start,
+            full,
+            db,
+            source_address: addr.clone(),
+        };
         tx.push(Frame { kind: Some(frame::Kind::Start(start_frame)) })?;
         stats.clear_error();
         backoff.reset();
@@ -290,7 +296,7 @@ impl Session<'_> {
         };
         // A sentinel-managed source: move to the new master after a failover (PSYNC from the
         // checkpoint continues on the old replication id, which the new master keeps as replid2).
-        let moved = common::master_moved_at(self.source_cfg, self.slot, &addr);
+        let moved = common::master_moved_at(self.source_cfg, *slot, &addr);
         tokio::pin!(moved);
         let result = async {
             let mut rdb_bytes = 0u64;

@@ -122,6 +122,36 @@ impl SlotMap {
     pub fn a_slot_of(&self, node: usize) -> Option<u16> {
         self.owner.iter().position(|o| *o == Some(node as u16)).map(|s| s as u16)
     }
+
+    /// The index of master `addr`, when it serves at least one slot.
+    pub fn master_index(&self, addr: &str) -> Option<usize> {
+        self.masters.iter().position(|m| m == addr).filter(|&n| self.a_slot_of(n).is_some())
+    }
+}
+
+/// The slots the node answering `CLUSTER NODES` is migrating away, each with the address
+/// (`host:port`) of the node importing it: its `myself` line lists them as
+/// `[slot->-nodeid]`, and the importer's line gives the address.
+pub fn migrating_slots(cluster_nodes: &str) -> Vec<(u16, String)> {
+    let addr_of = |id: &str| {
+        cluster_nodes.lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == id).then(|| f.next()).flatten().map(|a| a.split(['@', ',']).next().unwrap_or(a).to_string())
+        })
+    };
+    let Some(myself) =
+        cluster_nodes.lines().find(|l| l.split_whitespace().nth(2).is_some_and(|f| f.contains("myself")))
+    else {
+        return Vec::new();
+    };
+    myself
+        .split_whitespace()
+        .skip(8)
+        .filter_map(|t| {
+            let (slot, id) = t.strip_prefix('[')?.strip_suffix(']')?.split_once("->-")?;
+            Some((slot.parse().ok()?, addr_of(id)?))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -154,6 +184,18 @@ mod tests {
         assert!(SlotMap::from_cluster_slots(&reply(10, 5)).is_none());
         let m = SlotMap::from_cluster_slots(&reply(0, 16383)).unwrap();
         assert!(m.complete());
+    }
+
+    #[test]
+    fn migrating_slots_come_from_the_myself_line() {
+        let nodes = "\
+aaa 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-100 [5->-bbb] [7-<-ccc]
+bbb 127.0.0.1:7001@17001,host-b master - 0 0 2 connected 101-200
+ccc 127.0.0.1:7002@17002 master - 0 0 3 connected
+";
+        assert_eq!(migrating_slots(nodes), vec![(5, "127.0.0.1:7001".to_string())]);
+        assert!(migrating_slots("garbage").is_empty());
+        assert!(migrating_slots("aaa 1:2@3 myself,master - 0 0 1 connected [5->-zzz]").is_empty());
     }
 
     #[test]
