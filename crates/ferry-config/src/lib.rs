@@ -110,6 +110,8 @@ pub enum DeploymentType {
     Standalone,
     Cluster,
     Sentinel,
+    /// A file (source only): an RDB file, an AOF file, or a multi-part AOF (`path`).
+    File,
 }
 
 impl DeploymentType {
@@ -118,6 +120,7 @@ impl DeploymentType {
             DeploymentType::Standalone => "standalone",
             DeploymentType::Cluster => "cluster",
             DeploymentType::Sentinel => "sentinel",
+            DeploymentType::File => "file",
         }
     }
 }
@@ -176,6 +179,10 @@ pub struct RedisConfig {
     /// TLS to the sentinels (type sentinel), with the same files; default: `tls`.
     #[serde(default)]
     pub sentinel_tls: Option<bool>,
+    /// Type file: an RDB file, an AOF file (with or without an RDB preamble), or a Redis 7
+    /// multi-part AOF (its directory, `appenddirname`, or its manifest).
+    #[serde(default)]
+    pub path: String,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -198,6 +205,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("tls_key_file", &self.tls_key_file)
             .field("tls_server_name", &self.tls_server_name)
             .field("tls_insecure_skip_verify", &self.tls_insecure_skip_verify)
+            .field("path", &self.path)
             .field("sentinel_tls", &self.sentinel_tls)
             .finish()
     }
@@ -208,6 +216,7 @@ impl RedisConfig {
     pub fn describe(&self) -> String {
         match self.kind {
             DeploymentType::Sentinel => format!("sentinel {} via {}", self.master_name, self.sentinels.join(",")),
+            DeploymentType::File => format!("file {}", self.path),
             k => format!("{} {}", k.as_str(), self.address),
         }
     }
@@ -359,6 +368,27 @@ pub struct ReaderConfig {
     /// Largest spool; when full the session fails with an error saying so.
     #[serde(default = "default_spool_max")]
     pub spool_max_bytes: u64,
+    /// How a live source is read: `psync` (as a replica: a full copy, then every write) or
+    /// `scan` (`SCAN`, `DUMP`, `PTTL`: a point-in-time view, key by key, for servers that
+    /// refuse `PSYNC`; later writes are not followed).
+    #[serde(default)]
+    pub method: ReadMethod,
+    /// Keys asked per `SCAN` (method scan).
+    #[serde(default = "default_scan_count")]
+    pub scan_count: u32,
+}
+
+/// How a live source is read.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadMethod {
+    #[default]
+    Psync,
+    Scan,
+}
+
+fn default_scan_count() -> u32 {
+    1000
 }
 
 impl Default for ReaderConfig {
@@ -369,6 +399,8 @@ impl Default for ReaderConfig {
             buffer_bytes: default_memory_buffer(),
             spool_dir: String::new(),
             spool_max_bytes: default_spool_max(),
+            method: ReadMethod::Psync,
+            scan_count: default_scan_count(),
         }
     }
 }
@@ -667,6 +699,23 @@ impl Config {
                     }
                 }
                 DeploymentType::Cluster => {}
+                DeploymentType::File if side == "target" => {
+                    return Err(invalid("target.type", "a file can only be a source".into()));
+                }
+                DeploymentType::File => {
+                    if r.path.is_empty() {
+                        return Err(invalid(
+                            "source.path",
+                            "type \"file\" needs the path of an RDB file, an AOF file or an AOF directory".into(),
+                        ));
+                    }
+                    if self.reader.method == ReadMethod::Scan {
+                        return Err(invalid("reader.method", "\"scan\" reads a live server, not a file".into()));
+                    }
+                }
+            }
+            if r.kind != DeploymentType::File && !r.path.is_empty() {
+                return Err(invalid(&format!("{side}.path"), "only type \"file\" reads a path".into()));
             }
             r.check_tls(side).map_err(|(field, message)| invalid(&field, message))?;
         }
@@ -676,6 +725,8 @@ impl Config {
                 for addr in r.address.split(',').map(str::trim) {
                     check_host_port(addr).map_err(|m| invalid(field, m))?;
                 }
+            } else if r.kind == DeploymentType::File {
+                // No server to reach.
             } else {
                 check_host_port(&r.address).map_err(|m| invalid(field, m))?;
             }
@@ -690,6 +741,9 @@ impl Config {
         }
         if self.writer.pipeline_count_limit == 0 {
             return Err(invalid("writer.pipeline_count_limit", "must be at least 1".into()));
+        }
+        if self.reader.scan_count == 0 {
+            return Err(invalid("reader.scan_count", "must be at least 1".into()));
         }
         if self.decoder.chunk_bytes == 0 {
             return Err(invalid("decoder.chunk_bytes", "must be at least 1".into()));

@@ -76,6 +76,9 @@ pub async fn plan(cfg: &Config, epoch: u64, reverse: bool, old: &[PipelinePlan])
     } else {
         cfg
     };
+    if cfg.target.kind == ferry_config::DeploymentType::File {
+        anyhow::bail!("the source is a file: there is nothing to recover into");
+    }
     let one = |base: String, source: String, source_address: String, slot: i32| PipelinePlan {
         id: role::pipeline_id(&base, epoch, reverse),
         source,
@@ -93,6 +96,7 @@ pub async fn plan(cfg: &Config, epoch: u64, reverse: bool, old: &[PipelinePlan])
         ferry_config::DeploymentType::Standalone => {
             vec![one(cfg.source.address.clone(), cfg.source.address.clone(), cfg.source.address.clone(), -1)]
         }
+        ferry_config::DeploymentType::File => vec![one("file".into(), cfg.source.describe(), String::new(), -1)],
         ferry_config::DeploymentType::Cluster => {
             let map = common::cluster_map(&cfg.source, &[]).await?;
             cluster_plans(&map, old, |name, slot, addr| {
@@ -445,6 +449,8 @@ impl CoordinatorState {
                     "failed" => "failed",
                     "stopped" => "stopped",
                     "connecting" => "connecting",
+                    // A one-shot copy (a file, a scan) that the target holds all of.
+                    "done" => "done",
                     _ if reader.is_some_and(|r| r.full_syncs + r.partial_resyncs > 0) && !rdb_applied => "full_sync",
                     "full_sync" => "full_sync",
                     _ if decoder.is_none() || writer.is_none() => "connecting",
@@ -662,7 +668,7 @@ async fn metrics(State(state): State<Arc<CoordinatorState>>) -> impl IntoRespons
 pub fn render_metrics(doc: &StatusDoc) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let phases = ["connecting", "full_sync", "incremental", "stopped", "failed"];
+    let phases = ["connecting", "full_sync", "incremental", "done", "stopped", "failed"];
     type Series = (&'static str, &'static str, &'static str, fn(&PipelineStatus) -> f64);
     let series: [Series; 10] = [
         ("ferry_spool_bytes", "gauge", "Bytes waiting in the reader's disk spool.", |p| p.spool_bytes as f64),

@@ -27,6 +27,7 @@ pub mod common;
 pub mod convert;
 pub mod coordinator;
 pub mod decoder;
+pub mod files;
 pub mod filter;
 pub mod migration;
 pub mod promote;

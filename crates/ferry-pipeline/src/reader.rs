@@ -16,7 +16,7 @@ use ferry_config::Config;
 use ferry_proto::decoder_client::DecoderClient;
 use ferry_proto::{Assignment, Commands, Frame, Hello, RdbEnd, SyncStart, frame};
 use ferry_resp::replication::{PsyncReply, ReplEvent, ReplicaOptions, handshake};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -159,6 +159,15 @@ async fn run_pipeline(cfg: Config, coordinator: String, assignment: Assignment, 
     tasks.wait().await;
 }
 
+/// The stream to the decoder: frames go through the spool, acks come back; the first ack
+/// carried the checkpoint the target holds.
+struct Downstream {
+    tx: Arc<Spool>,
+    acks: tonic::Streaming<ferry_proto::Ack>,
+    checkpoint: Option<ferry_proto::Checkpoint>,
+    _close: CloseOnDrop,
+}
+
 struct Session<'a> {
     cfg: &'a Config,
     source_cfg: &'a ferry_config::RedisConfig,
@@ -180,6 +189,9 @@ impl Session<'_> {
     ) -> anyhow::Result<()> {
         let stats = self.stats;
         stats.set_phase("connecting");
+        if self.source_cfg.kind == ferry_config::DeploymentType::File {
+            return self.run_file(cancel, backoff).await;
+        }
         // A cluster shard is followed by its master's lineage: the same master while it
         // serves slots (the hint moves with its slots), the one serving the hint after a failover.
         let addr = common::resolve_at(self.source_cfg, slot.as_mut(), last_leader).await.context("source")?;
@@ -188,37 +200,15 @@ impl Session<'_> {
         if addr != self.source_cfg.address {
             info!(source = %self.source, master = %addr, "source master resolved");
         }
-        let mut client = DecoderClient::connect(self.decoder.to_string())
-            .await
-            .with_context(|| format!("cannot reach the decoder at {}", self.decoder))?;
+        if self.cfg.reader.method == ferry_config::ReadMethod::Scan {
+            return self.run_scan(cancel, backoff, conn, &addr).await;
+        }
         let opts = ReplicaOptions {
             listening_port: self.cfg.reader.listening_port,
             max_bulk: self.cfg.reader.proto_max_bulk_len as usize,
             timeout: Duration::from_secs(60),
         };
-        // Hello first: the first ack carries the checkpoint the target holds.
-        // The reader never waits for the downstream: frames wait in memory, then on disk.
-        let spool_dir = Some(self.cfg.reader.spool_dir.clone()).filter(|d| !d.is_empty()).map(std::path::PathBuf::from);
-        let spool = Arc::new(Spool::new(
-            spool_dir,
-            self.pipeline_id,
-            self.cfg.reader.buffer_bytes,
-            self.cfg.reader.spool_max_bytes,
-        ));
-        let _close = CloseOnDrop(spool.clone());
-        let tx = spool.clone();
-        let rx = futures::stream::unfold((spool.clone(), stats.clone()), next_frame);
-        let hello = Frame {
-            kind: Some(frame::Kind::Hello(Hello { pipeline_id: self.pipeline_id.to_string(), reverse: self.reverse })),
-        };
-        tx.push(hello)?;
-        let mut acks = client.sync(rx).await.context("decoder refused the stream")?.into_inner();
-        let first = tokio::time::timeout(Duration::from_secs(30), acks.message())
-            .await
-            .map_err(|_| anyhow!("no answer from the decoder/writer within 30s"))?
-            .map_err(|s| anyhow!("downstream failed: {}", s.message()))?
-            .ok_or_else(|| anyhow!("the decoder closed the stream"))?;
-        let checkpoint = first.checkpoint.filter(|c| c.present && !c.replid.is_empty());
+        let Downstream { tx, mut acks, checkpoint, _close } = self.open_downstream().await?;
         // Resume after the last data command: what followed it changed nothing, and a promoted
         // replica may never have received it.
         let psync = checkpoint.as_ref().map(|c| (c.replid.as_str(), c.resume_offset + 1));
@@ -353,4 +343,381 @@ impl Session<'_> {
         }
         result
     }
+}
+
+/// Reads the acks of a one-shot session (file, scan) into the statistics while frames are
+/// sent; ends with the downstream's error, or when cancelled.
+async fn track_acks(
+    mut acks: tonic::Streaming<ferry_proto::Ack>,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            ack = acks.message() => match ack {
+                Ok(Some(ack)) => {
+                    stats.applied_offset.store(ack.applied_offset, Relaxed);
+                    if ack.rdb_applied {
+                        stats.rdb_applied.store(true, Relaxed);
+                    }
+                }
+                Ok(None) => return Err(anyhow!("the decoder closed the stream")),
+                Err(s) => return Err(anyhow!("downstream failed: {}", s.message())),
+            },
+        }
+    }
+}
+
+/// How a one-shot session hands its frames to the spool: paced (a file or a scan can be
+/// read much faster than the target applies it; the spool stays in memory), and watching
+/// the downstream.
+struct OneShot<'a> {
+    tx: Arc<Spool>,
+    acks: tokio::task::JoinHandle<anyhow::Result<()>>,
+    acks_cancel: CancellationToken,
+    cancel: &'a CancellationToken,
+}
+
+impl OneShot<'_> {
+    /// Sends one frame; `Ok(false)` when cancelled.
+    async fn send(&mut self, kind: frame::Kind) -> anyhow::Result<bool> {
+        while self.tx.disk_bytes() > 0 {
+            self.check().await?;
+            if !common::sleep_or_cancel(Duration::from_millis(20), self.cancel).await {
+                return Ok(false);
+            }
+        }
+        self.check().await?;
+        self.tx.push(Frame { kind: Some(kind) })?;
+        Ok(true)
+    }
+
+    /// Fails when the downstream did.
+    async fn check(&mut self) -> anyhow::Result<()> {
+        if !self.acks.is_finished() {
+            return Ok(());
+        }
+        match (&mut self.acks).await {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Err(anyhow!("the downstream stream ended")),
+            Err(e) => Err(anyhow!("ack task: {e}")),
+        }
+    }
+
+    /// Waits until `done` holds, then until cancelled (the copy is over: the session stays
+    /// open so the status shows it); an error when the downstream fails.
+    async fn finish(mut self, stats: &Stats, done: impl Fn(&Stats) -> bool, what: &str) -> anyhow::Result<()> {
+        let mut reported = false;
+        let acks = &mut self.acks;
+        loop {
+            if !reported && done(stats) {
+                stats.set_phase("done");
+                info!("{what}");
+                reported = true;
+            }
+            tokio::select! {
+                r = &mut *acks => {
+                    return match r {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(e),
+                        Err(e) => Err(anyhow!("ack task: {e}")),
+                    };
+                }
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = self.cancel.cancelled() => {
+                    self.acks_cancel.cancel();
+                    let _ = acks.await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for OneShot<'_> {
+    fn drop(&mut self) {
+        self.acks_cancel.cancel();
+    }
+}
+
+/// Keys per `DUMP`/`PTTL` round trip of a scan are those of one `SCAN` reply; the RDB
+/// stream they make is sent in chunks of about this size.
+const SCAN_CHUNK: usize = 1 << 20;
+
+impl Session<'_> {
+    /// Opens the stream to the decoder: `Hello`, then the first ack (the target's checkpoint).
+    async fn open_downstream(&self) -> anyhow::Result<Downstream> {
+        let mut client = DecoderClient::connect(self.decoder.to_string())
+            .await
+            .with_context(|| format!("cannot reach the decoder at {}", self.decoder))?;
+        // The reader never waits for the downstream: frames wait in memory, then on disk.
+        let spool_dir = Some(self.cfg.reader.spool_dir.clone()).filter(|d| !d.is_empty()).map(std::path::PathBuf::from);
+        let spool = Arc::new(Spool::new(
+            spool_dir,
+            self.pipeline_id,
+            self.cfg.reader.buffer_bytes,
+            self.cfg.reader.spool_max_bytes,
+        ));
+        let close = CloseOnDrop(spool.clone());
+        let rx = futures::stream::unfold((spool.clone(), self.stats.clone()), next_frame);
+        let hello = Frame {
+            kind: Some(frame::Kind::Hello(Hello { pipeline_id: self.pipeline_id.to_string(), reverse: self.reverse })),
+        };
+        spool.push(hello)?;
+        let mut acks = client.sync(rx).await.context("decoder refused the stream")?.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(30), acks.message())
+            .await
+            .map_err(|_| anyhow!("no answer from the decoder/writer within 30s"))?
+            .map_err(|s| anyhow!("downstream failed: {}", s.message()))?
+            .ok_or_else(|| anyhow!("the decoder closed the stream"))?;
+        let checkpoint = first.checkpoint.filter(|c| c.present && !c.replid.is_empty());
+        Ok(Downstream { tx: spool, acks, checkpoint, _close: close })
+    }
+
+    fn one_shot<'c>(&self, down: Downstream, cancel: &'c CancellationToken) -> (OneShot<'c>, CloseOnDrop) {
+        let acks_cancel = CancellationToken::new();
+        let acks = tokio::spawn(track_acks(down.acks, self.stats.clone(), acks_cancel.clone()));
+        (OneShot { tx: down.tx, acks, acks_cancel, cancel }, down._close)
+    }
+
+    /// Starts a one-shot copy: counts it, and sends `SyncStart`.
+    fn start_copy(&self, tx: &Spool, replid: &str, offset: i64, full: bool, db: i64) -> anyhow::Result<()> {
+        let stats = self.stats;
+        if full {
+            stats.full_syncs.fetch_add(1, Relaxed);
+            stats.rdb_applied.store(false, Relaxed);
+        } else {
+            stats.partial_resyncs.fetch_add(1, Relaxed);
+            stats.rdb_applied.store(true, Relaxed);
+            stats.applied_offset.store(offset, Relaxed);
+        }
+        stats.rdb_bytes.store(0, Relaxed);
+        stats.set_phase(if full { "full_sync" } else { "incremental" });
+        let start = SyncStart {
+            pipeline_id: self.pipeline_id.to_string(),
+            replid: replid.to_string(),
+            offset,
+            full,
+            db,
+            source_address: self.source_cfg.describe(),
+        };
+        tx.push(Frame { kind: Some(frame::Kind::Start(start)) })?;
+        stats.clear_error();
+        Ok(())
+    }
+
+    /// A file source (see [`crate::files`]): the RDB part as the full copy, then the commands
+    /// as the stream; resumes after the last command the target holds, and does nothing when
+    /// the target already holds all of it.
+    async fn run_file(&self, cancel: &CancellationToken, backoff: &mut Backoff) -> anyhow::Result<()> {
+        let stats = self.stats;
+        let path = std::path::PathBuf::from(&self.source_cfg.path);
+        let src = tokio::task::spawn_blocking(move || crate::files::open(&path)).await.context("file reader")??;
+        let end = src.command_bytes()? as i64;
+        stats.source_offset.store(end, Relaxed);
+        stats.rdb_size.store(src.rdb_bytes(), Relaxed);
+        let down = self.open_downstream().await?;
+        let resume = down
+            .checkpoint
+            .as_ref()
+            .filter(|c| c.replid == src.identity)
+            .map(|c| (c.offset, c.resume_offset, c.resume_db));
+        if let Some(c) = down.checkpoint.as_ref().filter(|c| c.replid != src.identity) {
+            warn!(file = %self.source_cfg.path, checkpoint = %c.replid, "the target's checkpoint is of another file (or the file was rewritten): copying it all again");
+        }
+        let tx = down.tx.clone();
+        let (mut out, _close) = self.one_shot(down, cancel);
+        let (full, from, db) = match resume {
+            Some((applied, resume, db)) => {
+                info!(file = %self.source_cfg.path, applied, of = end, "resuming from the target's checkpoint");
+                (false, resume.max(0), db)
+            }
+            None => {
+                info!(file = %self.source_cfg.path, rdb_bytes = src.rdb_bytes(), command_bytes = end, "copying the file");
+                (true, 0, 0)
+            }
+        };
+        self.start_copy(&tx, &src.identity, from, full, db)?;
+        backoff.reset();
+        // The files are read on a blocking thread, a few frames ahead.
+        let (ftx, mut frx) = mpsc::channel::<anyhow::Result<frame::Kind>>(4);
+        let max_bulk = self.cfg.reader.proto_max_bulk_len as usize;
+        let producer = {
+            let src = src.clone();
+            tokio::task::spawn_blocking(move || {
+                let run = || -> anyhow::Result<()> {
+                    if full {
+                        let mut bytes = 0u64;
+                        if let Some((p, len)) = &src.rdb {
+                            let mut chunks = crate::files::RdbChunks::open(p, *len)?;
+                            while let Some(c) = chunks.next_chunk(SCAN_CHUNK)? {
+                                bytes += c.len() as u64;
+                                if ftx.blocking_send(Ok(frame::Kind::Rdb(c))).is_err() {
+                                    return Ok(());
+                                }
+                            }
+                        }
+                        if ftx.blocking_send(Ok(frame::Kind::RdbEnd(RdbEnd { offset: 0, bytes }))).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    let mut cmds = crate::files::Commands::open(&src, from as u64, max_bulk)?;
+                    while let Some((data, lens, end_offset)) = cmds.next_frame(SCAN_CHUNK)? {
+                        let c = Commands { data, lens, end_offset };
+                        if ftx.blocking_send(Ok(frame::Kind::Commands(c))).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(())
+                };
+                if let Err(e) = run() {
+                    let _ = ftx.blocking_send(Err(e));
+                }
+            })
+        };
+        let mut rdb_bytes = 0u64;
+        let mut end = end;
+        let result = async {
+            while let Some(kind) = frx.recv().await {
+                let kind = kind?;
+                match &kind {
+                    frame::Kind::Rdb(b) => {
+                        rdb_bytes += b.len() as u64;
+                        stats.rdb_bytes.store(rdb_bytes, Relaxed);
+                    }
+                    frame::Kind::RdbEnd(_) => stats.set_phase("incremental"),
+                    frame::Kind::Commands(c) => end = end.max(c.end_offset),
+                    _ => {}
+                }
+                if !out.send(kind).await? {
+                    return Ok(());
+                }
+            }
+            stats.source_offset.store(end, Relaxed);
+            let what = format!("file copied: {} applied on the target", self.source_cfg.path);
+            out.finish(stats, |s| s.rdb_applied.load(Relaxed) && s.applied_offset.load(Relaxed) >= end, &what).await
+        }
+        .await;
+        drop(frx);
+        let _ = producer.await;
+        result
+    }
+
+    /// A scan of a live server (`SCAN`, `DUMP`, `PTTL` per key, every db), sent as an RDB
+    /// stream built from the `DUMP` payloads: a point-in-time view, key by key. Done once:
+    /// a target that holds this pipeline's scan checkpoint is not scanned for again.
+    async fn run_scan(
+        &self,
+        cancel: &CancellationToken,
+        backoff: &mut Backoff,
+        mut conn: ferry_resp::Connection,
+        addr: &str,
+    ) -> anyhow::Result<()> {
+        let stats = self.stats;
+        let identity = format!("scan-{}", self.pipeline_id);
+        let down = self.open_downstream().await?;
+        let tx = down.tx.clone();
+        let done_before = down.checkpoint.as_ref().is_some_and(|c| c.replid == identity);
+        let (mut out, _close) = self.one_shot(down, cancel);
+        if done_before {
+            stats.rdb_applied.store(true, Relaxed);
+            let what = format!(
+                "the target already holds a finished scan copy of {addr}: nothing to do (delete its key {} on the target to copy again)",
+                crate::writer::checkpoint_key(self.pipeline_id)
+            );
+            return out.finish(stats, |_| true, &what).await;
+        }
+        let version = match common::server_rdb_version(&mut conn).await {
+            0 => ferry_rdb::MAX_REDIS_RDB_VERSION,
+            v => v,
+        };
+        let dbs = scan_dbs(&mut conn, self.source_cfg.kind == ferry_config::DeploymentType::Cluster).await?;
+        info!(source = %addr, dbs = ?dbs, rdb_version = version, "scan copy: a point-in-time view, key by key (writes after a key is read are not copied)");
+        self.start_copy(&tx, &identity, 0, true, 0)?;
+        backoff.reset();
+        let (mut w, header) = ferry_rdb::RdbWriter::new(version);
+        let mut buf = header;
+        let mut rdb_bytes = 0u64;
+        let mut keys = 0u64;
+        let count = self.cfg.reader.scan_count.to_string();
+        for db in dbs {
+            conn.call(&["SELECT", &db.to_string()]).await.context("source")?;
+            w.select_db(&mut buf, db);
+            // SCAN may return a key twice (the table grew while it ran): sent once.
+            let mut seen: std::collections::HashSet<bytes::Bytes> = std::collections::HashSet::new();
+            let mut cursor = "0".to_string();
+            loop {
+                let reply = conn.call(&["SCAN", &cursor, "COUNT", &count]).await.context("source SCAN")?;
+                let (next, batch) = scan_reply(&reply).ok_or_else(|| anyhow!("unexpected SCAN reply: {reply:?}"))?;
+                let batch: Vec<bytes::Bytes> = batch.into_iter().filter(|k| seen.insert(k.clone())).collect();
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let mut pipeline = bytes::BytesMut::new();
+                for k in &batch {
+                    ferry_resp::encode_command_into(&mut pipeline, &[&b"DUMP"[..], k]);
+                    ferry_resp::encode_command_into(&mut pipeline, &[&b"PTTL"[..], k]);
+                }
+                conn.send_raw(&pipeline).await.context("source")?;
+                for k in &batch {
+                    let dump = conn.read_reply().await.context("source DUMP")?;
+                    let pttl = conn.read_reply().await.context("source PTTL")?;
+                    let expire = match pttl {
+                        ferry_resp::Reply::Integer(-2) => continue,
+                        ferry_resp::Reply::Integer(t) if t >= 0 => Some(now_ms + t as u64),
+                        _ => None,
+                    };
+                    let ferry_resp::Reply::Bulk(Some(payload)) = dump else { continue };
+                    w.entry(&mut buf, k, &payload, expire)
+                        .map_err(|e| anyhow!("source key {}: {e}", String::from_utf8_lossy(k)))?;
+                    keys += 1;
+                    stats.entries_decoded.store(keys, Relaxed);
+                    if buf.len() >= SCAN_CHUNK {
+                        rdb_bytes += buf.len() as u64;
+                        stats.rdb_bytes.store(rdb_bytes, Relaxed);
+                        if !out.send(frame::Kind::Rdb(std::mem::take(&mut buf).into())).await? {
+                            return Ok(());
+                        }
+                    }
+                }
+                cursor = next;
+                if cursor == "0" {
+                    break;
+                }
+            }
+        }
+        w.finish(&mut buf);
+        rdb_bytes += buf.len() as u64;
+        stats.rdb_bytes.store(rdb_bytes, Relaxed);
+        stats.rdb_size.store(rdb_bytes, Relaxed);
+        if !out.send(frame::Kind::Rdb(buf.into())).await? {
+            return Ok(());
+        }
+        if !out.send(frame::Kind::RdbEnd(RdbEnd { offset: 0, bytes: rdb_bytes })).await? {
+            return Ok(());
+        }
+        stats.set_phase("incremental");
+        let what = format!("scan copy of {addr} complete: {keys} keys applied on the target");
+        out.finish(stats, |s| s.rdb_applied.load(Relaxed), &what).await
+    }
+}
+
+/// The dbs that hold keys (`INFO keyspace`); a cluster node has db 0 only.
+async fn scan_dbs(conn: &mut ferry_resp::Connection, cluster: bool) -> anyhow::Result<Vec<u64>> {
+    if cluster {
+        return Ok(vec![0]);
+    }
+    let info = conn.call(&["INFO", "keyspace"]).await.context("source INFO keyspace")?;
+    let text = info.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+    Ok(text.lines().filter_map(|l| l.strip_prefix("db")?.split(':').next()?.parse().ok()).collect())
+}
+
+/// `SCAN`'s reply: the next cursor and the keys.
+fn scan_reply(reply: &ferry_resp::Reply) -> Option<(String, Vec<bytes::Bytes>)> {
+    let ferry_resp::Reply::Array(Some(parts)) = reply else { return None };
+    let cursor = String::from_utf8_lossy(parts.first()?.as_bytes()?).into_owned();
+    let ferry_resp::Reply::Array(Some(keys)) = parts.get(1)? else { return None };
+    Some((cursor, keys.iter().filter_map(|k| k.as_bytes().cloned()).collect()))
 }

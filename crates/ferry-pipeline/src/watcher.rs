@@ -56,6 +56,7 @@ pub async fn check_side(side: &RedisConfig) -> Result<(), String> {
         DeploymentType::Standalone => vec![side.address.clone()],
         DeploymentType::Sentinel => vec![common::resolve(side).await.map_err(|e| format!("{e:#}"))?],
         DeploymentType::Cluster => common::cluster_map(side, &[]).await.map_err(|e| format!("{e:#}"))?.masters,
+        DeploymentType::File => return Err("a file source has no server to watch".into()),
     };
     for m in masters {
         let mut c = common::connect_node(side, &m, timeout).await.map_err(|e| format!("{e:#}"))?;
@@ -93,6 +94,9 @@ impl Since {
 pub async fn run(cfg: Config, coordinator: String, cancel: CancellationToken) -> anyhow::Result<()> {
     if cfg.coordinator.state_file.is_empty() {
         bail!("coordinator.state_file is not set: role swaps must survive a restart of the coordinator");
+    }
+    if cfg.source.kind == DeploymentType::File {
+        bail!("source.type is \"file\": there is no source server to watch or to recover into");
     }
     let w = cfg.watcher.clone();
     info!(source = %cfg.source.describe(), target = %cfg.target.describe(), lost_after_secs = w.lost_after_secs, back_after_secs = w.back_after_secs, auto_switchback = w.auto_switchback, "watcher started");

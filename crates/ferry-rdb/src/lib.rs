@@ -22,6 +22,7 @@ mod json;
 mod lzf;
 pub mod parser;
 mod reader;
+pub mod write;
 
 pub use bytes::Bytes;
 pub use crc::{crc64, dump_payload};
@@ -29,6 +30,7 @@ pub use error::{ErrorKind, RdbError};
 pub use inspect::{InspectError, inspect};
 pub use json::{bytes_to_json, bytes_to_json_key, entry_to_json, score_to_json, type_name, value_to_json};
 pub use parser::{ELEM_OVERHEAD, Parser};
+pub use write::{DumpError, RdbWriter};
 
 /// Newest Redis RDB version this parser knows.
 pub const MAX_REDIS_RDB_VERSION: u32 = 12;

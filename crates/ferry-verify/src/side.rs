@@ -44,6 +44,11 @@ impl Endpoint {
     pub async fn open(name: &'static str, cfg: &RedisConfig, timeout: Duration) -> anyhow::Result<Endpoint> {
         let auth = Auth { username: non_empty(&cfg.username), password: non_empty(&cfg.password) };
         let (topology, seed) = match cfg.kind {
+            DeploymentType::File => {
+                anyhow::bail!(
+                    "{name}: a file cannot be compared: load it into a server (or compare with the target only)"
+                )
+            }
             DeploymentType::Standalone => (Topology::Single(cfg.address.clone()), cfg.address.clone()),
             DeploymentType::Sentinel => {
                 let sauth =
