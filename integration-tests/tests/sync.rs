@@ -400,3 +400,55 @@ fn empty_target_before_full_copy_removes_target_only_keys() {
     });
     assert!(ferry.logs().contains("emptying the target before the full copy"));
 }
+
+#[test]
+fn the_reader_is_never_a_failover_target_and_wait_means_on_the_target() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let (cfg, status) = config(&src, &tgt, "");
+    let ferry = Ferry::start(&cfg, &status);
+    ferry.wait_caught_up(rt().block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
+    rt().block_on(async {
+        let mut c = src.connect().await.unwrap();
+        // The reader is the only replica: WAIT returns once the write is on the target.
+        for i in 0..5 {
+            c.call(&["SET", "waited", &i.to_string()]).await.unwrap();
+            assert_eq!(c.call(&["WAIT", "1", "5000"]).await.unwrap(), ferry_resp::Reply::Integer(1));
+            let mut t = tgt.connect().await.unwrap();
+            assert_eq!(
+                t.call(&["GET", "waited"]).await.unwrap().as_bytes().unwrap().as_ref(),
+                i.to_string().as_bytes()
+            );
+        }
+    });
+    // A real replica joins after the reader (so the reader comes first in the master's list):
+    // FAILOVER without TO must pick the real one.
+    let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &src.port.to_string()]);
+    rt().block_on(async {
+        let mut r = replica.connect().await.unwrap();
+        loop {
+            let info = r.call(&["INFO", "replication"]).await.unwrap();
+            if ferry_resp::replication::info_field(&info, "master_link_status") == Some("up") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut c = src.connect().await.unwrap();
+        c.call(&["SET", "before-failover", "1"]).await.unwrap();
+        assert_eq!(c.call(&["WAIT", "2", "5000"]).await.unwrap(), ferry_resp::Reply::Integer(2));
+        c.call(&["FAILOVER", "TIMEOUT", "5000"]).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = c.call(&["INFO", "replication"]).await.unwrap();
+            let field = |f| ferry_resp::replication::info_field(&info, f).map(str::to_string);
+            if field("role").as_deref() == Some("slave")
+                && field("master_failover_state").as_deref() == Some("no-failover")
+            {
+                assert_eq!(field("master_port"), Some(replica.port.to_string()), "{info:?}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the failover did not complete: {info:?}\n{}", ferry.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}

@@ -13,10 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod bench;
+mod progress;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "ferry's project automation")]
@@ -305,68 +305,21 @@ fn watch(
     stop: &std::sync::atomic::AtomicBool,
     mut each_tick: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap());
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let started = Instant::now();
-    let mut last_print = Instant::now() - Duration::from_secs(10);
+    let mut progress = progress::Progress::new();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         if let Some((name, st)) = procs.exited() {
-            bar.finish_and_clear();
+            progress.finish();
             bail!("{name} exited ({st}); see its log");
         }
         each_tick()?;
-        let line = match integration_tests::http_get(status_addr, "/status")
+        let status = integration_tests::http_get(status_addr, "/status")
             .ok()
-            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
-        {
-            Some(s) => s["pipelines"]
-                .as_array()
-                .map(|ps| ps.iter().map(describe).collect::<Vec<_>>().join(" | "))
-                .unwrap_or_default(),
-            None => "waiting for the coordinator...".into(),
-        };
-        if tty {
-            bar.set_message(line);
-            bar.tick();
-        } else if last_print.elapsed() >= Duration::from_secs(5) {
-            eprintln!("[{:>5}s] {line}", started.elapsed().as_secs());
-            last_print = Instant::now();
-        }
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok());
+        progress.update(status.as_ref());
         std::thread::sleep(Duration::from_millis(100));
     }
-    bar.finish_and_clear();
+    progress.finish();
     Ok(())
-}
-
-fn describe(p: &serde_json::Value) -> String {
-    let phase = p["phase"].as_str().unwrap_or("?");
-    let mut s = format!("{} {phase}", p["id"].as_str().unwrap_or("?"));
-    match phase {
-        "full_sync" => {
-            let (got, size) = (p["rdb_bytes_received"].as_u64().unwrap_or(0), p["rdb_size"].as_u64().unwrap_or(0));
-            s += &format!(" rdb {}", human(got));
-            if size > 0 {
-                s += &format!("/{} ({:.0}%)", human(size), 100.0 * got as f64 / size as f64);
-            }
-            s += &format!(" keys {}", p["keys_applied"]);
-        }
-        _ => {
-            s += &format!(" keys {} commands {} lag {} B", p["keys_applied"], p["commands_applied"], p["lag_bytes"]);
-        }
-    }
-    if let Some(e) = p["error"].as_str() {
-        s += &format!(" error: {e}");
-    }
-    s
-}
-
-fn human(b: u64) -> String {
-    if b >= 1 << 20 {
-        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
-    } else {
-        format!("{:.1} KiB", b as f64 / 1024.0)
-    }
 }
 
 fn status(config: Option<&Path>) -> anyhow::Result<()> {

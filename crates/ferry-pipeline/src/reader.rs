@@ -47,6 +47,47 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// What the reader acknowledges to the source, and when (`REPLCONF ACK`).
+///
+/// - One byte less than the target holds: `FAILOVER` without `TO` hands the master role to
+///   the first replica whose acknowledged offset equals the master's, and a reader cannot
+///   take it (it has no port to connect to: the failover would fail). `WAIT` still counts
+///   the reader once the target holds a write: the source's stream moves past it (the next
+///   write, the `REPLCONF GETACK` that `WAIT` itself sends, or the source's periodic `PING`).
+/// - Never more than the target holds, so `WAIT` means "on the target".
+/// - Only while the target makes progress (or the pipeline is caught up, or the source asks):
+///   `min-replicas-to-write` counts a replica as good while it acknowledged within
+///   `min-replicas-max-lag` seconds, and a reader whose target is stuck is not a good
+///   replica. An acknowledgement still goes out every [`ACK_KEEPALIVE`], under the source's
+///   `repl-timeout` (60 s by default), so a stuck target does not get the reader dropped.
+struct AckPolicy {
+    last_applied: i64,
+    last_sent: Option<std::time::Instant>,
+}
+
+/// The longest the reader goes without acknowledging.
+const ACK_KEEPALIVE: Duration = Duration::from_secs(30);
+
+impl AckPolicy {
+    fn new() -> Self {
+        AckPolicy { last_applied: -1, last_sent: None }
+    }
+
+    /// The offset to acknowledge now, if any: `applied` is what the target holds,
+    /// `received` what the source sent, `asked` when the source asked (`GETACK`).
+    fn next(&mut self, applied: i64, received: i64, asked: bool, now: std::time::Instant) -> Option<i64> {
+        let progressed = applied != self.last_applied;
+        let caught_up = applied >= received;
+        let keepalive = self.last_sent.is_none_or(|t| now.duration_since(t) >= ACK_KEEPALIVE);
+        if !(progressed || caught_up || asked || keepalive) {
+            return None;
+        }
+        self.last_applied = applied;
+        self.last_sent = Some(now);
+        Some((applied - 1).max(0))
+    }
+}
+
 /// How often the reader asks the coordinator for the plan: a role swap stops the
 /// pipelines of the old role within about this long.
 const PLAN_POLL: Duration = Duration::from_millis(500);
@@ -272,15 +313,18 @@ impl Session<'_> {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 let mut fast = tokio::time::interval(Duration::from_millis(50));
+                let mut policy = AckPolicy::new();
                 loop {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        _ = fast.tick(), if awaiting_stream.load(Relaxed) => {}
-                        _ = ack_now.notified() => {}
+                    let asked = tokio::select! {
+                        _ = tick.tick() => false,
+                        _ = fast.tick(), if awaiting_stream.load(Relaxed) => true,
+                        _ = ack_now.notified() => true,
                         _ = cancel.cancelled() => return Ok::<(), ferry_resp::RespError>(()),
+                    };
+                    let (applied, received) = (stats.applied_offset.load(Relaxed), stats.source_offset.load(Relaxed));
+                    if let Some(offset) = policy.next(applied, received, asked, std::time::Instant::now()) {
+                        acker.ack(offset).await?;
                     }
-                    let applied = stats.applied_offset.load(Relaxed);
-                    acker.ack(applied.max(0)).await?;
                 }
             })
         };
@@ -290,6 +334,9 @@ impl Session<'_> {
         tokio::pin!(moved);
         let result = async {
             let mut rdb_bytes = 0u64;
+            // The source asked for an ACK (`WAIT` does) at this offset: answer again as soon
+            // as the target holds it, so `WAIT` returns without waiting for the next tick.
+            let mut getack_at: Option<i64> = None;
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
@@ -298,6 +345,10 @@ impl Session<'_> {
                         Ok(Some(ack)) => {
                             stats.applied_offset.store(ack.applied_offset, Relaxed);
                             if ack.rdb_applied { stats.rdb_applied.store(true, Relaxed); }
+                            if getack_at.is_some_and(|at| ack.applied_offset >= at) {
+                                getack_at = None;
+                                ack_now.notify_one();
+                            }
                         }
                         Ok(None) => return Err(anyhow!("the decoder closed the stream")),
                         Err(s) => return Err(anyhow!("downstream failed: {}", s.message())),
@@ -325,7 +376,10 @@ impl Session<'_> {
                             ReplEvent::Commands { data, lens, end_offset, getack } => {
                                 stats.source_offset.store(end_offset, Relaxed);
                                 awaiting_stream.store(false, Relaxed);
-                                if getack { ack_now.notify_one(); }
+                                if getack {
+                                    ack_now.notify_one();
+                                    getack_at = Some(end_offset);
+                                }
                                 frame::Kind::Commands(Commands { data, lens, end_offset })
                             }
                         };
@@ -720,4 +774,27 @@ fn scan_reply(reply: &ferry_resp::Reply) -> Option<(String, Vec<bytes::Bytes>)> 
     let cursor = String::from_utf8_lossy(parts.first()?.as_bytes()?).into_owned();
     let ferry_resp::Reply::Array(Some(keys)) = parts.get(1)? else { return None };
     Some((cursor, keys.iter().filter_map(|k| k.as_bytes().cloned()).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_trail_the_target_by_a_byte_and_pause_while_it_is_stuck() {
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut p = AckPolicy::new();
+        // Caught up: one byte less than the target holds (never equal to the master's offset).
+        assert_eq!(p.next(100, 100, false, at(0)), Some(99));
+        assert_eq!(p.next(100, 100, false, at(1)), Some(99));
+        // Behind and progressing: acknowledged.
+        assert_eq!(p.next(150, 400, false, at(2)), Some(149));
+        // Behind and stuck: silent, unless the source asks, until the keepalive.
+        assert_eq!(p.next(150, 500, false, at(3)), None);
+        assert_eq!(p.next(150, 500, true, at(4)), Some(149));
+        assert_eq!(p.next(150, 600, false, at(20)), None);
+        assert_eq!(p.next(150, 600, false, at(34)), Some(149));
+        assert_eq!(p.next(0, 10, false, at(35)), Some(0));
+    }
 }
