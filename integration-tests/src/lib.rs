@@ -3,6 +3,7 @@
 //! start them, a status poller, and a type-aware comparison of two servers.
 
 pub mod module;
+pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -20,12 +21,52 @@ use ferry_resp::{Auth, Connection, Reply};
 /// that no outgoing connection and no `bind(0)` can take it between this call and the
 /// moment a server binds it; a counter keeps the tests of one process apart, and the
 /// process id the test binaries (each checked by binding it).
+/// A small deterministic generator (xorshift), seeded from `FERRY_TEST_SEED` or the clock;
+/// the seed is printed, so a failed run can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(test: &str) -> Rng {
+        let seed = std::env::var("FERRY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        });
+        eprintln!("{test}: FERRY_TEST_SEED={seed}");
+        Rng::seeded(seed)
+    }
+
+    pub fn seeded(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// `len` bytes that do not compress (the RDB's LZF and `RESTORE` payloads keep their size).
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     // Ports 12000..22000 only: a cluster node's bus port (its port + 10000) is then never
     // one this function hands out.
-    let base = (std::process::id() % 20) * 500;
+    // A start that differs between test processes (nextest runs each test in its own), so
+    // two of them rarely probe the same ports at the same moment.
+    static BASE: OnceLock<u32> = OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        (std::process::id().wrapping_mul(2_654_435_761) ^ nanos) % 10_000
+    });
     loop {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let port = (12_000 + (base + n) % 10_000) as u16;

@@ -15,16 +15,7 @@ const KILL_ORDER: [&str; 4] = ["ferry-coordinator", "ferry-reader", "ferry-decod
 /// `n` keys of `size` bytes, written to the masters that serve them, pipelined.
 fn fill(cluster: &Cluster, n: usize, size: usize) {
     let map = cluster.slot_map().unwrap();
-    // Incompressible values: the RDB (LZF) and the RESTORE payloads keep their size.
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let value: Vec<u8> = (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let value = Rng::seeded(7).bytes(size);
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
         for (m, addr) in map.masters.iter().enumerate() {
             let mut c = Connection::connect(addr, &Auth::default(), Duration::from_secs(5)).await.unwrap();

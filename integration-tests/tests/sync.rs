@@ -318,16 +318,9 @@ fn byte_limits_pace_the_target_and_lose_nothing() {
     // in-flight limit below.
     rt.block_on(async {
         let mut c = src.connect().await.unwrap();
-        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = Rng::seeded(0x2545_f491_4f6c_dd1d);
         for i in 0..60 {
-            let value: Vec<u8> = (0..100_000)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let value = rng.bytes(100_000);
             c.call(&[&b"SET"[..], format!("big:{i}").as_bytes(), &value]).await.unwrap();
         }
     });

@@ -53,6 +53,20 @@ enum Cmd {
         #[arg(long, default_value_t = 350)]
         value_size: usize,
     },
+    /// Fault injection for longer than the tests: many rounds of network cuts, stalls,
+    /// process and target kills during writes (each checked with ferry-verify), then the
+    /// target-failover scenarios with a new seed each time.
+    Soak {
+        /// Fault rounds.
+        #[arg(long, default_value_t = 200)]
+        rounds: u32,
+        /// Runs of the target-failover scenarios.
+        #[arg(long, default_value_t = 5)]
+        repeats: u32,
+        /// Replay a run (its seed is printed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Run the test suite (cargo test --workspace).
     Test {
         /// Extra arguments for cargo test.
@@ -67,6 +81,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Up { config, debug } => up(config.as_deref(), !debug),
         Cmd::Status { config } => status(config.as_deref()),
         Cmd::Test { args } => test(&args),
+        Cmd::Soak { rounds, repeats, seed } => soak(rounds, repeats, seed),
         Cmd::Bench { quick, keys, value_size } => (|| {
             require_redis()?;
             let bins = build(true)?;
@@ -331,6 +346,29 @@ fn status(config: Option<&Path>) -> anyhow::Result<()> {
         integration_tests::http_get(&addr, "/status").with_context(|| format!("no coordinator answering on {addr}"))?;
     let v: serde_json::Value = serde_json::from_str(&body)?;
     println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+fn soak(rounds: u32, repeats: u32, seed: Option<u64>) -> anyhow::Result<()> {
+    let run = |test: &str, filter: &str, rounds: u32, seed: Option<u64>| -> anyhow::Result<()> {
+        let mut cmd = Command::new(cargo());
+        cmd.current_dir(root())
+            .args(["test", "-p", "integration-tests", "--test", test, filter, "--", "--nocapture"])
+            .env("FERRY_FAULT_ROUNDS", rounds.to_string());
+        if let Some(s) = seed {
+            cmd.env("FERRY_TEST_SEED", s.to_string());
+        }
+        eprintln!("soak: {test} {filter} ({rounds} rounds)");
+        if !cmd.status()?.success() {
+            bail!("soak failed in {test} {filter}: its output above has the seed to replay it (--seed)");
+        }
+        Ok(())
+    };
+    run("faults", "rounds_of_network_process_and_target_faults_lose_nothing", rounds, seed)?;
+    for _ in 0..repeats {
+        run("target_failures", "", 1, seed)?;
+    }
+    eprintln!("soak: {rounds} fault rounds and {repeats} runs of the target failovers, all equal");
     Ok(())
 }
 

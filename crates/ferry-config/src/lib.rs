@@ -419,6 +419,10 @@ pub struct DecoderConfig {
     /// gRPC listen address of the decoder.
     #[serde(default = "default_decoder_listen")]
     pub listen: String,
+    /// The address the readers reach the decoder at, when not `listen` (it listens on
+    /// `0.0.0.0:7711` behind a Kubernetes Service, say). Default: `listen`.
+    #[serde(default)]
+    pub advertise: String,
     /// Values whose RDB encoding is at most this many bytes are sent as one `RESTORE`
     /// (the decoder holds such a value about twice while it sends it: keep it small
     /// against the 128 MiB a decoder may use).
@@ -436,6 +440,7 @@ impl Default for DecoderConfig {
     fn default() -> Self {
         DecoderConfig {
             listen: default_decoder_listen(),
+            advertise: String::new(),
             restore_max_bytes: default_restore_limit(),
             chunk_bytes: default_chunk_bytes(),
             allow_newer_rdb: false,
@@ -462,6 +467,9 @@ pub struct WriterConfig {
     /// gRPC listen address of the writer.
     #[serde(default = "default_writer_listen")]
     pub listen: String,
+    /// The address the decoders reach the writer at, when not `listen`. Default: `listen`.
+    #[serde(default)]
+    pub advertise: String,
     /// Most commands sent to the target without their replies.
     #[serde(default = "default_pipeline")]
     pub pipeline_count_limit: usize,
@@ -488,6 +496,7 @@ impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
             listen: default_writer_listen(),
+            advertise: String::new(),
             pipeline_count_limit: default_pipeline(),
             existing_key: ExistingKey::Rewrite,
             max_inflight_bytes: default_inflight_bytes(),
@@ -738,6 +747,13 @@ impl Config {
             ("writer.listen", &self.writer.listen),
         ] {
             check_host_port(addr).map_err(|m| invalid(field, m))?;
+        }
+        for (field, addr) in
+            [("decoder.advertise", &self.decoder.advertise), ("writer.advertise", &self.writer.advertise)]
+        {
+            if !addr.is_empty() {
+                check_host_port(addr).map_err(|m| invalid(field, m))?;
+            }
         }
         if self.writer.pipeline_count_limit == 0 {
             return Err(invalid("writer.pipeline_count_limit", "must be at least 1".into()));

@@ -85,8 +85,8 @@ pub async fn plan(cfg: &Config, epoch: u64, reverse: bool, old: &[PipelinePlan])
         source_address,
         slot,
         target: cfg.target.describe(),
-        decoder: cfg.decoder.listen.clone(),
-        writer: cfg.writer.listen.clone(),
+        decoder: Some(&cfg.decoder.advertise).filter(|a| !a.is_empty()).unwrap_or(&cfg.decoder.listen).clone(),
+        writer: Some(&cfg.writer.advertise).filter(|a| !a.is_empty()).unwrap_or(&cfg.writer.listen).clone(),
         reverse,
     };
     Ok(match cfg.source.kind {
