@@ -253,7 +253,8 @@ def check_objects(where, objs, problems):
                 bad(f"{cname}: {cfg_path} is not valid TOML: {e}")
                 continue
             configs[(name, c["name"])] = (command, cfg_path, cfg)
-            known = {"source", "target", "coordinator", "reader", "decoder", "writer", "log", "filter"}
+            known = {"source", "target", "coordinator", "reader", "decoder", "writer", "log", "filter", "grpc",
+                     "watcher"}
             for section in set(cfg) - known:
                 bad(f"{cname}: {cfg_path} has an unknown section [{section}]")
             for side in ("source", "target"):
@@ -263,11 +264,13 @@ def check_objects(where, objs, problems):
             if command == "ferry-coordinator":
                 # It hands these out as addresses to dial: they must be Services with that port.
                 for stage in ("decoder", "writer"):
-                    addr = cfg.get(stage, {}).get("listen", "")
+                    section = cfg.get(stage, {})
+                    field = "advertise" if section.get("advertise") else "listen"
+                    addr = section.get(field, "")
                     host, port = host_port(addr)
                     svc = services.get(host.split(".")[0])
                     if svc is None or port not in [p["port"] for p in svc["spec"].get("ports", [])]:
-                        bad(f"{cname}: {cfg_path}: [{stage}] listen = {addr!r} is handed to the stages as the "
+                        bad(f"{cname}: {cfg_path}: [{stage}] {field} = {addr!r} is handed to the stages as the "
                             "address to dial, so it must name a Service and its port")
             else:
                 coord = arg_value(args, "--coordinator")
@@ -309,7 +312,7 @@ def check_objects(where, objs, problems):
             if t not in names and t not in nums:
                 bad(f"Service/{s['metadata']['name']}: targetPort {t!r} is not a port of the selected pods")
 
-    # The stages' file and the coordinator's must be the same but for the advertised addresses.
+    # Every process reads the same configuration (the addresses to bind aside).
     def neutral(cfg):
         cfg = copy.deepcopy(cfg)
         for stage in ("decoder", "writer"):

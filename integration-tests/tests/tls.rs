@@ -365,3 +365,62 @@ fn wrong_ca_is_one_line_in_status_naming_tls_and_the_address() {
     assert!(p["phase"] != "incremental", "{p:#}");
     assert_no_secret(&certs, &ferry);
 }
+
+/// The coordinator's `Plan` through a TLS client trusting `ca`, presenting `identity` (or none).
+fn plan_over_tls(certs: &Certs, addr: &str, identity: Option<(&str, &str)>) -> Result<usize, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    rt().block_on(async {
+        let ca = Certificate::from_pem(std::fs::read(certs.path("ca.crt")).unwrap());
+        let mut tls = ClientTlsConfig::new().ca_certificate(ca).domain_name("127.0.0.1");
+        if let Some((cert, key)) = identity {
+            let id =
+                Identity::from_pem(std::fs::read(certs.path(cert)).unwrap(), std::fs::read(certs.path(key)).unwrap());
+            tls = tls.identity(id);
+        }
+        let endpoint = Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap();
+        let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
+        let mut client = ferry_proto::coordinator_client::CoordinatorClient::new(channel);
+        let req = ferry_proto::AssignRequest { role: "test".into(), ..Default::default() };
+        client.plan(req).await.map(|r| r.into_inner().pipelines.len()).map_err(|s| format!("{s:?}"))
+    })
+}
+
+#[test]
+fn grpc_links_between_the_processes_are_mutual_tls() {
+    let certs = Certs::generate();
+    let (src, tgt) = (RedisServer::start(&[]), RedisServer::start(&[]));
+    rt().block_on(async { populate(&mut src.connect().await.unwrap()).await.unwrap() });
+    let (cfg, status) = config_with_ports(&format!(
+        "[source]\naddress = \"{}\"\n[target]\naddress = \"{}\"\n[grpc]\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        src.addr(),
+        tgt.addr(),
+        certs.p("ca.crt"),
+        certs.p("server.crt"),
+        certs.p("server.key")
+    ));
+    let ferry = Ferry::start(&cfg, &status);
+    ferry.wait_caught_up(rt().block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
+    rt().block_on(async {
+        let (mut a, mut b) = (src.connect().await.unwrap(), tgt.connect().await.unwrap());
+        compare(&mut a, &mut b, 2000).await.unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
+    });
+    let start = cfg.find("grpc_addr = \"").unwrap() + 13;
+    let grpc = &cfg[start..start + cfg[start..].find('"').unwrap()];
+    // A certificate of the CA is let in; none, or one of another CA, is not.
+    assert_eq!(plan_over_tls(&certs, grpc, Some(("server.crt", "server.key"))), Ok(1));
+    assert!(plan_over_tls(&certs, grpc, None).is_err());
+    assert!(plan_over_tls(&certs, grpc, Some(("other-ca.crt", "other-ca.key"))).is_err());
+    // Plain HTTP/2 is not spoken at all.
+    let plain = rt().block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap().connect().await;
+        match channel {
+            Err(e) => Err(format!("{e:?}")),
+            Ok(c) => ferry_proto::coordinator_client::CoordinatorClient::new(c)
+                .plan(ferry_proto::AssignRequest::default())
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("{s:?}")),
+        }
+    });
+    assert!(plain.is_err(), "a plaintext client got an answer");
+}

@@ -49,6 +49,32 @@ pub struct Config {
     pub filter: FilterConfig,
     #[serde(default)]
     pub watcher: WatcherConfig,
+    #[serde(default)]
+    pub grpc: GrpcConfig,
+}
+
+/// `[grpc]`: the links between ferry's own processes. With the three files set, every link
+/// is mutual TLS: each process presents `tls_cert_file` (as a server and as a client) and
+/// accepts only peers whose certificate chains to `tls_ca_file`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    #[serde(default)]
+    pub tls_ca_file: String,
+    #[serde(default)]
+    pub tls_cert_file: String,
+    #[serde(default)]
+    pub tls_key_file: String,
+    /// The name the peers' certificates must carry; default: the host of the address
+    /// connected to (an IP is checked as an IP SAN).
+    #[serde(default)]
+    pub tls_server_name: String,
+}
+
+impl GrpcConfig {
+    pub fn tls(&self) -> bool {
+        !self.tls_ca_file.is_empty()
+    }
 }
 
 /// `[watcher]`: when the role-swap state machine moves on its own (see the README's
@@ -757,6 +783,14 @@ impl Config {
         }
         if self.writer.pipeline_count_limit == 0 {
             return Err(invalid("writer.pipeline_count_limit", "must be at least 1".into()));
+        }
+        let g = &self.grpc;
+        let set = [&g.tls_ca_file, &g.tls_cert_file, &g.tls_key_file].iter().filter(|f| !f.is_empty()).count();
+        if set != 0 && set != 3 {
+            return Err(invalid(
+                "grpc.tls_ca_file",
+                "mutual TLS between ferry's processes needs tls_ca_file, tls_cert_file and tls_key_file".into(),
+            ));
         }
         if self.reader.scan_count == 0 {
             return Err(invalid("reader.scan_count", "must be at least 1".into()));

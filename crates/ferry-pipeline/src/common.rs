@@ -7,19 +7,85 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use anyhow::Context;
+
 use ferry_config::{LogConfig, LogFormat};
 use ferry_proto::coordinator_client::CoordinatorClient;
 use ferry_proto::{AssignRequest, Assignment, StatusReport};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// `host:port` → `http://host:port` (gRPC over plain HTTP/2).
+/// `host:port` → `http://host:port`, or `https://` when the links are TLS (`[grpc]`).
 pub fn grpc_url(addr: &str) -> String {
     if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_string()
+    } else if GRPC_TLS.get().is_some_and(Option::is_some) {
+        format!("https://{addr}")
     } else {
         format!("http://{addr}")
     }
+}
+
+/// Mutual TLS between ferry's processes (`[grpc]`): the CA, this process's identity.
+pub struct GrpcTls {
+    ca: tonic::transport::Certificate,
+    identity: tonic::transport::Identity,
+    server_name: String,
+}
+
+/// Set once per process, from its config, before any gRPC link is made.
+static GRPC_TLS: std::sync::OnceLock<Option<GrpcTls>> = std::sync::OnceLock::new();
+
+/// Reads the `[grpc]` TLS files (an unreadable one is a configuration error).
+pub fn init_grpc_tls(cfg: &ferry_config::GrpcConfig) -> anyhow::Result<()> {
+    let tls = if cfg.tls() {
+        let read = |field: &str, path: &str| {
+            std::fs::read(path).with_context(|| format!("config: grpc.{field}: cannot read {path}"))
+        };
+        Some(GrpcTls {
+            ca: tonic::transport::Certificate::from_pem(read("tls_ca_file", &cfg.tls_ca_file)?),
+            identity: tonic::transport::Identity::from_pem(
+                read("tls_cert_file", &cfg.tls_cert_file)?,
+                read("tls_key_file", &cfg.tls_key_file)?,
+            ),
+            server_name: cfg.tls_server_name.clone(),
+        })
+    } else {
+        None
+    };
+    let _ = GRPC_TLS.set(tls);
+    Ok(())
+}
+
+/// A channel to another ferry process (`url` from [`grpc_url`]), over mutual TLS when set.
+pub async fn grpc_channel(url: &str) -> anyhow::Result<tonic::transport::Channel> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("bad gRPC address {url}"))?
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(Some(t)) = GRPC_TLS.get() {
+        let host = url.rsplit("://").next().unwrap_or(url);
+        let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host).trim_matches(['[', ']']);
+        let name = if t.server_name.is_empty() { host } else { &t.server_name };
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(t.ca.clone())
+            .identity(t.identity.clone())
+            .domain_name(name);
+        endpoint = endpoint.tls_config(tls).context("gRPC TLS settings")?;
+    }
+    Ok(endpoint.connect().await?)
+}
+
+/// A gRPC server builder, requiring client certificates of the CA when TLS is set.
+pub fn grpc_server() -> anyhow::Result<tonic::transport::Server> {
+    let builder = tonic::transport::Server::builder();
+    Ok(match GRPC_TLS.get() {
+        Some(Some(t)) => builder
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new().identity(t.identity.clone()).client_ca_root(t.ca.clone()),
+            )
+            .context("gRPC TLS settings")?,
+        _ => builder,
+    })
 }
 
 /// Sets up `tracing`: text on a terminal, JSON when configured; `RUST_LOG` overrides the level.
@@ -121,7 +187,7 @@ pub async fn plan(
             pipeline_id: pipeline.unwrap_or_default().into(),
         };
         let res = async {
-            let mut client = CoordinatorClient::connect(coordinator.to_string()).await.map_err(|e| e.to_string())?;
+            let mut client = CoordinatorClient::new(grpc_channel(coordinator).await.map_err(|e| format!("{e:#}"))?);
             client.plan(req).await.map(|r| r.into_inner().pipelines).map_err(|s| s.message().to_string())
         }
         .await;
@@ -159,7 +225,7 @@ pub async fn plan_once(coordinator: &str, role: &str, pipeline: Option<&str>) ->
         instance: instance_name(),
         pipeline_id: pipeline.unwrap_or_default().into(),
     };
-    let mut client = CoordinatorClient::connect(coordinator.to_string()).await.map_err(|e| e.to_string())?;
+    let mut client = CoordinatorClient::new(grpc_channel(coordinator).await.map_err(|e| format!("{e:#}"))?);
     client.plan(req).await.map(|r| r.into_inner().pipelines).map_err(|s| s.message().to_string())
 }
 
@@ -259,7 +325,7 @@ pub async fn report_loop(
             _ = cancel.cancelled() => true,
         };
         if client.is_none() {
-            client = CoordinatorClient::connect(coordinator.clone()).await.ok();
+            client = grpc_channel(&coordinator).await.ok().map(CoordinatorClient::new);
         }
         if let Some(c) = client.as_mut() {
             let report = stats.report(&pipeline_id, role, &instance);

@@ -640,7 +640,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state.clone());
     let http = axum::serve(http_listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned());
-    let grpc = tonic::transport::Server::builder()
+    let grpc = common::grpc_server()?
         .add_service(CoordinatorServer::new(CoordinatorSvc { state }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),

@@ -65,7 +65,7 @@ pub async fn run(
     };
     info!(%listen, "decoder listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    common::grpc_server()?
         .add_service(DecoderServer::new(svc).max_decoding_message_size(256 * 1024 * 1024))
         .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned())
         .await
@@ -152,9 +152,9 @@ async fn session(
         (cfg, filter)
     };
     stats.clear_error();
-    let mut client = WriterClient::connect(writer_url.to_string())
-        .await
-        .with_context(|| format!("cannot reach the writer at {writer_url}"))?
+    let channel =
+        common::grpc_channel(writer_url).await.with_context(|| format!("cannot reach the writer at {writer_url}"))?;
+    let mut client = WriterClient::new(channel)
         .max_decoding_message_size(256 * 1024 * 1024)
         .max_encoding_message_size(1024 * 1024 * 1024);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(8);

@@ -502,9 +502,10 @@ const SCAN_CHUNK: usize = 1 << 20;
 impl Session<'_> {
     /// Opens the stream to the decoder: `Hello`, then the first ack (the target's checkpoint).
     async fn open_downstream(&self) -> anyhow::Result<Downstream> {
-        let mut client = DecoderClient::connect(self.decoder.to_string())
+        let channel = common::grpc_channel(self.decoder)
             .await
             .with_context(|| format!("cannot reach the decoder at {}", self.decoder))?;
+        let mut client = DecoderClient::new(channel);
         // The reader never waits for the downstream: frames wait in memory, then on disk.
         let spool_dir = Some(self.cfg.reader.spool_dir.clone()).filter(|d| !d.is_empty()).map(std::path::PathBuf::from);
         let spool = Arc::new(Spool::new(

@@ -34,17 +34,21 @@ const HEALTH_EVENTS: [&str; 5] = ["+sdown", "-sdown", "+odown", "-odown", "+swit
 
 /// The coordinator's role state.
 pub async fn get_role(coordinator: &str) -> anyhow::Result<RoleState> {
-    let mut c = CoordinatorClient::connect(coordinator.to_string())
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {coordinator}"))?;
+    let mut c = CoordinatorClient::new(
+        common::grpc_channel(coordinator)
+            .await
+            .with_context(|| format!("cannot reach the coordinator at {coordinator}"))?,
+    );
     Ok(c.get_role(RoleRequest::default()).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner())
 }
 
 /// Asks the coordinator to move to `role`.
 pub async fn set_role(coordinator: &str, role: Role, reason: &str, force: bool) -> anyhow::Result<RoleState> {
-    let mut c = CoordinatorClient::connect(coordinator.to_string())
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {coordinator}"))?;
+    let mut c = CoordinatorClient::new(
+        common::grpc_channel(coordinator)
+            .await
+            .with_context(|| format!("cannot reach the coordinator at {coordinator}"))?,
+    );
     let req = RoleRequest { role: role.as_str().into(), reason: reason.into(), force };
     Ok(c.set_role(req).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner())
 }

@@ -51,7 +51,7 @@ pub async fn run(
     };
     info!(%listen, target = %assignment.target, "writer listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    common::grpc_server()?
         .add_service(WriterServer::new(svc).max_decoding_message_size(1024 * 1024 * 1024))
         .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned())
         .await
