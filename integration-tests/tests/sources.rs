@@ -142,6 +142,19 @@ fn single_aof_files_with_and_without_an_rdb_preamble() {
         let (cfg, status) = file_config(&single, &tgt);
         let ferry = Ferry::start(&cfg, &status);
         wait_done(&ferry, 1);
+        if !preamble {
+            // The rewrite writes a big sorted set as ZADDs of 64 members; replayed, the first
+            // one makes a listpack, which keeps an integral score as an integer: the -0 of
+            // `negzero` comes back as 0, for Redis loading this file as for ferry.
+            rt().block_on(async {
+                for s in [&src, &tgt] {
+                    let mut c = s.connect().await.unwrap();
+                    let score = c.call(&["ZSCORE", "zset:big", "negzero"]).await.unwrap();
+                    assert!(matches!(score.as_bytes().map(|b| &b[..]), Some(b"-0") | Some(b"0")), "{score:?}");
+                    c.call(&["ZREM", "zset:big", "negzero"]).await.unwrap();
+                }
+            });
+        }
         assert_equal(&src, &tgt, &ferry);
     }
 }
