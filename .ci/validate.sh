@@ -5,15 +5,16 @@
 #      manifests use, and compares with `kubectl kustomize` where kubectl exists), and
 #      validates every object against the Kubernetes JSON schemas (kubernetes-validate,
 #      strict) plus ferry's own wiring;
-#   2. parses the file given as $1 (the coordinator's GET /metrics) with prometheus_client's
-#      parser; without $1, deploy/tools/metrics.example.prom.
+#   2. parses the files given as arguments (GET /metrics of the coordinator and of each stage) with prometheus_client's
+#      parser; without any, deploy/tools/metrics.example.prom.
 # Tools come from PyPI into a venv under /tmp (reused when the pins match). Quiet on
 # success (one line per check); runs both checks and exits non-zero, with the reasons,
 # if either fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-metrics=${1:-deploy/tools/metrics.example.prom}
+metrics=("$@")
+[ ${#metrics[@]} -gt 0 ] || metrics=(deploy/tools/metrics.example.prom)
 venv=${FERRY_VALIDATE_VENV:-/tmp/ferry-validate-venv}
 pins="kubernetes-validate==1.37.0 prometheus-client==0.26.0"
 
@@ -35,7 +36,9 @@ status=0
 dirs=(deploy/k8s/base)
 for d in deploy/k8s/overlays/*/; do dirs+=("${d%/}"); done
 "$venv/bin/python" deploy/tools/validate_k8s.py "${dirs[@]}" || status=1
-"$venv/bin/python" deploy/tools/check_metrics.py "$metrics" || status=1
+for m in "${metrics[@]}"; do
+  "$venv/bin/python" deploy/tools/check_metrics.py "$m" || status=1
+done
 if [ "$status" -ne 0 ]; then
   echo "validate: FAILED (see the errors above)" >&2
 fi

@@ -249,14 +249,32 @@ pub struct Ferry {
 /// Config with free ports for the coordinator and the stages, plus the given sections.
 pub fn config_with_ports(body: &str) -> (String, String) {
     let status = format!("127.0.0.1:{}", free_port());
+    // Each process's own /metrics too (in the body's [reader] when it has one).
+    let reader_metrics = format!("metrics_addr = \"127.0.0.1:{}\"\n", free_port());
+    let body = if body.contains("[reader]\n") {
+        body.replacen("[reader]\n", &format!("[reader]\n{reader_metrics}"), 1)
+    } else {
+        format!("{body}\n[reader]\n{reader_metrics}")
+    };
     let text = format!(
         "{body}\n[coordinator]\nstatus_addr = \"{status}\"\ngrpc_addr = \"127.0.0.1:{}\"\n\
-         [decoder]\nlisten = \"127.0.0.1:{}\"\n[writer]\nlisten = \"127.0.0.1:{}\"\n",
+         [decoder]\nlisten = \"127.0.0.1:{}\"\nmetrics_addr = \"127.0.0.1:{}\"\n\
+         [writer]\nlisten = \"127.0.0.1:{}\"\nmetrics_addr = \"127.0.0.1:{}\"\n",
+        free_port(),
+        free_port(),
         free_port(),
         free_port(),
         free_port()
     );
     (text, status)
+}
+
+/// The `metrics_addr` of `[section]` in a config made by [`config_with_ports`].
+pub fn metrics_addr_of(cfg: &str, section: &str) -> String {
+    let from = cfg.find(&format!("[{section}]\n")).expect("section");
+    let rest = &cfg[from..];
+    let at = rest.find("metrics_addr = \"").expect("metrics_addr") + 16;
+    rest[at..at + rest[at..].find('"').unwrap()].to_string()
 }
 
 pub const STAGES: [&str; 4] = ["ferry-coordinator", "ferry-writer", "ferry-decoder", "ferry-reader"];

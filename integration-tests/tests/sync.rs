@@ -104,8 +104,28 @@ fn full_then_incremental(source_args: &[&str], extra_source: &str) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert!(keys_applied >= keys as f64, "{metrics}");
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/metrics-sample.txt");
-    std::fs::write(out, metrics).unwrap();
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    std::fs::write(target.join("metrics-sample.txt"), metrics).unwrap();
+    // Each stage's own /metrics: its counters moved too (and CI parses them the same way).
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    for (stage, series, at_least) in [
+        ("reader", "ferry_stage_source_offset_bytes{process=\"reader\"", offset as f64),
+        ("decoder", "ferry_stage_entries_decoded_total{process=\"decoder\"", keys as f64),
+        ("writer", "ferry_stage_commands_applied_total{process=\"writer\"", 100.0),
+        ("writer", "ferry_stage_keys_applied_total{process=\"writer\"", keys as f64),
+    ] {
+        let addr = metrics_addr_of(&cfg, stage);
+        let text = http_get(&addr, "/metrics").unwrap();
+        assert!(value(&text, series) >= at_least, "{stage}: {series} below {at_least}:\n{text}");
+        assert_eq!(http_get(&addr, "/healthz").unwrap().trim(), "ok");
+        std::fs::write(target.join(format!("metrics-{stage}.txt")), text).unwrap();
+    }
 }
 
 #[test]

@@ -402,6 +402,21 @@ pub struct ReaderConfig {
     /// Keys asked per `SCAN` (method scan).
     #[serde(default = "default_scan_count")]
     pub scan_count: u32,
+    /// This process's `/metrics` and `/healthz` ("" for none).
+    #[serde(default = "default_reader_metrics")]
+    pub metrics_addr: String,
+}
+
+fn default_reader_metrics() -> String {
+    "127.0.0.1:7721".into()
+}
+
+fn default_decoder_metrics() -> String {
+    "127.0.0.1:7722".into()
+}
+
+fn default_writer_metrics() -> String {
+    "127.0.0.1:7723".into()
 }
 
 /// How a live source is read.
@@ -427,6 +442,7 @@ impl Default for ReaderConfig {
             spool_max_bytes: default_spool_max(),
             method: ReadMethod::Psync,
             scan_count: default_scan_count(),
+            metrics_addr: default_reader_metrics(),
         }
     }
 }
@@ -449,6 +465,9 @@ pub struct DecoderConfig {
     /// `0.0.0.0:7711` behind a Kubernetes Service, say). Default: `listen`.
     #[serde(default)]
     pub advertise: String,
+    /// This process's `/metrics` and `/healthz` ("" for none).
+    #[serde(default = "default_decoder_metrics")]
+    pub metrics_addr: String,
     /// Values whose RDB encoding is at most this many bytes are sent as one `RESTORE`
     /// (the decoder holds such a value about twice while it sends it: keep it small
     /// against the 128 MiB a decoder may use).
@@ -467,6 +486,7 @@ impl Default for DecoderConfig {
         DecoderConfig {
             listen: default_decoder_listen(),
             advertise: String::new(),
+            metrics_addr: default_decoder_metrics(),
             restore_max_bytes: default_restore_limit(),
             chunk_bytes: default_chunk_bytes(),
             allow_newer_rdb: false,
@@ -496,6 +516,9 @@ pub struct WriterConfig {
     /// The address the decoders reach the writer at, when not `listen`. Default: `listen`.
     #[serde(default)]
     pub advertise: String,
+    /// This process's `/metrics` and `/healthz` ("" for none).
+    #[serde(default = "default_writer_metrics")]
+    pub metrics_addr: String,
     /// Most commands sent to the target without their replies.
     #[serde(default = "default_pipeline")]
     pub pipeline_count_limit: usize,
@@ -523,6 +546,7 @@ impl Default for WriterConfig {
         WriterConfig {
             listen: default_writer_listen(),
             advertise: String::new(),
+            metrics_addr: default_writer_metrics(),
             pipeline_count_limit: default_pipeline(),
             existing_key: ExistingKey::Rewrite,
             max_inflight_bytes: default_inflight_bytes(),
@@ -774,9 +798,13 @@ impl Config {
         ] {
             check_host_port(addr).map_err(|m| invalid(field, m))?;
         }
-        for (field, addr) in
-            [("decoder.advertise", &self.decoder.advertise), ("writer.advertise", &self.writer.advertise)]
-        {
+        for (field, addr) in [
+            ("decoder.advertise", &self.decoder.advertise),
+            ("writer.advertise", &self.writer.advertise),
+            ("reader.metrics_addr", &self.reader.metrics_addr),
+            ("decoder.metrics_addr", &self.decoder.metrics_addr),
+            ("writer.metrics_addr", &self.writer.metrics_addr),
+        ] {
             if !addr.is_empty() {
                 check_host_port(addr).map_err(|m| invalid(field, m))?;
             }

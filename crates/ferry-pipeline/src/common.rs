@@ -279,7 +279,7 @@ impl Stats {
         *self.errors_by_kind.lock().unwrap().entry(kind.to_string()).or_default() += 1;
     }
 
-    fn report(&self, pipeline_id: &str, role: &str, instance: &str) -> StatusReport {
+    pub(crate) fn report(&self, pipeline_id: &str, role: &str, instance: &str) -> StatusReport {
         StatusReport {
             pipeline_id: pipeline_id.into(),
             role: role.into(),
@@ -317,6 +317,7 @@ pub async fn report_loop(
     cancel: CancellationToken,
 ) {
     let instance = instance_name();
+    crate::metrics::register(&pipeline_id, &stats);
     let mut client: Option<CoordinatorClient<tonic::transport::Channel>> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -336,6 +337,7 @@ pub async fn report_loop(
             }
         }
         if stop {
+            crate::metrics::unregister(&stats);
             return;
         }
     }

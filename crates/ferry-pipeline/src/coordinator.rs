@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
 use crate::common;
+use crate::metrics::escape;
 use crate::role::{self, Role, RoleRecord};
 
 /// A report older than this means the stage is gone.
@@ -718,10 +719,6 @@ pub fn render_metrics(doc: &StatusDoc) -> String {
         }
     }
     out
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 #[cfg(test)]

@@ -52,10 +52,14 @@ pub async fn run(
     let filter = Arc::new(Filter::new(&cfg.filter)?);
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    // /healthz answers from now on, also while the coordinator is away.
+    let tasks = TaskTracker::new();
+    tasks.spawn(crate::metrics::serve(cfg.decoder.metrics_addr.clone(), "decoder", cancel.clone()));
     let Some(assignment) = common::assignment(&coordinator, "decoder", pipeline.as_deref(), &cancel).await else {
+        tasks.close();
+        tasks.wait().await;
         return Ok(());
     };
-    let tasks = TaskTracker::new();
     let svc = DecoderSvc {
         cfg: Arc::new(cfg),
         writer: common::grpc_url(&assignment.downstream_address),

@@ -29,6 +29,7 @@ pub mod coordinator;
 pub mod decoder;
 pub mod files;
 pub mod filter;
+pub mod metrics;
 pub mod migration;
 pub mod promote;
 pub mod reader;

@@ -103,6 +103,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
+    tasks.spawn(crate::metrics::serve(cfg.reader.metrics_addr.clone(), "reader", cancel.clone()));
     let mut running: std::collections::HashMap<String, CancellationToken> = std::collections::HashMap::new();
     let mut warned = false;
     loop {

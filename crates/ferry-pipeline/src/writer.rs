@@ -40,10 +40,14 @@ pub async fn run(
         cfg.writer.listen.parse().with_context(|| format!("writer.listen {:?}", cfg.writer.listen))?;
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    // /healthz answers from now on, also while the coordinator is away.
+    let tasks = TaskTracker::new();
+    tasks.spawn(crate::metrics::serve(cfg.writer.metrics_addr.clone(), "writer", cancel.clone()));
     let Some(assignment) = common::assignment(&coordinator, "writer", pipeline.as_deref(), &cancel).await else {
+        tasks.close();
+        tasks.wait().await;
         return Ok(());
     };
-    let tasks = TaskTracker::new();
     let svc = WriterSvc {
         cfg: Arc::new(cfg),
         sessions: Arc::new(common::Sessions::new("writer", coordinator, tasks.clone(), cancel.clone())),
