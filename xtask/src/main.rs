@@ -67,6 +67,16 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Stop the processes of the latest `cargo xtask up` (from another terminal).
+    Down,
+    /// Show the logs of the latest `cargo xtask up` (every process, or one).
+    Logs {
+        /// A process, e.g. reader or ferry-writer (default: all).
+        stage: Option<String>,
+        /// Keep printing what is appended.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Run the test suite (cargo test --workspace).
     Test {
         /// Extra arguments for cargo test.
@@ -81,6 +91,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Up { config, debug } => up(config.as_deref(), !debug),
         Cmd::Status { config } => status(config.as_deref()),
         Cmd::Test { args } => test(&args),
+        Cmd::Down => down(),
+        Cmd::Logs { stage, follow } => logs(stage.as_deref(), follow),
         Cmd::Soak { rounds, repeats, seed } => soak(rounds, repeats, seed),
         Cmd::Bench { quick, keys, value_size } => (|| {
             require_redis()?;
@@ -157,6 +169,9 @@ impl Processes {
                 .with_context(|| format!("cannot start {b}"))?;
             children.push((b.to_string(), child));
         }
+        // `cargo xtask down` reads these if this xtask is gone.
+        let pids: String = children.iter().map(|(n, c)| format!("{n} {}\n", c.id())).collect();
+        std::fs::write(run_dir.join("children.pid"), pids)?;
         Ok(Processes { children })
     }
 
@@ -201,11 +216,76 @@ impl Drop for Processes {
     }
 }
 
+/// A new run's directory (logs, pids), also named by `target/xtask/latest`.
 fn run_dir() -> anyhow::Result<PathBuf> {
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    let dir = root().join("target").join("xtask").join(format!("run-{stamp}"));
+    let base = root().join("target").join("xtask");
+    let dir = base.join(format!("run-{stamp}"));
     std::fs::create_dir_all(&dir)?;
+    std::fs::write(base.join("latest"), dir.display().to_string())?;
+    std::fs::write(dir.join("xtask.pid"), std::process::id().to_string())?;
     Ok(dir)
+}
+
+/// The directory of the latest `cargo xtask up`.
+fn latest_run() -> anyhow::Result<PathBuf> {
+    let file = root().join("target").join("xtask").join("latest");
+    let dir = std::fs::read_to_string(&file).context("no run yet: `cargo xtask up` first")?;
+    Ok(PathBuf::from(dir.trim()))
+}
+
+fn alive(pid: &str) -> bool {
+    Command::new("kill").args(["-0", pid]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// `cargo xtask down`: stops the latest `up` (its xtask, which stops its processes and
+/// servers in order), then anything of it still running.
+fn down() -> anyhow::Result<()> {
+    let dir = latest_run()?;
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let xtask = read("xtask.pid").trim().to_string();
+    let children: Vec<(String, String)> = read("children.pid")
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(n, p)| (n.to_string(), p.trim().to_string())))
+        .collect();
+    if !xtask.is_empty() && alive(&xtask) {
+        eprintln!("stopping cargo xtask up (pid {xtask})");
+        let _ = Command::new("kill").args(["-TERM", &xtask]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while alive(&xtask) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let mut killed = 0;
+    for (name, pid) in children.iter().chain(std::iter::once(&("xtask".to_string(), xtask.clone()))) {
+        if !pid.is_empty() && alive(pid) {
+            eprintln!("{name} (pid {pid}) still runs: killing it");
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+            killed += 1;
+        }
+    }
+    eprintln!("stopped ({}; {killed} killed)", dir.display());
+    Ok(())
+}
+
+/// `cargo xtask logs [STAGE] [--follow]`: the logs of the latest run.
+fn logs(stage: Option<&str>, follow: bool) -> anyhow::Result<()> {
+    let dir = latest_run()?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .filter(|p| stage.is_none_or(|s| p.file_stem().is_some_and(|n| n.to_string_lossy().contains(s))))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no log in {} matches {:?}", dir.display(), stage.unwrap_or("*"));
+    }
+    let mut cmd = Command::new("tail");
+    cmd.arg(if follow { "-F" } else { "-n+1" }).args(&files);
+    if !cmd.status().context("run tail")?.success() {
+        bail!("tail failed");
+    }
+    Ok(())
 }
 
 /// A flag set by SIGINT/SIGTERM.
