@@ -253,7 +253,7 @@ def check_objects(where, objs, problems):
                 bad(f"{cname}: {cfg_path} is not valid TOML: {e}")
                 continue
             configs[(name, c["name"])] = (command, cfg_path, cfg)
-            known = {"source", "target", "coordinator", "reader", "decoder", "writer", "log", "filter", "grpc",
+            known = {"source", "target", "coordinator", "reader", "decoder", "writer", "log", "filter", "grpc", "telemetry",
                      "watcher"}
             for section in set(cfg) - known:
                 bad(f"{cname}: {cfg_path} has an unknown section [{section}]")

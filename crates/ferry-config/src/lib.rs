@@ -51,6 +51,18 @@ pub struct Config {
     pub watcher: WatcherConfig,
     #[serde(default)]
     pub grpc: GrpcConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: OpenTelemetry export.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC endpoint for spans (`http://collector:4317`); default: the environment's
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; neither: no export.
+    #[serde(default)]
+    pub otlp_endpoint: String,
 }
 
 /// `[grpc]`: the links between ferry's own processes. With the three files set, every link

@@ -27,7 +27,7 @@ impl CommonArgs {
     /// Loads the config, sets up logging and returns a token cancelled on SIGINT/SIGTERM.
     pub fn start(&self, service: &str) -> anyhow::Result<(Config, String, CancellationToken)> {
         let cfg = Config::load(&self.config)?;
-        common::init_logging(&cfg.log, service);
+        common::init_logging(&cfg.log, &cfg.telemetry, service)?;
         common::init_grpc_tls(&cfg.grpc)?;
         let coordinator = common::grpc_url(self.coordinator.as_deref().unwrap_or(&cfg.coordinator.grpc_addr));
         let cancel = CancellationToken::new();
@@ -36,13 +36,17 @@ impl CommonArgs {
     }
 }
 
-/// Builds a multi-threaded runtime and runs `f` on it.
+/// Builds a multi-threaded runtime and runs `f` on it; spans not yet exported go out at the end.
 pub fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?
-        .block_on(f)
+        .block_on(async {
+            let res = f.await;
+            crate::telemetry::shutdown().await;
+            res
+        })
 }
 
 /// Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad configuration or arguments.

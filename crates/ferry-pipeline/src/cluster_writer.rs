@@ -400,7 +400,8 @@ pub(crate) async fn session(
         }
         limiter.acquire(b.count as u64).await;
         byte_limiter.acquire(b.resp.len() as u64).await;
-        apply(&mut ct, &b, &replid, stats).await?;
+        let span = crate::telemetry::apply_span(&b, &hello.pipeline_id);
+        tracing::Instrument::instrument(apply(&mut ct, &b, &replid, stats), span).await?;
         if b.offset >= 0 && (b.rdb_end || ct.last_floor_write.elapsed() >= Duration::from_secs(1)) {
             ct.write_floors(&checkpoint_value(&replid, &b), b.offset).await?;
         }

@@ -168,6 +168,7 @@ impl BatchBuilder {
             cmd_offsets: std::mem::take(&mut self.offsets),
             module_restores: std::mem::take(&mut self.module_restores),
             reverse: false,
+            traceparent: String::new(),
         };
         self.count = 0;
         self.keys = 0;

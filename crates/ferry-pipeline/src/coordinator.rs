@@ -329,7 +329,9 @@ impl CoordinatorState {
             if let Some(p) = &self.state_file {
                 next.save(p)?;
             }
-            warn!(from = rec.role.as_str(), to = to.as_str(), epoch = next.epoch, reason = %reason, force, "role changed");
+            tracing::info_span!("role_change", from = rec.role.as_str(), to = to.as_str(), epoch = next.epoch, reason = %reason, force).in_scope(|| {
+                warn!(from = rec.role.as_str(), to = to.as_str(), epoch = next.epoch, reason = %reason, force, "role changed");
+            });
             *rec = next;
             // The pipelines of the old role stop as soon as their readers ask for the plan. A
             // role that runs none is planned at once (fencing waits for nothing); the others

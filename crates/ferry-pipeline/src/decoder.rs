@@ -28,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 use crate::common::{self, Stats};
 use crate::convert::{BatchBuilder, RdbConverter};
@@ -290,8 +290,17 @@ async fn session(
                         }
                         _ => Edits::new(),
                     };
-                    if let Some(batch) = cmds.frame(&c.data, &c.lens, c.end_offset, &edits)? {
-                        batch_tx.send(batch).await.map_err(|_| anyhow!("the writer stream is closed"))?;
+                    // The reader's trace goes on: this batch's span is the child of its frame's.
+                    let span = if crate::telemetry::enabled() {
+                        let span = tracing::info_span!("decode", pipeline = %hello.pipeline_id, offset = c.end_offset, commands = c.lens.len());
+                        crate::telemetry::set_parent(&span, &c.traceparent);
+                        span
+                    } else {
+                        tracing::Span::none()
+                    };
+                    if let Some(mut batch) = span.in_scope(|| cmds.frame(&c.data, &c.lens, c.end_offset, &edits))? {
+                        batch.traceparent = crate::telemetry::traceparent(&span);
+                        batch_tx.send(batch).instrument(span).await.map_err(|_| anyhow!("the writer stream is closed"))?;
                     }
                 }
             }

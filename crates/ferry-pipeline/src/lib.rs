@@ -35,5 +35,6 @@ pub mod promote;
 pub mod reader;
 pub mod role;
 pub mod spool;
+pub mod telemetry;
 pub mod watcher;
 pub mod writer;

@@ -19,7 +19,7 @@ use ferry_resp::replication::{PsyncReply, ReplEvent, ReplicaOptions, handshake};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 use crate::common::{self, Backoff, Stats};
 use crate::spool::Spool;
@@ -254,8 +254,11 @@ impl Session<'_> {
         // Resume after the last data command: what followed it changed nothing, and a promoted
         // replica may never have received it.
         let psync = checkpoint.as_ref().map(|c| (c.replid.as_str(), c.resume_offset + 1));
-        let (mut repl, mut acker, reply) =
-            handshake(conn, psync, &opts).await.context("source replication handshake")?;
+        let requested = psync.map(|(_, o)| o).unwrap_or(-1);
+        let (mut repl, mut acker, reply) = handshake(conn, psync, &opts)
+            .instrument(tracing::info_span!("psync", pipeline = %self.pipeline_id, source = %self.source, master = %addr, requested_offset = requested))
+            .await
+            .context("source replication handshake")?;
         let (replid, start, full) = match &reply {
             PsyncReply::FullResync { replid, offset } => (replid.clone(), *offset, true),
             PsyncReply::Continue { replid } => {
@@ -263,6 +266,8 @@ impl Session<'_> {
                 (id, repl.offset(), false)
             }
         };
+        // The transfer of a full copy is a span (from the handshake to the end of the RDB).
+        let mut full_copy: Option<tracing::Span> = None;
         if full {
             stats.full_syncs.fetch_add(1, Relaxed);
             stats.rdb_applied.store(false, Relaxed);
@@ -276,6 +281,9 @@ impl Session<'_> {
                 }
             }
             info!(source = %self.source, replid = %replid, offset = start, "full resynchronization");
+            full_copy = Some(
+                tracing::info_span!("full_copy", pipeline = %self.pipeline_id, source = %self.source, replid = %replid, offset = start, rdb_bytes = tracing::field::Empty),
+            );
         } else {
             stats.partial_resyncs.fetch_add(1, Relaxed);
             stats.applied_offset.store(start, Relaxed);
@@ -369,6 +377,9 @@ impl Session<'_> {
                             }
                             ReplEvent::RdbEnd => {
                                 info!(bytes = rdb_bytes, "rdb transfer complete");
+                                if let Some(span) = full_copy.take() {
+                                    span.record("rdb_bytes", rdb_bytes);
+                                }
                                 stats.set_phase("incremental");
                                 awaiting_stream.store(true, Relaxed);
                                 ack_now.notify_one();
@@ -381,7 +392,14 @@ impl Session<'_> {
                                     ack_now.notify_one();
                                     getack_at = Some(end_offset);
                                 }
-                                frame::Kind::Commands(Commands { data, lens, end_offset })
+                                // One trace per frame, continued by the decoder and the writer.
+                                let traceparent = if crate::telemetry::enabled() {
+                                    let span = tracing::info_span!("read", pipeline = %self.pipeline_id, source = %self.source, offset = end_offset, bytes = data.len(), commands = lens.len());
+                                    crate::telemetry::traceparent(&span)
+                                } else {
+                                    String::new()
+                                };
+                                frame::Kind::Commands(Commands { data, lens, end_offset, traceparent })
                             }
                         };
                         tx.push(Frame { kind: Some(frame) })?;
@@ -620,7 +638,7 @@ impl Session<'_> {
                     }
                     let mut cmds = crate::files::Commands::open(&src, from as u64, max_bulk)?;
                     while let Some((data, lens, end_offset)) = cmds.next_frame(SCAN_CHUNK)? {
-                        let c = Commands { data, lens, end_offset };
+                        let c = Commands { data, lens, end_offset, traceparent: String::new() };
                         if ftx.blocking_send(Ok(frame::Kind::Commands(c))).is_err() {
                             return Ok(());
                         }

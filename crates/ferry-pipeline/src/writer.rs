@@ -122,6 +122,8 @@ struct InFlight {
     wrapped: bool,
     /// Commands and KiB in flight; released when the replies are in.
     permits: (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit),
+    /// The batch's `apply` span, closed when its replies are in.
+    span: tracing::Span,
 }
 
 /// The key holding a pipeline's checkpoint on the target (db 0): `"<replid> <offset>"`.
@@ -286,13 +288,14 @@ async fn session(
             } else if !b.resp.is_empty() {
                 wr.write_all(&b.resp).await.context("target")?;
             }
-            if inflight_tx.send(InFlight { batch: b, wrapped, permits: (permits, byte_permits) }).await.is_err() {
+            let span = crate::telemetry::apply_span(&b, &pipeline_id);
+            if inflight_tx.send(InFlight { batch: b, wrapped, permits: (permits, byte_permits), span }).await.is_err() {
                 return Ok(());
             }
         }
     };
     let receiver = async {
-        while let Some(InFlight { batch: b, wrapped, permits }) = inflight_rx.recv().await {
+        while let Some(InFlight { batch: b, wrapped, permits, span }) = inflight_rx.recv().await {
             let check = ReplyCheck { batch: &b, stats };
             if wrapped {
                 let ok = rd.read_reply().await.context("target")?;
@@ -337,6 +340,7 @@ async fn session(
                 return Ok(());
             }
             drop(permits);
+            drop(span);
         }
         Ok::<(), anyhow::Error>(())
     };
