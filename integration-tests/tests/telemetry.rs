@@ -6,6 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use integration_tests::*;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -15,10 +19,53 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-/// Every span received, with the `service.name` of its process.
+/// Every span received, with the `service.name` of its process; every metric point as
+/// (service, name, value).
 #[derive(Clone, Default)]
 struct Collector {
     spans: Arc<Mutex<Vec<(String, Span)>>>,
+    points: Arc<Mutex<Vec<(String, String, f64)>>>,
+}
+
+fn service_name(r: Option<&opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
+    r.iter()
+        .flat_map(|r| &r.attributes)
+        .find(|kv| kv.key == "service.name")
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
+        let mut points = self.points.lock().unwrap();
+        for rm in req.into_inner().resource_metrics {
+            let service = service_name(rm.resource.as_ref());
+            for m in rm.scope_metrics.into_iter().flat_map(|s| s.metrics) {
+                let dps = match m.data {
+                    Some(Data::Gauge(g)) => g.data_points,
+                    Some(Data::Sum(s)) => s.data_points,
+                    _ => continue,
+                };
+                for dp in dps {
+                    let v = match dp.value {
+                        Some(number_data_point::Value::AsDouble(d)) => d,
+                        Some(number_data_point::Value::AsInt(i)) => i as f64,
+                        None => continue,
+                    };
+                    points.push((service.clone(), m.name.clone(), v));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
 }
 
 #[tonic::async_trait]
@@ -29,16 +76,7 @@ impl TraceService for Collector {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut spans = self.spans.lock().unwrap();
         for rs in req.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-                    Value::StringValue(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
+            let service = service_name(rs.resource.as_ref());
             for ss in rs.scope_spans {
                 spans.extend(ss.spans.into_iter().map(|s| (service.clone(), s)));
             }
@@ -55,7 +93,8 @@ fn start_collector() -> (Collector, String) {
     std::thread::spawn(move || {
         rt().block_on(async move {
             tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(c))
+                .add_service(TraceServiceServer::new(c.clone()))
+                .add_service(MetricsServiceServer::new(c))
                 .serve(a.parse().unwrap())
                 .await
                 .unwrap();
@@ -79,7 +118,7 @@ fn one_batch_is_one_trace_from_the_reader_to_the_writer() {
     let tgt = RedisServer::start(&[]);
     rt().block_on(async { populate(&mut src.connect().await.unwrap()).await.unwrap() });
     let (cfg, status) = config_with_ports(&format!(
-        "[source]\naddress = \"{}\"\npassword = \"telemetry-secret-pw\"\n[target]\naddress = \"{}\"\n[telemetry]\notlp_endpoint = \"http://{otlp}\"\n",
+        "[source]\naddress = \"{}\"\npassword = \"telemetry-secret-pw\"\n[target]\naddress = \"{}\"\n[telemetry]\notlp_endpoint = \"http://{otlp}\"\nmetrics_interval_ms = 500\n",
         src.addr(),
         tgt.addr()
     ));
@@ -127,4 +166,20 @@ fn one_batch_is_one_trace_from_the_reader_to_the_writer() {
     }
     let text = format!("{spans:?}");
     assert!(!text.contains("telemetry-secret-pw"), "a span carries the password");
+    // Each stage pushes its metrics to the same endpoint; the counters moved.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let points = collector.points.lock().unwrap().clone();
+        let max = |svc: &str, name: &str| {
+            points.iter().filter(|(s, n, _)| s == svc && n == name).map(|(_, _, v)| *v).fold(-1.0, f64::max)
+        };
+        if max("ferry-writer", "ferry_stage_commands_applied") >= 50.0
+            && max("ferry-reader", "ferry_stage_source_offset_bytes") > 0.0
+            && max("ferry-decoder", "ferry_stage_entries_decoded") > 0.0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "metrics not pushed: {:?}", &points[points.len().saturating_sub(20)..]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

@@ -56,13 +56,26 @@ pub struct Config {
 }
 
 /// `[telemetry]`: OpenTelemetry export.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// OTLP/gRPC endpoint for spans (`http://collector:4317`); default: the environment's
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`; neither: no export.
     #[serde(default)]
     pub otlp_endpoint: String,
+    /// How often each process pushes its metrics to the same endpoint.
+    #[serde(default = "default_metrics_interval")]
+    pub metrics_interval_ms: u64,
+}
+
+fn default_metrics_interval() -> u64 {
+    10_000
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { otlp_endpoint: String::new(), metrics_interval_ms: default_metrics_interval() }
+    }
 }
 
 /// `[grpc]`: the links between ferry's own processes. With the three files set, every link

@@ -28,6 +28,7 @@ impl CommonArgs {
     pub fn start(&self, service: &str) -> anyhow::Result<(Config, String, CancellationToken)> {
         let cfg = Config::load(&self.config)?;
         common::init_logging(&cfg.log, &cfg.telemetry, service)?;
+        crate::telemetry::init_metrics(&cfg.telemetry, service)?;
         common::init_grpc_tls(&cfg.grpc)?;
         let coordinator = common::grpc_url(self.coordinator.as_deref().unwrap_or(&cfg.coordinator.grpc_addr));
         let cancel = CancellationToken::new();

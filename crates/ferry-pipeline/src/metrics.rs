@@ -98,6 +98,29 @@ pub fn render(process: &str) -> String {
     out
 }
 
+/// The same series as OTLP instruments, observed at each push (counters without `_total`).
+pub(crate) fn observe(meter: &opentelemetry::metrics::Meter, process: &str) {
+    use opentelemetry::KeyValue;
+    for (name, kind, help, f) in SERIES {
+        let process = process.to_string();
+        let callback = move |obs: &dyn opentelemetry::metrics::AsyncInstrument<f64>| {
+            for (id, s) in PIPELINES.lock().unwrap().iter() {
+                let r = s.report(id, &process, "");
+                obs.observe(f(&r), &[KeyValue::new("process", process.clone()), KeyValue::new("pipeline", id.clone())]);
+            }
+        };
+        if kind == "counter" {
+            let _ = meter
+                .f64_observable_counter(name.trim_end_matches("_total"))
+                .with_description(help)
+                .with_callback(callback)
+                .build();
+        } else {
+            let _ = meter.f64_observable_gauge(name).with_description(help).with_callback(callback).build();
+        }
+    }
+}
+
 /// Serves `/metrics` and `/healthz` on `addr` until `cancel` ("" serves nothing). An address
 /// already in use is a warning, not a failure: the pipeline matters more than its metrics.
 pub async fn serve(addr: String, process: &'static str, cancel: CancellationToken) {

@@ -22,6 +22,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+static METERS: OnceLock<opentelemetry_sdk::metrics::SdkMeterProvider> = OnceLock::new();
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// The endpoint to export to: the config's, else the standard environment variable.
@@ -78,11 +79,36 @@ pub fn set_parent(span: &tracing::Span, traceparent: &str) {
     let _ = span.set_parent(TraceContextPropagator::new().extract(&carrier));
 }
 
+/// Pushes this process's metrics (those of its own `/metrics`, see [`crate::metrics`]) to
+/// the OTLP endpoint every `metrics_interval_ms`, when one is set.
+pub fn init_metrics(cfg: &ferry_config::TelemetryConfig, service: &str) -> anyhow::Result<()> {
+    let Some(endpoint) = endpoint(cfg) else { return Ok(()) };
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.clone())
+        .build()
+        .map_err(|e| anyhow::anyhow!("config: telemetry.otlp_endpoint {endpoint:?}: {e}"))?;
+    let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(exporter)
+        .with_interval(std::time::Duration::from_millis(cfg.metrics_interval_ms.max(100)))
+        .build();
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service.to_string()).build();
+    let provider =
+        opentelemetry_sdk::metrics::SdkMeterProvider::builder().with_reader(reader).with_resource(resource).build();
+    use opentelemetry::metrics::MeterProvider as _;
+    crate::metrics::observe(&provider.meter("ferry"), service.trim_start_matches("ferry-"));
+    let _ = METERS.set(provider);
+    Ok(())
+}
+
 /// Exports what is left; call before the process exits (inside the runtime).
 pub async fn shutdown() {
     if let Some(p) = PROVIDER.get() {
         let p = p.clone();
         let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
+    }
+    if let Some(m) = METERS.get() {
+        let m = m.clone();
+        let _ = tokio::task::spawn_blocking(move || m.shutdown()).await;
     }
 }
 
