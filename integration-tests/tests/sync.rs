@@ -313,6 +313,8 @@ fn a_slow_target_never_gets_the_reader_disconnected_the_spool_drains() {
     let spooled =
         ferry.wait_for("the spool in use", Duration::from_secs(30), |p| p["spool_bytes"].as_u64().unwrap_or(0) > 0);
     assert!(spooled["spool_bytes"].as_u64().unwrap() > 1_000_000, "{spooled:#}");
+    // Behind in time as well as in bytes.
+    ferry.wait_for("a lag in seconds", Duration::from_secs(30), |p| p["lag_seconds"].as_f64() > Some(0.2));
     let p = ferry.wait_caught_up(rt.block_on(src.repl_offset()).unwrap(), Duration::from_secs(90));
     assert_eq!(
         (p["full_syncs"].as_u64(), p["partial_resyncs"].as_u64()),
@@ -322,6 +324,7 @@ fn a_slow_target_never_gets_the_reader_disconnected_the_spool_drains() {
         src.log()
     );
     assert_eq!(p["spool_bytes"], 0);
+    assert_eq!(p["lag_seconds"], 0.0, "{p:#}");
     assert!(!src.log().contains("output buffer limits"), "{}", src.log());
     rt.block_on(async {
         let (mut a, mut b) = (src.connect().await.unwrap(), tgt.connect().await.unwrap());

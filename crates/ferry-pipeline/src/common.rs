@@ -254,6 +254,9 @@ pub struct Stats {
     pub partial_resyncs: AtomicU64,
     /// Bytes of the replication stream waiting in the reader's disk spool.
     pub spool_bytes: AtomicU64,
+    /// Reader: when each frame not yet applied arrived (one mark per 10 ms at most), for the
+    /// lag in time.
+    pub unapplied: Mutex<std::collections::VecDeque<(i64, std::time::Instant)>>,
     /// The replication id of the session (decoder: what the reader continues).
     pub replid: Mutex<String>,
     pub error: Mutex<String>,
@@ -267,6 +270,32 @@ impl Stats {
         let s = Stats::default();
         *s.phase.lock().unwrap() = phase;
         Arc::new(s)
+    }
+
+    /// A frame up to `end_offset` arrived from the source now.
+    pub fn received(&self, end_offset: i64) {
+        let mut q = self.unapplied.lock().unwrap();
+        let now = std::time::Instant::now();
+        let full = q.len() >= 100_000;
+        match q.back_mut() {
+            // Within 10 ms of the last mark (or too many marks): move it forward.
+            Some((off, at)) if full || now.duration_since(*at) < Duration::from_millis(10) => *off = end_offset,
+            _ => q.push_back((end_offset, now)),
+        }
+    }
+
+    /// The target now holds everything up to `offset`.
+    pub fn applied(&self, offset: i64) {
+        self.applied_offset.store(offset, Relaxed);
+        let mut q = self.unapplied.lock().unwrap();
+        while q.front().is_some_and(|(off, _)| *off <= offset) {
+            q.pop_front();
+        }
+    }
+
+    /// How long the oldest write not yet on the target has waited (0 when caught up).
+    pub fn lag(&self) -> Duration {
+        self.unapplied.lock().unwrap().front().map(|(_, at)| at.elapsed()).unwrap_or_default()
     }
 
     pub fn set_phase(&self, phase: &'static str) {
@@ -311,6 +340,7 @@ impl Stats {
             commands_filtered: self.filter.get().map(|f| f.stats.commands_filtered.load(Relaxed)).unwrap_or(0),
             filtered_mixed: self.filter.get().map(|f| f.stats.filtered_mixed.load(Relaxed)).unwrap_or(0),
             db_map_collisions: self.filter.get().map(|f| f.stats.db_map_collisions.load(Relaxed)).unwrap_or(0),
+            lag_ms: self.lag().as_millis() as u64,
         }
     }
 }
@@ -684,5 +714,26 @@ impl RateLimiter {
             self.start = std::time::Instant::now();
             self.done = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_in_time_is_the_age_of_the_oldest_write_not_applied() {
+        let s = Stats::new("incremental");
+        assert_eq!(s.lag(), Duration::ZERO);
+        s.received(100);
+        std::thread::sleep(Duration::from_millis(30));
+        s.received(200);
+        s.applied(50);
+        assert!(s.lag() >= Duration::from_millis(30), "{:?}", s.lag());
+        s.applied(150);
+        assert!(s.lag() < Duration::from_millis(30), "{:?}", s.lag());
+        s.applied(200);
+        assert_eq!(s.lag(), Duration::ZERO);
+        assert_eq!(s.applied_offset.load(Relaxed), 200);
     }
 }

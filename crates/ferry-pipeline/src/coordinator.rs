@@ -229,6 +229,9 @@ pub struct PipelineStatus {
     pub source_offset: i64,
     pub applied_offset: i64,
     pub lag_bytes: i64,
+    /// How long the oldest write the reader received but the target does not hold yet has
+    /// waited (0 when caught up).
+    pub lag_seconds: f64,
     pub keys_applied: u64,
     pub commands_applied: u64,
     pub full_syncs: u64,
@@ -497,6 +500,7 @@ impl CoordinatorState {
                     source_offset,
                     applied_offset,
                     lag_bytes: (source_offset - applied_offset).max(0),
+                    lag_seconds: reader.map(|r| r.lag_ms as f64 / 1000.0).unwrap_or(0.0),
                     keys_applied: wc.keys_applied,
                     commands_applied: wc.commands_applied,
                     full_syncs: rc.full_syncs,
@@ -673,7 +677,10 @@ pub fn render_metrics(doc: &StatusDoc) -> String {
     let mut out = String::new();
     let phases = ["connecting", "full_sync", "incremental", "done", "stopped", "failed"];
     type Series = (&'static str, &'static str, &'static str, fn(&PipelineStatus) -> f64);
-    let series: [Series; 10] = [
+    let series: [Series; 11] = [
+        ("ferry_lag_seconds", "gauge", "How long the oldest write not yet on the target has waited.", |p| {
+            p.lag_seconds
+        }),
         ("ferry_spool_bytes", "gauge", "Bytes waiting in the reader's disk spool.", |p| p.spool_bytes as f64),
         ("ferry_source_offset_bytes", "gauge", "Replication offset received from the source.", |p| {
             p.source_offset as f64
@@ -710,6 +717,10 @@ pub fn render_metrics(doc: &StatusDoc) -> String {
                 u8::from(p.phase == ph)
             );
         }
+    }
+    let _ = writeln!(out, "# HELP ferry_role The role of the pair (1 for the current one).\n# TYPE ferry_role gauge");
+    for role in ["forward", "fenced", "recovering", "switchback"] {
+        let _ = writeln!(out, "ferry_role{{role=\"{role}\"}} {}", u8::from(doc.role == role));
     }
     let _ = writeln!(
         out,

@@ -36,7 +36,10 @@ const PHASES: [&str; 9] =
 
 type Series = (&'static str, &'static str, &'static str, fn(&StatusReport) -> f64);
 
-const SERIES: [Series; 13] = [
+const SERIES: [Series; 14] = [
+    ("ferry_stage_lag_seconds", "gauge", "Reader: how long the oldest write not yet on the target has waited.", |r| {
+        r.lag_ms as f64 / 1000.0
+    }),
     ("ferry_stage_source_offset_bytes", "gauge", "Source replication offset this process has seen.", |r| {
         r.source_offset as f64
     }),

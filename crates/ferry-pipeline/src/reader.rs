@@ -352,7 +352,7 @@ impl Session<'_> {
                     e = &mut moved => return Err(e.context("source")),
                     ack = acks.message() => match ack {
                         Ok(Some(ack)) => {
-                            stats.applied_offset.store(ack.applied_offset, Relaxed);
+                            stats.applied(ack.applied_offset);
                             if ack.rdb_applied { stats.rdb_applied.store(true, Relaxed); }
                             if getack_at.is_some_and(|at| ack.applied_offset >= at) {
                                 getack_at = None;
@@ -387,6 +387,7 @@ impl Session<'_> {
                             }
                             ReplEvent::Commands { data, lens, end_offset, getack } => {
                                 stats.source_offset.store(end_offset, Relaxed);
+                                stats.received(end_offset);
                                 awaiting_stream.store(false, Relaxed);
                                 if getack {
                                     ack_now.notify_one();
