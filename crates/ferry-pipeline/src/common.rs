@@ -16,14 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 /// `host:port` → `http://host:port`, or `https://` when the links are TLS (`[grpc]`).
+/// A scheme given with the address follows the config too (`http://` with TLS set cannot work).
 pub fn grpc_url(addr: &str) -> String {
-    if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else if GRPC_TLS.get().is_some_and(Option::is_some) {
-        format!("https://{addr}")
-    } else {
-        format!("http://{addr}")
-    }
+    let host = addr.strip_prefix("http://").or_else(|| addr.strip_prefix("https://")).unwrap_or(addr);
+    if GRPC_TLS.get().is_some_and(Option::is_some) { format!("https://{host}") } else { format!("http://{host}") }
 }
 
 /// Mutual TLS between ferry's processes (`[grpc]`): the CA, this process's identity.
