@@ -202,3 +202,34 @@ fn source_slot_migrations_and_a_new_master_keep_every_key_once() {
     let target = rt().block_on(async { snapshot(&mut tgt.connect().await.unwrap()).await.unwrap() });
     compare_snapshots(&cluster.snapshot(), &target, 2000).unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
 }
+
+#[test]
+fn a_restarted_coordinator_after_a_slot_migration_leaves_no_master_unread() {
+    let cluster = Cluster::start(3, 0);
+    let tgt = RedisServer::start(&[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = cluster.witness_writer(stop.clone());
+    let (cfg, status) =
+        config_with_ports(&format!("[source]\n{}\n[target]\naddress = \"{}\"\n", cluster.toml(), tgt.addr()));
+    let mut ferry = Ferry::start(&cfg, &status);
+    ferry.wait_all("3 pipelines incremental", 3, Duration::from_secs(60), |p| p["phase"] == "incremental");
+    // Slot 0 names the first master's pipeline; it moves to the second master. A new
+    // coordinator names the pipelines after the first slots it sees now: shard-0 is the
+    // second master's, shard-5461 is no more. The reader of shard-0 must follow the plan
+    // to the second master, or nobody reads it.
+    cluster.migrate_slot(0, 5461);
+    std::thread::sleep(Duration::from_millis(2500));
+    ferry.kill("ferry-coordinator");
+    ferry.spawn("ferry-coordinator");
+    std::thread::sleep(Duration::from_secs(8));
+    stop.store(true, Ordering::SeqCst);
+    let n = writer.join().unwrap();
+    assert!(n > 100, "only {n} writes");
+    let s = ferry.wait_all("3 pipelines caught up", 3, Duration::from_secs(90), |p| {
+        p["phase"] == "incremental" && p["lag_bytes"] == 0 && p["error"].is_null()
+    });
+    let ids: Vec<&str> = s["pipelines"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"shard-0") && !ids.contains(&"shard-5461"), "{ids:?}");
+    let target = rt().block_on(async { snapshot(&mut tgt.connect().await.unwrap()).await.unwrap() });
+    compare_snapshots(&cluster.snapshot(), &target, 2000).unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
+}

@@ -121,14 +121,21 @@ impl Decoder for DecoderSvc {
             let res =
                 session(&cfg, &writer, &stats, &filter, &sessions, hello, frames, ack_tx.clone(), &session_cancel)
                     .await;
+            // A newer session of the pipeline (or the shutdown) cancelled this one: the
+            // statistics are the newer session's now.
+            let superseded = session_cancel.is_cancelled();
             session_cancel.cancel();
             if let Err(e) = res {
                 let msg = format!("{e:#}");
                 error!(error = %msg, "decoder session failed");
-                stats.set_error(&msg);
+                if !superseded {
+                    stats.set_error(&msg);
+                }
                 let _ = ack_tx.send(Err(common::to_status(&msg))).await;
             }
-            stats.set_phase("idle");
+            if !superseded {
+                stats.set_phase("idle");
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
     }

@@ -212,7 +212,9 @@ impl MigrationGuard {
             let field = |k: &str| ferry_resp::replication::info_field(&info, k).unwrap_or_default().to_string();
             let (id1, id2) = (field("master_replid"), field("master_replid2"));
             let offset: i64 = field("master_repl_offset").parse().unwrap_or(0);
-            for p in peers.iter().filter(|p| !Arc::ptr_eq(p, me) && p.rdb_applied.load(Relaxed)) {
+            // Live sessions past their full copy (a pipeline that stopped keeps its statistics).
+            let live = |p: &Arc<Stats>| *p.phase.lock().unwrap() == "running" && p.rdb_applied.load(Relaxed);
+            for p in peers.iter().filter(|p| !Arc::ptr_eq(p, me) && live(p)) {
                 let replid = p.replid.lock().unwrap().clone();
                 if !replid.is_empty() && (replid == id1 || replid == id2) {
                     goals.push((p.clone(), offset));

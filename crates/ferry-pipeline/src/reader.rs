@@ -104,13 +104,16 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
     tasks.spawn(crate::metrics::serve(cfg.reader.metrics_addr.clone(), "reader", cancel.clone()));
-    let mut running: std::collections::HashMap<String, CancellationToken> = std::collections::HashMap::new();
+    // Each running pipeline, and the leader the coordinator plans it on (it follows that
+    // leader when the two disagree for long: see `plan_moved`).
+    type Running = (CancellationToken, tokio::sync::watch::Sender<String>);
+    let mut running: std::collections::HashMap<String, Running> = std::collections::HashMap::new();
     let mut warned = false;
     loop {
         match common::plan_once(&coordinator, "reader", pipeline.as_deref()).await {
             Ok(assignments) => {
                 warned = false;
-                running.retain(|id, token| {
+                running.retain(|id, (token, _)| {
                     let keep = assignments.iter().any(|a| a.pipeline_id == *id);
                     if !keep {
                         info!(pipeline = %id, "pipeline no longer planned (role change): stopping it");
@@ -119,13 +122,16 @@ pub async fn run(
                     keep
                 });
                 for a in assignments {
-                    if running.contains_key(&a.pipeline_id) {
+                    if let Some((_, planned)) = running.get(&a.pipeline_id) {
+                        planned
+                            .send_if_modified(|p| std::mem::replace(p, a.source_address.clone()) != a.source_address);
                         continue;
                     }
                     info!(pipeline = %a.pipeline_id, leader = %a.source_address, downstream = %a.downstream_address, reverse = a.reverse, "assigned");
                     let token = cancel.child_token();
-                    running.insert(a.pipeline_id.clone(), token.clone());
-                    tasks.spawn(run_pipeline(cfg.clone(), coordinator.clone(), a, token));
+                    let (planned_tx, planned_rx) = tokio::sync::watch::channel(a.source_address.clone());
+                    running.insert(a.pipeline_id.clone(), (token.clone(), planned_tx));
+                    tasks.spawn(run_pipeline(cfg.clone(), coordinator.clone(), a, planned_rx, token));
                 }
             }
             Err(e) if !warned => {
@@ -143,7 +149,13 @@ pub async fn run(
     Ok(())
 }
 
-async fn run_pipeline(cfg: Config, coordinator: String, assignment: Assignment, cancel: CancellationToken) {
+async fn run_pipeline(
+    cfg: Config,
+    coordinator: String,
+    assignment: Assignment,
+    planned: tokio::sync::watch::Receiver<String>,
+    cancel: CancellationToken,
+) {
     // A reverse pipeline reads the configured target and writes the configured source.
     let cfg = if assignment.reverse { cfg.reversed() } else { cfg };
     let stats = Stats::new("connecting");
@@ -181,6 +193,7 @@ async fn run_pipeline(cfg: Config, coordinator: String, assignment: Assignment, 
             source: &source,
             decoder: &decoder,
             stats: &stats,
+            planned: &planned,
         };
         match session.run(&cancel, &mut backoff, &mut last_leader, &mut slot).await {
             Ok(()) => break,
@@ -218,7 +231,44 @@ struct Session<'a> {
     source: &'a str,
     decoder: &'a str,
     stats: &'a Arc<Stats>,
+    /// The leader the coordinator plans this pipeline on.
+    planned: &'a tokio::sync::watch::Receiver<String>,
 }
+
+/// Resolves with the planned leader of a cluster pipeline when it has differed from
+/// `current` for [`PLAN_DISAGREEMENT`] and is a master that serves slots: the coordinator
+/// gave this pipeline's shard to another master (it restarted and named the pipelines
+/// after their masters' first slots again, say), and another pipeline may be reading
+/// `current`. During a failover the two agree again within seconds.
+async fn plan_moved(
+    r: &ferry_config::RedisConfig,
+    mut planned: tokio::sync::watch::Receiver<String>,
+    current: &str,
+) -> String {
+    if r.kind != ferry_config::DeploymentType::Cluster {
+        return std::future::pending().await;
+    }
+    loop {
+        let target = planned.borrow_and_update().clone();
+        if !target.is_empty() && target != current {
+            tokio::time::sleep(PLAN_DISAGREEMENT).await;
+            if *planned.borrow() == target
+                && let Ok(map) = common::cluster_map(r, std::slice::from_ref(&target)).await
+                && map.master_index(&target).is_some()
+                && map.master_index(current).is_some()
+            {
+                return target;
+            }
+            continue;
+        }
+        if planned.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// How long a reader and the coordinator's plan may disagree on a cluster pipeline's leader.
+const PLAN_DISAGREEMENT: Duration = Duration::from_secs(5);
 
 impl Session<'_> {
     /// One replication session; returns Ok only when cancelled.
@@ -341,6 +391,8 @@ impl Session<'_> {
         // checkpoint continues on the old replication id, which the new master keeps as replid2).
         let moved = common::master_moved_at(self.source_cfg, *slot, &addr);
         tokio::pin!(moved);
+        let replanned = plan_moved(self.source_cfg, self.planned.clone(), &addr);
+        tokio::pin!(replanned);
         let result = async {
             let mut rdb_bytes = 0u64;
             // The source asked for an ACK (`WAIT` does) at this offset: answer again as soon
@@ -350,6 +402,11 @@ impl Session<'_> {
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
                     e = &mut moved => return Err(e.context("source")),
+                    to = &mut replanned => {
+                        warn!(pipeline = %self.pipeline_id, from = %addr, to = %to, "the coordinator plans this pipeline on another master: moving there");
+                        *last_leader = to.clone();
+                        return Err(anyhow!("the coordinator plans this pipeline on {to}, not {addr}"));
+                    }
                     ack = acks.message() => match ack {
                         Ok(Some(ack)) => {
                             stats.applied(ack.applied_offset);

@@ -102,14 +102,21 @@ impl Writer for WriterSvc {
             stats.set_phase("running");
             stats.rdb_applied.store(false, Relaxed);
             let res = session(&cfg, &stats, hello, batches, ack_tx.clone(), &session_cancel).await;
+            // A newer session of the pipeline (or the shutdown) cancelled this one: the
+            // statistics are the newer session's now.
+            let superseded = session_cancel.is_cancelled();
             session_cancel.cancel();
             if let Err(e) = res {
                 let msg = format!("{e:#}");
                 error!(error = %msg, "writer session failed");
-                stats.set_error(&msg);
+                if !superseded {
+                    stats.set_error(&msg);
+                }
                 let _ = ack_tx.send(Err(common::to_status(&msg))).await;
             }
-            stats.set_phase("idle");
+            if !superseded {
+                stats.set_phase("idle");
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
     }
