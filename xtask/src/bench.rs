@@ -34,6 +34,8 @@ pub struct BenchOpts {
     pub value_size: usize,
     /// Short phases (CI).
     pub quick: bool,
+    /// Release builds (the default); debug ones only check that the bench runs.
+    pub release: bool,
 }
 
 /// Knobs read from the environment (no CLI flag for them).
@@ -261,10 +263,11 @@ fn huge_keys(rt: &tokio::runtime::Runtime, bins: &Path, dir: &Path, h: &HugeOpts
 /// Micro-benchmarks, in release builds of the libraries' own examples: the RDB parser on the
 /// source's dump (against `redis-check-rdb`, Redis's own loader, on the same file) and RESP
 /// framing on the data set's RESP file.
-fn micro(bins: &Path, rdb: &Path, resp: &Path) -> anyhow::Result<serde_json::Value> {
+fn micro(bins: &Path, rdb: &Path, resp: &Path, release: bool) -> anyhow::Result<serde_json::Value> {
     let st = Command::new(crate::cargo())
         .current_dir(crate::root())
-        .args(["build", "--release", "--quiet", "-p", "ferry-rdb", "-p", "ferry-resp", "--examples"])
+        .args(["build", "--quiet", "-p", "ferry-rdb", "-p", "ferry-resp", "--examples"])
+        .args(release.then_some("--release"))
         .status()
         .context("cannot run cargo build")?;
     if !st.success() {
@@ -796,7 +799,7 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
 
     eprintln!("redis-cli --pipe: {pipe:.2}s; micro-benchmarks (RDB parser, RESP framing)...");
     rt.block_on(async { src.connect().await?.call(&["SAVE"]).await.map_err(anyhow::Error::from) })?;
-    let micro = micro(bins, &src.dir.path().join("dump.rdb"), &resp_file).context("micro-benchmarks")?;
+    let micro = micro(bins, &src.dir.path().join("dump.rdb"), &resp_file, opts.release).context("micro-benchmarks")?;
     drop(resp_dir);
 
     eprintln!("ferry full copy...");

@@ -52,6 +52,10 @@ enum Cmd {
         /// Bytes per string value.
         #[arg(long, default_value_t = 350)]
         value_size: usize,
+        /// Use the debug builds (CI, after the tests built them: the bench runs end to end,
+        /// its numbers mean nothing).
+        #[arg(long)]
+        debug: bool,
     },
     /// Fault injection for longer than the tests: many rounds of network cuts, stalls,
     /// process and target kills during writes (each checked with ferry-verify), then the
@@ -94,11 +98,11 @@ fn main() -> std::process::ExitCode {
         Cmd::Down => down(),
         Cmd::Logs { stage, follow } => logs(stage.as_deref(), follow),
         Cmd::Soak { rounds, repeats, seed } => soak(rounds, repeats, seed),
-        Cmd::Bench { quick, keys, value_size } => (|| {
+        Cmd::Bench { quick, keys, value_size, debug } => (|| {
             require_redis()?;
-            let bins = build(true)?;
-            let opts =
-                bench::BenchOpts { keys: keys.unwrap_or(if quick { 20_000 } else { 1_000_000 }), value_size, quick };
+            let bins = build(!debug)?;
+            let keys = keys.unwrap_or(if quick { 20_000 } else { 1_000_000 });
+            let opts = bench::BenchOpts { keys, value_size, quick, release: !debug };
             bench::run(&bins, &run_dir()?, &opts)
         })(),
     };
