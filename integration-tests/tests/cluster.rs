@@ -219,9 +219,10 @@ fn a_restarted_coordinator_after_a_slot_migration_leaves_no_master_unread() {
     let mut ferry = Ferry::start(&cfg, &status);
     ferry.wait_all("3 pipelines incremental", 3, Duration::from_secs(60), |p| p["phase"] == "incremental");
     // Slot 0 names the first master's pipeline; it moves to the second master. A new
-    // coordinator names the pipelines after the first slots it sees now: shard-0 is the
-    // second master's, shard-5461 is no more. The reader of shard-0 must follow the plan
-    // to the second master, or nobody reads it.
+    // coordinator finds which pipeline reads which master from their checkpoints on the
+    // target (by replication id), so every pipeline keeps its name and nothing is copied
+    // again; named after the first slots it sees now, shard-0 would be the second master's,
+    // and two masters would start over with a full copy.
     cluster.migrate_slot(0, 5461);
     std::thread::sleep(Duration::from_millis(2500));
     ferry.kill("ferry-coordinator");
@@ -233,8 +234,13 @@ fn a_restarted_coordinator_after_a_slot_migration_leaves_no_master_unread() {
     let s = ferry.wait_all("3 pipelines caught up", 3, Duration::from_secs(90), |p| {
         p["phase"] == "incremental" && p["lag_bytes"] == 0 && p["error"].is_null()
     });
-    let ids: Vec<&str> = s["pipelines"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
-    assert!(ids.contains(&"shard-0") && !ids.contains(&"shard-5461"), "{ids:?}");
+    let mut ids: Vec<&str> = s["pipelines"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["shard-0", "shard-10923", "shard-5461"], "{}", ferry.logs());
+    for p in s["pipelines"].as_array().unwrap() {
+        assert_eq!(p["full_syncs"], 1, "the restarted coordinator caused a full copy: {p:#}\n{}", ferry.logs());
+    }
+    assert!(ferry.logs().contains("pipeline found from its checkpoint on the target"), "{}", ferry.logs());
     let target = rt().block_on(async { snapshot(&mut tgt.connect().await.unwrap()).await.unwrap() });
     compare_snapshots(&cluster.snapshot(), &target, 2000).unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
 }

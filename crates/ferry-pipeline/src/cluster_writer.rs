@@ -127,22 +127,9 @@ impl ClusterTarget {
     async fn checkpoint_keys(&mut self, addr: &str) -> anyhow::Result<Vec<Bytes>> {
         let suffix = format!(":{}", self.pipeline_id);
         let c = self.conns.get_mut(addr).ok_or_else(|| anyhow!("no connection to {addr}"))?;
-        let mut keys = Vec::new();
-        let mut cursor = b"0".to_vec();
-        loop {
-            let r = c.call(&[&b"SCAN"[..], &cursor, b"MATCH", b"ferry:checkpoint:*", b"COUNT", b"1000"]).await?;
-            let Reply::Array(Some(mut parts)) = r else { bail!("bad reply to SCAN") };
-            let batch = parts.pop();
-            cursor = parts.pop().and_then(|c| c.as_bytes().map(|b| b.to_vec())).unwrap_or_else(|| b"0".to_vec());
-            if let Some(Reply::Array(Some(ks))) = batch {
-                keys.extend(
-                    ks.into_iter().filter_map(|k| k.as_bytes().cloned()).filter(|k| k.ends_with(suffix.as_bytes())),
-                );
-            }
-            if cursor == b"0" {
-                return Ok(keys);
-            }
-        }
+        let mut keys = common::scan_keys(c, "ferry:checkpoint:*").await?;
+        keys.retain(|k| k.ends_with(suffix.as_bytes()));
+        Ok(keys)
     }
 
     /// The checkpoint of the whole target: present only if every master has a floor of the

@@ -452,6 +452,24 @@ pub async fn cluster_map(
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no cluster node to ask")))
 }
 
+/// Every key of the connection's db that matches `pattern` (`SCAN MATCH`, to the end).
+pub async fn scan_keys(c: &mut ferry_resp::Connection, pattern: &str) -> anyhow::Result<Vec<bytes::Bytes>> {
+    let mut keys = Vec::new();
+    let mut cursor = b"0".to_vec();
+    loop {
+        let r = c.call(&[&b"SCAN"[..], &cursor, b"MATCH", pattern.as_bytes(), b"COUNT", b"1000"]).await?;
+        let ferry_resp::Reply::Array(Some(mut parts)) = r else { anyhow::bail!("bad reply to SCAN") };
+        let batch = parts.pop();
+        cursor = parts.pop().and_then(|c| c.as_bytes().map(|b| b.to_vec())).unwrap_or_else(|| b"0".to_vec());
+        if let Some(ferry_resp::Reply::Array(Some(ks))) = batch {
+            keys.extend(ks.into_iter().filter_map(|k| k.as_bytes().cloned()));
+        }
+        if cursor == b"0" {
+            return Ok(keys);
+        }
+    }
+}
+
 /// Nodes of each cluster deployment (by its configured address) seen in `CLUSTER SLOTS`
 /// replies, masters and replicas: asked when the configured node is gone.
 static KNOWN_CLUSTER_NODES: Mutex<Vec<(String, Vec<String>)>> = Mutex::new(Vec::new());

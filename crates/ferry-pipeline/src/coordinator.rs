@@ -100,11 +100,88 @@ pub async fn plan(cfg: &Config, epoch: u64, reverse: bool, old: &[PipelinePlan])
         ferry_config::DeploymentType::File => vec![one("file".into(), cfg.source.describe(), String::new(), -1)],
         ferry_config::DeploymentType::Cluster => {
             let map = common::cluster_map(&cfg.source, &[]).await?;
-            cluster_plans(&map, old, |name, slot, addr| {
-                one(name, format!("cluster shard of slot {slot}"), addr, slot as i32)
-            })
+            let new = |name, slot: u16, addr| one(name, format!("cluster shard of slot {slot}"), addr, slot as i32);
+            if old.is_empty() {
+                // A coordinator that starts (or restarts) finds the pipelines it planned before
+                // from their checkpoints on the target, so they keep their names.
+                let found = match names_from_checkpoints(cfg, &map, epoch, reverse).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "cannot read the pipelines' checkpoints on the target: pipelines are named after their masters' first slots");
+                        Vec::new()
+                    }
+                };
+                let old: Vec<PipelinePlan> = found
+                    .into_iter()
+                    .filter_map(|(base, addr)| {
+                        let slot = map.a_slot_of(map.master_index(&addr)?)?;
+                        info!(pipeline = %role::pipeline_id(&base, epoch, reverse), leader = %addr, "pipeline found from its checkpoint on the target");
+                        Some(new(base, slot, addr))
+                    })
+                    .collect();
+                cluster_plans(&map, &old, new)
+            } else {
+                cluster_plans(&map, old, new)
+            }
         }
     })
+}
+
+/// The pipelines of a cluster source planned before, found from their checkpoints on the
+/// target: `(base name, master)` for each master whose replication id (current, or previous
+/// after a failover) a checkpoint of this epoch and direction holds, the most advanced
+/// checkpoint winning. Without it, a restarted coordinator would name the pipelines after
+/// the masters' first slots now, and a master whose first slot migrated away would start
+/// over under a new name with a full copy.
+async fn names_from_checkpoints(
+    cfg: &Config,
+    map: &ferry_resp::cluster::SlotMap,
+    epoch: u64,
+    reverse: bool,
+) -> anyhow::Result<Vec<(String, String)>> {
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    // (pipeline id, replication id, offset) of every checkpoint on the target.
+    let mut checkpoints: Vec<(String, String, i64)> = Vec::new();
+    let nodes = match cfg.target.kind {
+        ferry_config::DeploymentType::Cluster => common::cluster_map(&cfg.target, &[]).await?.masters,
+        _ => vec![common::resolve(&cfg.target).await?],
+    };
+    for node in &nodes {
+        let mut c = common::connect_node(&cfg.target, node, TIMEOUT).await.with_context(|| node.clone())?;
+        for key in common::scan_keys(&mut c, "ferry:checkpoint:*").await? {
+            let Some(id) = crate::writer::pipeline_of_checkpoint_key(&key) else { continue };
+            let Some(v) = c.call(&[&b"GET"[..], &key]).await?.as_bytes().cloned() else { continue };
+            if let Some(ckpt) = crate::writer::parse_checkpoint(&v) {
+                checkpoints.push((id.to_string(), ckpt.replid, ckpt.offset));
+            }
+        }
+    }
+    // A master without a previous history shows an all-zero `master_replid2`.
+    checkpoints.retain(|(id, replid, _)| {
+        role::base_in_epoch(id, epoch, reverse).is_some_and(|b| b.starts_with("shard-"))
+            && replid.bytes().any(|b| b != b'0')
+    });
+    if checkpoints.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut found: Vec<(String, String, i64)> = Vec::new();
+    for master in &map.masters {
+        let mut c = common::connect_node(&cfg.source, master, TIMEOUT).await.with_context(|| master.clone())?;
+        let info = c.call(&["INFO", "replication"]).await?;
+        let field = |k: &str| ferry_resp::replication::info_field(&info, k).unwrap_or_default().to_string();
+        let ids = [field("master_replid"), field("master_replid2")];
+        let best = checkpoints
+            .iter()
+            .filter(|(id, replid, _)| ids.contains(replid) && !found.iter().any(|(f, _, _)| f == id))
+            .max_by_key(|(_, _, offset)| *offset);
+        if let Some((id, _, offset)) = best {
+            found.push((id.clone(), master.clone(), *offset));
+        }
+    }
+    Ok(found
+        .into_iter()
+        .filter_map(|(id, master, _)| Some((role::base_in_epoch(&id, epoch, reverse)?.to_string(), master)))
+        .collect())
 }
 
 /// One pipeline per master that serves slots. The pipelines of `old` keep their ids: each

@@ -130,6 +130,16 @@ pub fn pipeline_id(base: &str, epoch: u64, reverse: bool) -> String {
     if epoch == 0 { format!("{dir}{base}") } else { format!("{dir}{base}@{epoch}") }
 }
 
+/// The base name of `id` when it is a pipeline id of `epoch` and direction `reverse`.
+pub fn base_in_epoch(id: &str, epoch: u64, reverse: bool) -> Option<&str> {
+    let rest = if reverse { id.strip_prefix("reverse-")? } else { id };
+    if rest.starts_with("reverse-") {
+        return None;
+    }
+    let base = if epoch == 0 { rest } else { rest.strip_suffix(&format!("@{epoch}") as &str)? };
+    (pipeline_id(base, epoch, reverse) == id && !base.contains('@')).then_some(base)
+}
+
 /// The id without its epoch (what a sidecar reader names with `--pipeline`).
 pub fn base_of(id: &str) -> &str {
     id.rsplit_once('@').map(|(b, _)| b).unwrap_or(id)
@@ -166,6 +176,13 @@ mod tests {
         assert_eq!(pipeline_id("sentinel-b", 1, true), "reverse-sentinel-b@1");
         assert_eq!(base_of("reverse-sentinel-b@1"), "reverse-sentinel-b");
         assert_eq!(base_of("127.0.0.1:6379"), "127.0.0.1:6379");
+        assert_eq!(base_in_epoch("shard-0", 0, false), Some("shard-0"));
+        assert_eq!(base_in_epoch("shard-0@2", 2, false), Some("shard-0"));
+        assert_eq!(base_in_epoch("reverse-shard-7@1", 1, true), Some("shard-7"));
+        assert_eq!(base_in_epoch("shard-0@2", 0, false), None);
+        assert_eq!(base_in_epoch("shard-0@1", 2, false), None);
+        assert_eq!(base_in_epoch("reverse-shard-7@1", 1, false), None);
+        assert_eq!(base_in_epoch("shard-7@1", 1, true), None);
     }
 
     #[test]

@@ -138,6 +138,22 @@ pub fn checkpoint_key(pipeline_id: &str) -> String {
     format!("ferry:checkpoint:{pipeline_id}")
 }
 
+/// The pipeline a checkpoint key belongs to: `ferry:checkpoint:<id>` (a standalone target)
+/// or, on a cluster target, `ferry:checkpoint:{<tag>}:<id>` and
+/// `ferry:checkpoint:floor:{<tag>}:<id>`.
+pub fn pipeline_of_checkpoint_key(key: &[u8]) -> Option<&str> {
+    let rest = key.strip_prefix(b"ferry:checkpoint:")?;
+    let rest = rest.strip_prefix(b"floor:").unwrap_or(rest);
+    let rest = match rest.strip_prefix(b"{") {
+        Some(tagged) => {
+            let end = tagged.iter().position(|&c| c == b'}')?;
+            tagged[end + 1..].strip_prefix(b":")?
+        }
+        None => rest,
+    };
+    std::str::from_utf8(rest).ok().filter(|id| !id.is_empty())
+}
+
 /// The value of a checkpoint key: `"<replid> <offset> <resume_offset> <resume_db>"`.
 pub(crate) fn checkpoint_value(replid: &str, b: &Batch) -> String {
     format!("{replid} {} {} {}", b.offset, b.resume_offset, b.resume_db)
@@ -468,5 +484,20 @@ pub(crate) fn command_key(resp: &Bytes, i: usize) -> String {
     match nth_command(resp, i) {
         Some(args) if args.len() > 1 => format!("{:?}", printable(&args[1])),
         _ => "(none)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_keys_name_their_pipeline() {
+        assert_eq!(pipeline_of_checkpoint_key(b"ferry:checkpoint:127.0.0.1:6379"), Some("127.0.0.1:6379"));
+        assert_eq!(pipeline_of_checkpoint_key(b"ferry:checkpoint:{a1}:shard-0"), Some("shard-0"));
+        assert_eq!(pipeline_of_checkpoint_key(b"ferry:checkpoint:floor:{a1}:shard-0@2"), Some("shard-0@2"));
+        assert_eq!(pipeline_of_checkpoint_key(b"ferry:checkpoint:{a1}"), None);
+        assert_eq!(pipeline_of_checkpoint_key(b"ferry:checkpoint:"), None);
+        assert_eq!(pipeline_of_checkpoint_key(b"user:1"), None);
     }
 }
