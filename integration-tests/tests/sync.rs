@@ -310,9 +310,11 @@ fn a_slow_target_never_gets_the_reader_disconnected_the_spool_drains() {
             }
         }
     });
-    let spooled =
-        ferry.wait_for("the spool in use", Duration::from_secs(30), |p| p["spool_bytes"].as_u64().unwrap_or(0) > 0);
-    assert!(spooled["spool_bytes"].as_u64().unwrap() > 1_000_000, "{spooled:#}");
+    // Over a megabyte spooled at some point (a status taken as the spool starts to fill
+    // shows less, so wait for it rather than assert on the first non-zero one).
+    ferry.wait_for("over 1 MB in the spool", Duration::from_secs(30), |p| {
+        p["spool_bytes"].as_u64().unwrap_or(0) > 1_000_000
+    });
     // Behind in time as well as in bytes.
     ferry.wait_for("a lag in seconds", Duration::from_secs(30), |p| p["lag_seconds"].as_f64() > Some(0.2));
     let p = ferry.wait_caught_up(rt.block_on(src.repl_offset()).unwrap(), Duration::from_secs(90));

@@ -564,6 +564,12 @@ pub struct WriterConfig {
     /// keys that exist only on the target do not survive it. Off by default; logged loudly.
     #[serde(default)]
     pub empty_target_before_full_copy: bool,
+    /// After a full copy that replaces an earlier copy of the same pipeline (a resync the
+    /// source could not serve partially), delete the target's keys of the pipeline's
+    /// keyspace that the new snapshot does not hold (deleted on the source meanwhile). A
+    /// first copy never deletes anything.
+    #[serde(default = "default_true")]
+    pub remove_stale_keys: bool,
 }
 
 impl Default for WriterConfig {
@@ -578,6 +584,7 @@ impl Default for WriterConfig {
             max_ops_per_sec: 0,
             max_bytes_per_sec: 0,
             empty_target_before_full_copy: false,
+            remove_stale_keys: true,
         }
     }
 }

@@ -62,6 +62,8 @@ struct ClusterTarget {
     /// Floor of each master, by address: everything up to it is applied on every master.
     floor: HashMap<String, i64>,
     last_floor_write: std::time::Instant,
+    /// The target holds an earlier copy of the pipeline (a checkpoint or a re-copy's marker).
+    earlier_copy: bool,
 }
 
 impl ClusterTarget {
@@ -80,6 +82,7 @@ impl ClusterTarget {
             slot_done: HashMap::new(),
             floor: HashMap::new(),
             last_floor_write: std::time::Instant::now(),
+            earlier_copy: false,
         };
         ct.connect_masters().await?;
         Ok(ct)
@@ -143,7 +146,9 @@ impl ClusterTarget {
             for key in self.checkpoint_keys(m).await? {
                 let c = self.conns.get_mut(m).ok_or_else(|| anyhow!("no connection to {m}"))?;
                 let Some(v) = c.call(&[&b"GET"[..], &key]).await?.as_bytes().cloned() else { continue };
+                self.earlier_copy |= v[..] == *crate::stale::RECOPY_MARKER.as_bytes();
                 let Some(ckpt) = parse_checkpoint(&v) else { continue };
+                self.earlier_copy = true;
                 if key[..] == *floor_key.as_bytes() {
                     self.floor.insert(m.clone(), ckpt.offset);
                     floors.push(ckpt);
@@ -361,6 +366,8 @@ pub(crate) async fn session(
     let target_rdb_version = ct.rdb_version().await;
     crate::writer::hello_ack(&ack_tx, stats, checkpoint, target_rdb_version).await;
     let mut replid = String::new();
+    // During a re-copy: the keys it writes and the source master it copies.
+    let mut recopy: Option<(crate::stale::KeySet, String)> = None;
     let mut limiter = common::RateLimiter::new(cfg.writer.max_ops_per_sec);
     let mut byte_limiter = common::RateLimiter::new(cfg.writer.max_bytes_per_sec);
     loop {
@@ -371,8 +378,16 @@ pub(crate) async fn session(
         let Some(mut b) = msg else { return Ok(()) };
         if let Some(begin) = b.begin.take() {
             replid = begin.replid.clone();
+            recopy = None;
             if begin.full {
                 ct.delete_checkpoints().await.context("target cluster")?;
+                if ct.earlier_copy && cfg.writer.remove_stale_keys {
+                    // Known as a re-copy until done, even by a writer restarted in the middle.
+                    info!(pipeline = %hello.pipeline_id, "a re-copy: keys the source no longer holds will be removed from the target once the snapshot is applied");
+                    ct.write_floors(crate::stale::RECOPY_MARKER, i64::MIN).await.context("target cluster")?;
+                    ct.floor.clear();
+                    recopy = Some((crate::stale::KeySet::default(), begin.source_address.clone()));
+                }
                 if cfg.writer.empty_target_before_full_copy {
                     warn!(target = %cfg.target.describe(), "emptying every master of the target before the full copy (writer.empty_target_before_full_copy = true): FLUSHALL");
                     for m in ct.map.masters.clone() {
@@ -385,6 +400,17 @@ pub(crate) async fn session(
             }
             continue;
         }
+        if let Some((written, source_master)) = &mut recopy {
+            written.note(&b.resp).context("a batch of the full copy")?;
+            if b.rdb_end {
+                // Before the floors that end the copy.
+                remove_stale(cfg, &mut ct, source_master, written, stats).await?;
+                recopy = None;
+            }
+        }
+        if b.rdb_end {
+            ct.earlier_copy = true;
+        }
         limiter.acquire(b.count as u64).await;
         byte_limiter.acquire(b.resp.len() as u64).await;
         let span = crate::telemetry::apply_span(&b, &hello.pipeline_id);
@@ -396,6 +422,36 @@ pub(crate) async fn session(
             return Ok(());
         }
     }
+}
+
+/// Removes the keys of a re-copy's keyspace the snapshot did not write, master by master
+/// (see [`crate::stale`]).
+async fn remove_stale(
+    cfg: &Config,
+    ct: &mut ClusterTarget,
+    source_master: &str,
+    written: &crate::stale::KeySet,
+    stats: &Stats,
+) -> anyhow::Result<()> {
+    let keyspace = match crate::stale::Keyspace::of(cfg, source_master).await {
+        Ok(Some(k)) => k,
+        other => {
+            stats.count_error("STALE_KEYS_NOT_CHECKED");
+            let why = other.err().map(|e| format!("{e:#}")).unwrap_or_else(|| "it serves no slot now".into());
+            warn!(source = %source_master, error = %why, "cannot tell the pipeline's keyspace: keys the source no longer holds are not removed after this re-copy");
+            return Ok(());
+        }
+    };
+    let mut removed = 0;
+    for m in ct.map.masters.clone() {
+        let c = ct.conns.get_mut(&m).ok_or_else(|| anyhow!("no connection to {m}"))?;
+        removed += crate::stale::remove(c, written, &keyspace)
+            .await
+            .with_context(|| format!("removing stale keys on the target master {m}"))?;
+    }
+    stats.stale_keys_removed.fetch_add(removed, Relaxed);
+    crate::stale::log_removed(removed, written);
+    Ok(())
 }
 
 /// Applies one batch: routes its commands, sends each master its part (for incremental

@@ -246,6 +246,8 @@ pub struct Stats {
     pub commands_applied: AtomicU64,
     pub entries_decoded: AtomicU64,
     pub modules_skipped: AtomicU64,
+    /// Writer: keys removed after re-copies (see [`crate::stale`]).
+    pub stale_keys_removed: AtomicU64,
     pub full_syncs: AtomicU64,
     pub partial_resyncs: AtomicU64,
     /// Bytes of the replication stream waiting in the reader's disk spool.
@@ -337,6 +339,7 @@ impl Stats {
             filtered_mixed: self.filter.get().map(|f| f.stats.filtered_mixed.load(Relaxed)).unwrap_or(0),
             db_map_collisions: self.filter.get().map(|f| f.stats.db_map_collisions.load(Relaxed)).unwrap_or(0),
             lag_ms: self.lag().as_millis() as u64,
+            stale_keys_removed: self.stale_keys_removed.load(Relaxed),
         }
     }
 }

@@ -241,6 +241,7 @@ struct Counters {
     commands_applied: u64,
     entries_decoded: u64,
     modules_skipped: u64,
+    stale_keys_removed: u64,
 }
 
 impl Counters {
@@ -253,6 +254,7 @@ impl Counters {
             commands_applied: r.commands_applied,
             entries_decoded: r.entries_decoded,
             modules_skipped: r.modules_skipped,
+            stale_keys_removed: r.stale_keys_removed,
         }
     }
 
@@ -265,6 +267,7 @@ impl Counters {
             commands_applied: self.commands_applied + o.commands_applied,
             entries_decoded: self.entries_decoded + o.entries_decoded,
             modules_skipped: self.modules_skipped + o.modules_skipped,
+            stale_keys_removed: self.stale_keys_removed + o.stale_keys_removed,
         }
     }
 }
@@ -320,6 +323,8 @@ pub struct PipelineStatus {
     pub keys_skipped: u64,
     pub entries_decoded: u64,
     pub modules_skipped: u64,
+    /// Keys removed from the target after re-copies because the source no longer held them.
+    pub stale_keys_removed: u64,
     /// Bytes of the source's stream waiting in the reader's disk spool (the target is slower).
     pub spool_bytes: u64,
     /// `[filter]`: full-copy keys not copied, stream commands not forwarded, multi-key
@@ -588,6 +593,7 @@ impl CoordinatorState {
                     keys_skipped: wc.keys_skipped,
                     entries_decoded: dc.entries_decoded,
                     modules_skipped: dc.modules_skipped + wc.modules_skipped,
+                    stale_keys_removed: wc.stale_keys_removed,
                     spool_bytes: reader.map(|r| r.spool_bytes).unwrap_or(0),
                     keys_filtered: decoder.map(|d| d.keys_filtered).unwrap_or(0),
                     commands_filtered: decoder.map(|d| d.commands_filtered).unwrap_or(0),

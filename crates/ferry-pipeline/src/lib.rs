@@ -12,6 +12,7 @@
 //!   stream (keys, dbs, commands), and db remapping.
 //! - [`writer`]: the `Writer` gRPC service: applies batches to the target, pipelined, and
 //!   acknowledges the source offsets it made durable.
+//! - [`stale`]: after a re-copy, the target's keys the source no longer holds are removed.
 //! - [`cluster_writer`]: the writer's routing for a Redis Cluster target (slots, MOVED/ASK,
 //!   one checkpoint per master).
 //! - [`coordinator`]: assignments, the status API (`/status`, `/metrics`, `/healthz`).
@@ -35,6 +36,7 @@ pub mod promote;
 pub mod reader;
 pub mod role;
 pub mod spool;
+pub mod stale;
 pub mod telemetry;
 pub mod watcher;
 pub mod writer;

@@ -36,7 +36,7 @@ const PHASES: [&str; 9] =
 
 type Series = (&'static str, &'static str, &'static str, fn(&StatusReport) -> f64);
 
-const SERIES: [Series; 14] = [
+const SERIES: [Series; 15] = [
     ("ferry_stage_lag_seconds", "gauge", "Reader: how long the oldest write not yet on the target has waited.", |r| {
         r.lag_ms as f64 / 1000.0
     }),
@@ -63,6 +63,9 @@ const SERIES: [Series; 14] = [
     }),
     ("ferry_stage_entries_decoded_total", "counter", "RDB entries decoded.", |r| r.entries_decoded as f64),
     ("ferry_stage_modules_skipped_total", "counter", "Module values not copied.", |r| r.modules_skipped as f64),
+    ("ferry_stage_stale_keys_removed_total", "counter", "Target keys removed after re-copies.", |r| {
+        r.stale_keys_removed as f64
+    }),
     ("ferry_stage_full_syncs_total", "counter", "Full copies started.", |r| r.full_syncs as f64),
     ("ferry_stage_partial_resyncs_total", "counter", "Partial resynchronizations.", |r| r.partial_resyncs as f64),
     ("ferry_stage_commands_filtered_total", "counter", "Stream commands not forwarded by [filter].", |r| {

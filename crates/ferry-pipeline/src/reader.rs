@@ -88,6 +88,10 @@ impl AckPolicy {
     }
 }
 
+/// A session that ran this long before it failed (or made the target apply something) is
+/// retried at once; sessions that fail sooner back off (up to 5 s).
+const HEALTHY_SESSION: Duration = Duration::from_secs(2);
+
 /// How often the reader asks the coordinator for the plan: a role swap stops the
 /// pipelines of the old role within about this long.
 const PLAN_POLL: Duration = Duration::from_millis(500);
@@ -185,6 +189,8 @@ async fn run_pipeline(
     let mut backoff = Backoff::new();
     let mut last_leader = assignment.source_address.clone();
     while !cancel.is_cancelled() {
+        let started = std::time::Instant::now();
+        let applied_before = stats.applied_offset.load(std::sync::atomic::Ordering::Relaxed);
         let session = Session {
             cfg: &cfg,
             source_cfg: &source_cfg,
@@ -195,13 +201,20 @@ async fn run_pipeline(
             stats: &stats,
             planned: &planned,
         };
-        match session.run(&cancel, &mut backoff, &mut last_leader, &mut slot).await {
+        match session.run(&cancel, &mut last_leader, &mut slot).await {
             Ok(()) => break,
             Err(e) => {
                 let msg = format!("{e:#}");
                 error!(source = %source, error = %msg, "replication session failed");
                 stats.set_error(&msg);
                 stats.set_phase("failed");
+                // Sessions that keep failing soon after they start without the target
+                // applying anything (a downstream error after each full copy, say) back off;
+                // one that ran a while or made progress retries at once.
+                let progressed = stats.applied_offset.load(std::sync::atomic::Ordering::Relaxed) > applied_before;
+                if progressed || started.elapsed() >= HEALTHY_SESSION {
+                    backoff.reset();
+                }
                 if !common::sleep_or_cancel(backoff.next_delay(), &cancel).await {
                     break;
                 }
@@ -275,14 +288,13 @@ impl Session<'_> {
     async fn run(
         &self,
         cancel: &CancellationToken,
-        backoff: &mut Backoff,
         last_leader: &mut String,
         slot: &mut Option<u16>,
     ) -> anyhow::Result<()> {
         let stats = self.stats;
         stats.set_phase("connecting");
         if self.source_cfg.kind == ferry_config::DeploymentType::File {
-            return self.run_file(cancel, backoff).await;
+            return self.run_file(cancel).await;
         }
         // A cluster shard is followed by its master's lineage: the same master while it
         // serves slots (the hint moves with its slots), the one serving the hint after a failover.
@@ -293,7 +305,7 @@ impl Session<'_> {
             info!(source = %self.source, master = %addr, "source master resolved");
         }
         if self.cfg.reader.method == ferry_config::ReadMethod::Scan {
-            return self.run_scan(cancel, backoff, conn, &addr).await;
+            return self.run_scan(cancel, conn, &addr).await;
         }
         let opts = ReplicaOptions {
             listening_port: self.cfg.reader.listening_port,
@@ -355,7 +367,6 @@ impl Session<'_> {
         };
         tx.push(Frame { kind: Some(frame::Kind::Start(start_frame)) })?;
         stats.clear_error();
-        backoff.reset();
 
         // ACKs to the source: every second, and at once when asked (GETACK) or after a diskless RDB.
         let ack_now = Arc::new(Notify::new());
@@ -642,7 +653,7 @@ impl Session<'_> {
     /// A file source (see [`crate::files`]): the RDB part as the full copy, then the commands
     /// as the stream; resumes after the last command the target holds, and does nothing when
     /// the target already holds all of it.
-    async fn run_file(&self, cancel: &CancellationToken, backoff: &mut Backoff) -> anyhow::Result<()> {
+    async fn run_file(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
         let stats = self.stats;
         let path = std::path::PathBuf::from(&self.source_cfg.path);
         let src = tokio::task::spawn_blocking(move || crate::files::open(&path)).await.context("file reader")??;
@@ -671,7 +682,6 @@ impl Session<'_> {
             }
         };
         self.start_copy(&tx, &src.identity, from, full, db)?;
-        backoff.reset();
         // The files are read on a blocking thread, a few frames ahead.
         let (ftx, mut frx) = mpsc::channel::<anyhow::Result<frame::Kind>>(4);
         let max_bulk = self.cfg.reader.proto_max_bulk_len as usize;
@@ -742,7 +752,6 @@ impl Session<'_> {
     async fn run_scan(
         &self,
         cancel: &CancellationToken,
-        backoff: &mut Backoff,
         mut conn: ferry_resp::Connection,
         addr: &str,
     ) -> anyhow::Result<()> {
@@ -767,7 +776,6 @@ impl Session<'_> {
         let dbs = scan_dbs(&mut conn, self.source_cfg.kind == ferry_config::DeploymentType::Cluster).await?;
         info!(source = %addr, dbs = ?dbs, rdb_version = version, "scan copy: a point-in-time view, key by key (writes after a key is read are not copied)");
         self.start_copy(&tx, &identity, 0, true, 0)?;
-        backoff.reset();
         let (mut w, header) = ferry_rdb::RdbWriter::new(version);
         let mut buf = header;
         let mut rdb_bytes = 0u64;

@@ -207,16 +207,20 @@ pub(crate) async fn hello_ack(
     stats.clear_error();
 }
 
-/// Reads the checkpoint of `pipeline_id` from the target.
-async fn read_checkpoint(conn: &mut Connection, pipeline_id: &str) -> anyhow::Result<Checkpoint> {
+/// Reads the checkpoint of `pipeline_id` from the target, and whether the target holds an
+/// earlier copy of the pipeline (a checkpoint, or the marker of an unfinished re-copy).
+async fn read_checkpoint(conn: &mut Connection, pipeline_id: &str) -> anyhow::Result<(Checkpoint, bool)> {
     conn.call(&["SELECT", "0"]).await.context("target")?;
     let reply = conn.call(&["GET", &checkpoint_key(pipeline_id)]).await.context("target")?;
-    let Some(v) = reply.as_bytes() else { return Ok(Checkpoint::default()) };
+    let Some(v) = reply.as_bytes() else { return Ok((Checkpoint::default(), false)) };
+    if v[..] == *crate::stale::RECOPY_MARKER.as_bytes() {
+        return Ok((Checkpoint::default(), true));
+    }
     match parse_checkpoint(v) {
-        Some(c) => Ok(c),
+        Some(c) => Ok((c, true)),
         None => {
             warn!(key = %checkpoint_key(pipeline_id), "ignoring a malformed checkpoint on the target");
-            Ok(Checkpoint::default())
+            Ok((Checkpoint::default(), false))
         }
     }
 }
@@ -245,7 +249,7 @@ async fn session(
     // The session opens with a hello: answer with the checkpoint the target holds.
     let pipeline_id = hello.pipeline_id.clone();
     let ckpt_key = Bytes::from(checkpoint_key(&pipeline_id));
-    let checkpoint = read_checkpoint(&mut conn, &pipeline_id).await?;
+    let (checkpoint, mut earlier_copy) = read_checkpoint(&mut conn, &pipeline_id).await?;
     if checkpoint.present {
         info!(pipeline = %pipeline_id, replid = %checkpoint.replid, offset = checkpoint.offset, "checkpoint found on the target");
     }
@@ -258,6 +262,8 @@ async fn session(
     let kib_limit = (cfg.writer.max_inflight_bytes / 1024).clamp(1, u32::MAX as u64 >> 4) as usize;
     let bytes_sem = Arc::new(Semaphore::new(kib_limit));
     let (inflight_tx, mut inflight_rx) = mpsc::channel::<InFlight>(limit.max(1));
+    // Batches whose replies are all in (the sender waits on it before removing stale keys).
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(0u64);
 
     let sender = async {
         // Owned by this future: dropped when it ends, which lets the receiver finish.
@@ -265,6 +271,9 @@ async fn session(
         let mut limiter = common::RateLimiter::new(cfg.writer.max_ops_per_sec);
         let mut byte_limiter = common::RateLimiter::new(cfg.writer.max_bytes_per_sec);
         let mut replid = String::new();
+        let mut sent = 0u64;
+        // During a re-copy: the keys it writes and the source master it copies.
+        let mut recopy: Option<(crate::stale::KeySet, String)> = None;
         loop {
             let msg = tokio::select! {
                 m = batches.message() => m.map_err(|s| anyhow!("decoder stream: {}", s.message()))?,
@@ -273,11 +282,22 @@ async fn session(
             let Some(mut b) = msg else { return Ok::<(), anyhow::Error>(()) };
             if let Some(begin) = b.begin.take() {
                 replid = begin.replid.clone();
+                recopy = None;
                 if begin.full {
                     // The target is about to hold a partial copy: no checkpoint may describe it.
+                    // A re-copy leaves a marker instead, so that it is known as one until done.
                     let mut blob = BytesMut::new();
                     encode_command_into(&mut blob, &[&b"SELECT"[..], b"0"]);
-                    encode_command_into(&mut blob, &[&b"DEL"[..], &ckpt_key]);
+                    if earlier_copy && cfg.writer.remove_stale_keys {
+                        info!(pipeline = %pipeline_id, "a re-copy: keys the source no longer holds will be removed from the target once the snapshot is applied");
+                        encode_command_into(
+                            &mut blob,
+                            &[&b"SET"[..], &ckpt_key, crate::stale::RECOPY_MARKER.as_bytes()],
+                        );
+                        recopy = Some((crate::stale::KeySet::default(), begin.source_address.clone()));
+                    } else {
+                        encode_command_into(&mut blob, &[&b"DEL"[..], &ckpt_key]);
+                    }
                     b.count = 2;
                     if cfg.writer.empty_target_before_full_copy {
                         warn!(target = %cfg.target.describe(), "emptying the target before the full copy (writer.empty_target_before_full_copy = true): FLUSHALL");
@@ -288,6 +308,18 @@ async fn session(
                 } else {
                     stats.rdb_applied.store(true, Relaxed);
                 }
+            }
+            if let Some((written, source_master)) = &mut recopy {
+                written.note(&b.resp).context("a batch of the full copy")?;
+                if b.rdb_end {
+                    // Before the checkpoint that ends the copy: once every batch so far is in.
+                    done_rx.wait_for(|n| *n >= sent).await?;
+                    remove_stale(cfg, &target_addr, source_master, written, stats).await?;
+                    recopy = None;
+                }
+            }
+            if b.rdb_end {
+                earlier_copy = true;
             }
             // Batches that move the source offset are applied atomically with their checkpoint.
             let wrapped = b.offset >= 0;
@@ -315,6 +347,7 @@ async fn session(
             if inflight_tx.send(InFlight { batch: b, wrapped, permits: (permits, byte_permits), span }).await.is_err() {
                 return Ok(());
             }
+            sent += 1;
         }
     };
     let receiver = async {
@@ -364,6 +397,7 @@ async fn session(
             }
             drop(permits);
             drop(span);
+            done_tx.send_modify(|n| *n += 1);
         }
         Ok::<(), anyhow::Error>(())
     };
@@ -384,6 +418,37 @@ async fn session(
             _ = cancel.cancelled() => return Ok(()),
         }
     }
+}
+
+/// Removes the keys of a re-copy's keyspace the snapshot did not write, on a separate
+/// connection to the target's master `target_addr` (see [`crate::stale`]).
+async fn remove_stale(
+    cfg: &Config,
+    target_addr: &str,
+    source_master: &str,
+    written: &crate::stale::KeySet,
+    stats: &Stats,
+) -> anyhow::Result<()> {
+    let keyspace = match crate::stale::Keyspace::of(cfg, source_master).await {
+        Ok(Some(k)) => k,
+        Ok(None) => {
+            stats.count_error("STALE_KEYS_NOT_CHECKED");
+            warn!(source = %source_master, "the source master serves no slot now: keys the source no longer holds are not removed after this re-copy");
+            return Ok(());
+        }
+        Err(e) => {
+            stats.count_error("STALE_KEYS_NOT_CHECKED");
+            warn!(source = %source_master, error = %format!("{e:#}"), "cannot tell the pipeline's keyspace: keys the source no longer holds are not removed after this re-copy");
+            return Ok(());
+        }
+    };
+    let mut c =
+        common::connect_node(&cfg.target, target_addr, std::time::Duration::from_secs(10)).await.context("target")?;
+    let removed =
+        crate::stale::remove(&mut c, written, &keyspace).await.context("removing stale keys on the target")?;
+    stats.stale_keys_removed.fetch_add(removed, Relaxed);
+    crate::stale::log_removed(removed, written);
+    Ok(())
 }
 
 /// Checks the reply to command `i` of a batch against the existing-key policy.

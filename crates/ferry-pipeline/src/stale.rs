@@ -1,0 +1,229 @@
+//! Keys left behind by a re-copy.
+//!
+//! A full copy rewrites the keys the snapshot holds but cannot know of the keys that are
+//! gone from the source since the target last received its stream: deleted while ferry was
+//! down and the source's backlog no longer reached back, or written by a master that died
+//! before its replicas had them. When a full copy replaces an earlier copy of the same
+//! pipeline (the target holds its checkpoint, or the marker [`RECOPY_MARKER`] a re-copy
+//! leaves until it completes), the writer remembers the keys the snapshot writes and, once
+//! the snapshot is applied and before the stream that follows it, deletes the target's keys
+//! of the pipeline's keyspace that it did not write. The pipeline's keyspace is what it
+//! copies: target dbs some copied source db maps to, keys `[filter]` lets through, and for a
+//! cluster source the slots its master serves. ferry's own keys are never touched. A first
+//! copy deletes nothing: keys a target held before ferry wrote into it are left alone.
+//!
+//! `writer.remove_stale_keys = false` turns this off.
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use ferry_config::Config;
+use ferry_resp::{Connection, Reply};
+use tracing::{info, warn};
+
+use crate::common;
+use crate::filter::{self, Filter};
+
+/// The checkpoint value a re-copy leaves until it completes, so that a writer restarted in
+/// the middle of it still knows the target held an earlier copy.
+pub const RECOPY_MARKER: &str = "recopy";
+
+/// Most keys deleted per `DEL`.
+const DEL_BATCH: usize = 500;
+
+/// Hashes of the `(target db, key)` pairs a full copy wrote.
+#[derive(Default)]
+pub struct KeySet {
+    set: HashSet<u64>,
+    db: i64,
+}
+
+fn key_hash(db: i64, key: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    db.hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
+}
+
+impl KeySet {
+    /// Notes the keys of the commands in `resp` (RESP commands, `SELECT` changing the db).
+    pub fn note(&mut self, resp: &Bytes) -> anyhow::Result<()> {
+        let mut pos = 0;
+        while pos < resp.len() {
+            let n = ferry_resp::scan_command(&resp[pos..], usize::MAX)?.ok_or_else(|| anyhow!("truncated batch"))?;
+            let args = ferry_resp::parse_command(&resp.slice(pos..pos + n))?;
+            pos += n;
+            let Some(name) = args.first() else { continue };
+            let upper = name.to_ascii_uppercase();
+            if upper == b"SELECT" {
+                self.db = args.get(1).and_then(|a| std::str::from_utf8(a).ok()?.parse().ok()).unwrap_or(0);
+                continue;
+            }
+            for i in filter::key_indexes(&upper, &args) {
+                self.set.insert(key_hash(self.db, &args[i]));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    fn contains(&self, db: i64, key: &[u8]) -> bool {
+        self.set.contains(&key_hash(db, key))
+    }
+}
+
+/// Which of the target's keys belong to the pipeline.
+pub struct Keyspace {
+    filter: Filter,
+    /// For a cluster source: the slots of the pipeline's master.
+    slots: Option<Vec<bool>>,
+}
+
+impl Keyspace {
+    /// The keyspace of the pipeline reading `source_master`. `Ok(None)` when it cannot be told
+    /// (a cluster source whose master serves no slot now): nothing is deleted then.
+    pub async fn of(cfg: &Config, source_master: &str) -> anyhow::Result<Option<Keyspace>> {
+        let filter = Filter::new(&cfg.filter).map_err(|e| anyhow!("{e}"))?;
+        let slots = if cfg.source.kind == ferry_config::DeploymentType::Cluster {
+            let map = common::cluster_map(&cfg.source, &[source_master.to_string()]).await.context("source")?;
+            let Some(n) = map.master_index(source_master) else { return Ok(None) };
+            Some((0..ferry_resp::cluster::SLOTS as u16).map(|s| map.node_of(s) == Some(n)).collect())
+        } else {
+            None
+        };
+        Ok(Some(Keyspace { filter, slots }))
+    }
+
+    /// Whether target db `db` receives keys of a copied source db.
+    fn db_is_copied(&self, db: i64) -> bool {
+        db >= 0 && (0..256u64).any(|s| self.filter.db_passes(s) && self.filter.map_db(s) == db as u64)
+    }
+
+    fn holds(&self, key: &[u8]) -> bool {
+        !filter::is_own_key(key)
+            && self.filter.key_passes(key)
+            && self.slots.as_ref().is_none_or(|s| s[ferry_resp::cluster::key_slot(key) as usize])
+    }
+}
+
+/// The dbs of a server that hold keys (`INFO keyspace`).
+async fn dbs_with_keys(c: &mut Connection) -> anyhow::Result<Vec<i64>> {
+    let info = c.call(&["INFO", "keyspace"]).await?;
+    let Some(text) = info.as_bytes() else { bail!("bad reply to INFO keyspace") };
+    Ok(String::from_utf8_lossy(text)
+        .lines()
+        .filter_map(|l| l.strip_prefix("db")?.split(':').next()?.parse().ok())
+        .collect())
+}
+
+/// Deletes, on one target server (a standalone or sentinel-managed master, or a master of a
+/// cluster target, which has db 0 only), the keys of `keyspace` the full copy did not write.
+/// Returns how many it deleted.
+pub async fn remove(c: &mut Connection, written: &KeySet, keyspace: &Keyspace) -> anyhow::Result<u64> {
+    let mut removed = 0u64;
+    for db in dbs_with_keys(c).await? {
+        if !keyspace.db_is_copied(db) {
+            continue;
+        }
+        c.call(&["SELECT", &db.to_string()]).await?;
+        let mut stale: Vec<Bytes> = Vec::new();
+        let mut cursor = b"0".to_vec();
+        loop {
+            let r = c.call(&[&b"SCAN"[..], &cursor, b"COUNT", b"1000"]).await?;
+            let Reply::Array(Some(mut parts)) = r else { bail!("bad reply to SCAN") };
+            let batch = parts.pop();
+            cursor = parts.pop().and_then(|c| c.as_bytes().map(|b| b.to_vec())).unwrap_or_else(|| b"0".to_vec());
+            if let Some(Reply::Array(Some(keys))) = batch {
+                for key in keys.into_iter().filter_map(|k| k.as_bytes().cloned()) {
+                    if keyspace.holds(&key) && !written.contains(db, &key) {
+                        stale.push(key);
+                    }
+                }
+            }
+            // Deleting while scanning is safe: SCAN returns every key present from start to end.
+            if stale.len() >= DEL_BATCH || (cursor == b"0" && !stale.is_empty()) {
+                removed += delete(c, &std::mem::take(&mut stale)).await?;
+            }
+            if cursor == b"0" {
+                break;
+            }
+        }
+    }
+    c.call(&["SELECT", "0"]).await?;
+    Ok(removed)
+}
+
+async fn delete(c: &mut Connection, keys: &[Bytes]) -> anyhow::Result<u64> {
+    for k in keys.iter().take(5) {
+        info!(key = %ferry_resp::conn::printable(k), "removing a key the source no longer holds");
+    }
+    // One key per command (a cluster node refuses keys of several slots in one), pipelined.
+    let mut blob = bytes::BytesMut::new();
+    for k in keys {
+        ferry_resp::encode_command_into(&mut blob, &[&b"UNLINK"[..], k]);
+    }
+    c.send_raw(&blob).await?;
+    let mut removed = 0;
+    for k in keys {
+        match c.read_reply().await? {
+            Reply::Integer(n) => removed += n as u64,
+            other => bail!("unexpected reply to UNLINK {}: {other:?}", ferry_resp::conn::printable(k)),
+        }
+    }
+    Ok(removed)
+}
+
+/// Logs the outcome of a removal on the target.
+pub fn log_removed(removed: u64, written: &KeySet) {
+    if removed > 0 {
+        warn!(removed, copied = written.len(), "removed the target's keys the source no longer holds (a re-copy)");
+    } else {
+        info!(copied = written.len(), "a re-copy found no key on the target the source no longer holds");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_set_follows_selects_and_every_key_of_a_command() {
+        let mut resp = bytes::BytesMut::new();
+        ferry_resp::encode_command_into(&mut resp, &[&b"SELECT"[..], b"3"]);
+        ferry_resp::encode_command_into(&mut resp, &[&b"RESTORE"[..], b"a", b"0", b"payload"]);
+        ferry_resp::encode_command_into(&mut resp, &[&b"RENAME"[..], b"ferry:tmp:1", b"b"]);
+        ferry_resp::encode_command_into(&mut resp, &[&b"SELECT"[..], b"0"]);
+        ferry_resp::encode_command_into(&mut resp, &[&b"RPUSH"[..], b"c", b"x"]);
+        let mut set = KeySet::default();
+        set.note(&resp.freeze()).unwrap();
+        assert!(set.contains(3, b"a") && set.contains(3, b"b") && set.contains(0, b"c"));
+        assert!(!set.contains(0, b"a") && !set.contains(3, b"c") && !set.contains(3, b"x"));
+        assert!(set.note(&Bytes::from_static(b"*2\r\n$3\r\nDEL")).is_err());
+    }
+
+    #[test]
+    fn the_keyspace_follows_filters_db_maps_and_slots() {
+        let mut cfg = Config::default();
+        cfg.filter.block_key_prefix = vec!["cache:".into()];
+        cfg.filter.block_db = vec![2];
+        cfg.filter.db_map = [("5".to_string(), 0u64)].into_iter().collect();
+        let filter = Filter::new(&cfg.filter).unwrap();
+        let ks = Keyspace { filter, slots: None };
+        assert!(ks.holds(b"user:1") && !ks.holds(b"cache:1") && !ks.holds(b"ferry:checkpoint:x"));
+        assert!(ks.db_is_copied(0) && ks.db_is_copied(1) && !ks.db_is_copied(2) && !ks.db_is_copied(5));
+        let slot = ferry_resp::cluster::key_slot(b"user:1") as usize;
+        let mut slots = vec![false; ferry_resp::cluster::SLOTS];
+        slots[slot] = true;
+        let ks = Keyspace { filter: Filter::pass_all(), slots: Some(slots) };
+        assert!(ks.holds(b"user:1") && !ks.holds(b"user:2"));
+    }
+}
