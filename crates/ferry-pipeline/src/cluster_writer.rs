@@ -433,7 +433,7 @@ async fn remove_stale(
     written: &crate::stale::KeySet,
     stats: &Stats,
 ) -> anyhow::Result<()> {
-    let keyspace = match crate::stale::Keyspace::of(cfg, source_master).await {
+    let mut keyspace = match crate::stale::Keyspace::of(cfg, source_master).await {
         Ok(Some(k)) => k,
         other => {
             stats.count_error("STALE_KEYS_NOT_CHECKED");
@@ -445,7 +445,7 @@ async fn remove_stale(
     let mut removed = 0;
     for m in ct.map.masters.clone() {
         let c = ct.conns.get_mut(&m).ok_or_else(|| anyhow!("no connection to {m}"))?;
-        removed += crate::stale::remove(c, written, &keyspace)
+        removed += crate::stale::remove(c, written, &mut keyspace)
             .await
             .with_context(|| format!("removing stale keys on the target master {m}"))?;
     }

@@ -12,14 +12,23 @@
 //! cluster source the slots its master serves. ferry's own keys are never touched. A first
 //! copy deletes nothing: keys a target held before ferry wrote into it are left alone.
 //!
+//! Each candidate is asked of the source before it goes (`EXISTS` in every source db that
+//! maps to its target db; on a cluster, on the master serving its slot, following `ASK` to
+//! the importing master during a migration): a key the source holds now is kept, since the
+//! stream that follows the snapshot carries what became of it. Only keys neither the
+//! snapshot nor the source holds are deleted, so a slot migration or a write racing the
+//! check can never cost a key.
+//!
 //! `writer.remove_stale_keys = false` turns this off.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use ferry_config::Config;
+use ferry_resp::cluster::{SLOTS, SlotMap, key_slot};
 use ferry_resp::{Connection, Reply};
 use tracing::{info, warn};
 
@@ -81,11 +90,21 @@ impl KeySet {
     }
 }
 
-/// Which of the target's keys belong to the pipeline.
+/// Which of the target's keys belong to the pipeline, and the source to ask about them.
 pub struct Keyspace {
     filter: Filter,
     /// For a cluster source: the slots of the pipeline's master.
     slots: Option<Vec<bool>>,
+    source: Option<Source>,
+}
+
+/// Connections to the source (its master, or every master of a cluster).
+struct Source {
+    cfg: ferry_config::RedisConfig,
+    map: Option<SlotMap>,
+    conns: HashMap<String, Connection>,
+    /// The master of a standalone or sentinel-managed source.
+    master: String,
 }
 
 impl Keyspace {
@@ -93,14 +112,21 @@ impl Keyspace {
     /// (a cluster source whose master serves no slot now): nothing is deleted then.
     pub async fn of(cfg: &Config, source_master: &str) -> anyhow::Result<Option<Keyspace>> {
         let filter = Filter::new(&cfg.filter).map_err(|e| anyhow!("{e}"))?;
-        let slots = if cfg.source.kind == ferry_config::DeploymentType::Cluster {
+        let (slots, map) = if cfg.source.kind == ferry_config::DeploymentType::Cluster {
             let map = common::cluster_map(&cfg.source, &[source_master.to_string()]).await.context("source")?;
             let Some(n) = map.master_index(source_master) else { return Ok(None) };
-            Some((0..ferry_resp::cluster::SLOTS as u16).map(|s| map.node_of(s) == Some(n)).collect())
+            (Some((0..SLOTS as u16).map(|s| map.node_of(s) == Some(n)).collect()), Some(map))
         } else {
-            None
+            (None, None)
         };
-        Ok(Some(Keyspace { filter, slots }))
+        // A file is the whole truth: nothing to ask.
+        let source = (cfg.source.kind != ferry_config::DeploymentType::File).then(|| Source {
+            cfg: cfg.source.clone(),
+            map,
+            conns: HashMap::new(),
+            master: source_master.to_string(),
+        });
+        Ok(Some(Keyspace { filter, slots, source }))
     }
 
     /// Whether target db `db` receives keys of a copied source db.
@@ -111,8 +137,98 @@ impl Keyspace {
     fn holds(&self, key: &[u8]) -> bool {
         !filter::is_own_key(key)
             && self.filter.key_passes(key)
-            && self.slots.as_ref().is_none_or(|s| s[ferry_resp::cluster::key_slot(key) as usize])
+            && self.slots.as_ref().is_none_or(|s| s[key_slot(key) as usize])
     }
+
+    /// The `keys` of target db `db` the source holds none of now (in any source db mapped
+    /// to `db`). A key whose check fails is kept.
+    async fn absent_from_source(&mut self, db: i64, keys: Vec<Bytes>) -> anyhow::Result<Vec<Bytes>> {
+        let dbs: Vec<u64> =
+            (0..256u64).filter(|&s| self.filter.db_passes(s) && self.filter.map_db(s) == db as u64).collect();
+        let Some(source) = self.source.as_mut() else { return Ok(keys) };
+        let mut absent = keys;
+        for s in dbs {
+            if absent.is_empty() {
+                break;
+            }
+            let exists = source.exists(s, &absent).await?;
+            absent = absent.into_iter().zip(exists).filter(|(_, e)| !e).map(|(k, _)| k).collect();
+        }
+        Ok(absent)
+    }
+}
+
+impl Source {
+    async fn conn(&mut self, addr: &str) -> anyhow::Result<&mut Connection> {
+        if !self.conns.contains_key(addr) {
+            let c = common::connect_node(&self.cfg, addr, Duration::from_secs(10)).await.context("source")?;
+            self.conns.insert(addr.to_string(), c);
+        }
+        Ok(self.conns.get_mut(addr).expect("just inserted"))
+    }
+
+    /// Whether the source holds each of `keys` in db `db` (true when it cannot be told).
+    async fn exists(&mut self, db: u64, keys: &[Bytes]) -> anyhow::Result<Vec<bool>> {
+        let Some(map) = self.map.clone() else {
+            let master = self.master.clone();
+            let c = self.conn(&master).await?;
+            return exists_pipelined(c, Some(db), keys).await;
+        };
+        // A cluster: each key on the master serving its slot, `ASK` followed to the importing one.
+        let mut out = vec![true; keys.len()];
+        let mut by_master: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            if let Some(n) = map.node_of(key_slot(k)) {
+                by_master.entry(map.masters[n].clone()).or_default().push(i);
+            }
+        }
+        for (addr, idx) in by_master {
+            let group: Vec<Bytes> = idx.iter().map(|&i| keys[i].clone()).collect();
+            let c = self.conn(&addr).await?;
+            let replies = exists_replies(c, None, &group).await?;
+            for (&i, r) in idx.iter().zip(replies) {
+                out[i] = match r {
+                    Reply::Integer(n) => n > 0,
+                    Reply::Error(e) if e.starts_with(b"ASK ") => {
+                        let to = String::from_utf8_lossy(&e).split(' ').nth(2).unwrap_or_default().to_string();
+                        let c = self.conn(&to).await?;
+                        c.send(&["ASKING"]).await?;
+                        c.send(&[&b"EXISTS"[..], &keys[i]]).await?;
+                        let _ = c.read_reply().await?;
+                        !matches!(c.read_reply().await?, Reply::Integer(0))
+                    }
+                    _ => true,
+                };
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The replies to `EXISTS` of each key, pipelined (after a `SELECT db` when given).
+async fn exists_replies(c: &mut Connection, db: Option<u64>, keys: &[Bytes]) -> anyhow::Result<Vec<Reply>> {
+    let mut blob = bytes::BytesMut::new();
+    if let Some(db) = db {
+        ferry_resp::encode_command_into(&mut blob, &[&b"SELECT"[..], db.to_string().as_bytes()]);
+    }
+    for k in keys {
+        ferry_resp::encode_command_into(&mut blob, &[&b"EXISTS"[..], k]);
+    }
+    c.send_raw(&blob).await?;
+    if db.is_some()
+        && let Some(e) = c.read_reply().await?.first_error()
+    {
+        bail!("the source refused SELECT: {}", ferry_resp::conn::printable(e));
+    }
+    let mut out = Vec::with_capacity(keys.len());
+    for _ in keys {
+        out.push(c.read_reply().await?);
+    }
+    Ok(out)
+}
+
+async fn exists_pipelined(c: &mut Connection, db: Option<u64>, keys: &[Bytes]) -> anyhow::Result<Vec<bool>> {
+    Ok(exists_replies(c, db, keys).await?.into_iter().map(|r| !matches!(r, Reply::Integer(0))).collect())
 }
 
 /// The dbs of a server that hold keys (`INFO keyspace`).
@@ -128,7 +244,7 @@ async fn dbs_with_keys(c: &mut Connection) -> anyhow::Result<Vec<i64>> {
 /// Deletes, on one target server (a standalone or sentinel-managed master, or a master of a
 /// cluster target, which has db 0 only), the keys of `keyspace` the full copy did not write.
 /// Returns how many it deleted.
-pub async fn remove(c: &mut Connection, written: &KeySet, keyspace: &Keyspace) -> anyhow::Result<u64> {
+pub async fn remove(c: &mut Connection, written: &KeySet, keyspace: &mut Keyspace) -> anyhow::Result<u64> {
     let mut removed = 0u64;
     for db in dbs_with_keys(c).await? {
         if !keyspace.db_is_copied(db) {
@@ -151,7 +267,10 @@ pub async fn remove(c: &mut Connection, written: &KeySet, keyspace: &Keyspace) -
             }
             // Deleting while scanning is safe: SCAN returns every key present from start to end.
             if stale.len() >= DEL_BATCH || (cursor == b"0" && !stale.is_empty()) {
-                removed += delete(c, &std::mem::take(&mut stale)).await?;
+                let gone = keyspace.absent_from_source(db, std::mem::take(&mut stale)).await?;
+                if !gone.is_empty() {
+                    removed += delete(c, &gone).await?;
+                }
             }
             if cursor == b"0" {
                 break;
@@ -217,13 +336,13 @@ mod tests {
         cfg.filter.block_db = vec![2];
         cfg.filter.db_map = [("5".to_string(), 0u64)].into_iter().collect();
         let filter = Filter::new(&cfg.filter).unwrap();
-        let ks = Keyspace { filter, slots: None };
+        let ks = Keyspace { filter, slots: None, source: None };
         assert!(ks.holds(b"user:1") && !ks.holds(b"cache:1") && !ks.holds(b"ferry:checkpoint:x"));
         assert!(ks.db_is_copied(0) && ks.db_is_copied(1) && !ks.db_is_copied(2) && !ks.db_is_copied(5));
         let slot = ferry_resp::cluster::key_slot(b"user:1") as usize;
         let mut slots = vec![false; ferry_resp::cluster::SLOTS];
         slots[slot] = true;
-        let ks = Keyspace { filter: Filter::pass_all(), slots: Some(slots) };
+        let ks = Keyspace { filter: Filter::pass_all(), slots: Some(slots), source: None };
         assert!(ks.holds(b"user:1") && !ks.holds(b"user:2"));
     }
 }

@@ -429,7 +429,7 @@ async fn remove_stale(
     written: &crate::stale::KeySet,
     stats: &Stats,
 ) -> anyhow::Result<()> {
-    let keyspace = match crate::stale::Keyspace::of(cfg, source_master).await {
+    let mut keyspace = match crate::stale::Keyspace::of(cfg, source_master).await {
         Ok(Some(k)) => k,
         Ok(None) => {
             stats.count_error("STALE_KEYS_NOT_CHECKED");
@@ -445,7 +445,7 @@ async fn remove_stale(
     let mut c =
         common::connect_node(&cfg.target, target_addr, std::time::Duration::from_secs(10)).await.context("target")?;
     let removed =
-        crate::stale::remove(&mut c, written, &keyspace).await.context("removing stale keys on the target")?;
+        crate::stale::remove(&mut c, written, &mut keyspace).await.context("removing stale keys on the target")?;
     stats.stale_keys_removed.fetch_add(removed, Relaxed);
     crate::stale::log_removed(removed, written);
     Ok(())
