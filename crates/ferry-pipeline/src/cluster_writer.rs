@@ -433,15 +433,7 @@ async fn remove_stale(
     written: &crate::stale::KeySet,
     stats: &Stats,
 ) -> anyhow::Result<()> {
-    let mut keyspace = match crate::stale::Keyspace::of(cfg, source_master).await {
-        Ok(Some(k)) => k,
-        other => {
-            stats.count_error("STALE_KEYS_NOT_CHECKED");
-            let why = other.err().map(|e| format!("{e:#}")).unwrap_or_else(|| "it serves no slot now".into());
-            warn!(source = %source_master, error = %why, "cannot tell the pipeline's keyspace: keys the source no longer holds are not removed after this re-copy");
-            return Ok(());
-        }
-    };
+    let Some(mut keyspace) = crate::stale::keyspace_or_warn(cfg, source_master, stats).await else { return Ok(()) };
     let mut removed = 0;
     for m in ct.map.masters.clone() {
         let c = ct.conns.get_mut(&m).ok_or_else(|| anyhow!("no connection to {m}"))?;
@@ -449,8 +441,7 @@ async fn remove_stale(
             .await
             .with_context(|| format!("removing stale keys on the target master {m}"))?;
     }
-    stats.stale_keys_removed.fetch_add(removed, Relaxed);
-    crate::stale::log_removed(removed, written);
+    crate::stale::removed(removed, written, stats);
     Ok(())
 }
 

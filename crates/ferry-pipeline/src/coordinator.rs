@@ -760,7 +760,7 @@ pub fn render_metrics(doc: &StatusDoc) -> String {
     let mut out = String::new();
     let phases = ["connecting", "full_sync", "incremental", "done", "stopped", "failed"];
     type Series = (&'static str, &'static str, &'static str, fn(&PipelineStatus) -> f64);
-    let series: [Series; 11] = [
+    let series: [Series; 12] = [
         ("ferry_lag_seconds", "gauge", "How long the oldest write not yet on the target has waited.", |p| {
             p.lag_seconds
         }),
@@ -776,6 +776,9 @@ pub fn render_metrics(doc: &StatusDoc) -> String {
         }),
         ("ferry_commands_applied_total", "counter", "Data commands applied.", |p| p.commands_applied as f64),
         ("ferry_full_syncs_total", "counter", "Full copies started.", |p| p.full_syncs as f64),
+        ("ferry_stale_keys_removed_total", "counter", "Target keys removed after re-copies.", |p| {
+            p.stale_keys_removed as f64
+        }),
         ("ferry_partial_resyncs_total", "counter", "Partial resynchronizations.", |p| p.partial_resyncs as f64),
         ("ferry_rdb_bytes_received", "gauge", "RDB bytes received in the current full copy.", |p| {
             p.rdb_bytes_received as f64

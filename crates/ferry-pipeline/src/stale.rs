@@ -301,8 +301,22 @@ async fn delete(c: &mut Connection, keys: &[Bytes]) -> anyhow::Result<u64> {
     Ok(removed)
 }
 
-/// Logs the outcome of a removal on the target.
-pub fn log_removed(removed: u64, written: &KeySet) {
+/// The keyspace of the pipeline reading `source_master`, or `None` when it cannot be told:
+/// then nothing is removed, with a warning and an error counted (`STALE_KEYS_NOT_CHECKED`).
+pub async fn keyspace_or_warn(cfg: &Config, source_master: &str, stats: &crate::common::Stats) -> Option<Keyspace> {
+    let why = match Keyspace::of(cfg, source_master).await {
+        Ok(Some(k)) => return Some(k),
+        Ok(None) => "the source master serves no slot now".to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    stats.count_error("STALE_KEYS_NOT_CHECKED");
+    warn!(source = %source_master, error = %why, "cannot tell the pipeline's keyspace: keys the source no longer holds are not removed after this re-copy");
+    None
+}
+
+/// Counts and logs the outcome of a removal on the target.
+pub fn removed(removed: u64, written: &KeySet, stats: &crate::common::Stats) {
+    stats.stale_keys_removed.fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
     if removed > 0 {
         warn!(removed, copied = written.len(), "removed the target's keys the source no longer holds (a re-copy)");
     } else {

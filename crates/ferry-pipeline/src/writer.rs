@@ -429,25 +429,12 @@ async fn remove_stale(
     written: &crate::stale::KeySet,
     stats: &Stats,
 ) -> anyhow::Result<()> {
-    let mut keyspace = match crate::stale::Keyspace::of(cfg, source_master).await {
-        Ok(Some(k)) => k,
-        Ok(None) => {
-            stats.count_error("STALE_KEYS_NOT_CHECKED");
-            warn!(source = %source_master, "the source master serves no slot now: keys the source no longer holds are not removed after this re-copy");
-            return Ok(());
-        }
-        Err(e) => {
-            stats.count_error("STALE_KEYS_NOT_CHECKED");
-            warn!(source = %source_master, error = %format!("{e:#}"), "cannot tell the pipeline's keyspace: keys the source no longer holds are not removed after this re-copy");
-            return Ok(());
-        }
-    };
+    let Some(mut keyspace) = crate::stale::keyspace_or_warn(cfg, source_master, stats).await else { return Ok(()) };
     let mut c =
         common::connect_node(&cfg.target, target_addr, std::time::Duration::from_secs(10)).await.context("target")?;
     let removed =
         crate::stale::remove(&mut c, written, &mut keyspace).await.context("removing stale keys on the target")?;
-    stats.stale_keys_removed.fetch_add(removed, Relaxed);
-    crate::stale::log_removed(removed, written);
+    crate::stale::removed(removed, written, stats);
     Ok(())
 }
 
