@@ -269,7 +269,7 @@ pub async fn remove(c: &mut Connection, written: &KeySet, keyspace: &mut Keyspac
             if stale.len() >= DEL_BATCH || (cursor == b"0" && !stale.is_empty()) {
                 let gone = keyspace.absent_from_source(db, std::mem::take(&mut stale)).await?;
                 if !gone.is_empty() {
-                    removed += delete(c, &gone).await?;
+                    removed += delete(c, &gone, removed).await?;
                 }
             }
             if cursor == b"0" {
@@ -281,8 +281,9 @@ pub async fn remove(c: &mut Connection, written: &KeySet, keyspace: &mut Keyspac
     Ok(removed)
 }
 
-async fn delete(c: &mut Connection, keys: &[Bytes]) -> anyhow::Result<u64> {
-    for k in keys.iter().take(5) {
+/// Unlinks `keys`; the first few of a clean-up (`so_far` removed before) are logged.
+async fn delete(c: &mut Connection, keys: &[Bytes], so_far: u64) -> anyhow::Result<u64> {
+    for k in keys.iter().take(5usize.saturating_sub(so_far as usize)) {
         info!(key = %ferry_resp::conn::printable(k), "removing a key the source no longer holds");
     }
     // One key per command (a cluster node refuses keys of several slots in one), pipelined.
