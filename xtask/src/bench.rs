@@ -401,7 +401,11 @@ impl Ferry {
     }
 
     fn peak_rss_mib(&self) -> serde_json::Value {
-        self.procs.children.iter().map(|(n, c)| (n.clone(), json!(peak_rss_kib(c.id()) / 1024))).collect()
+        self.procs
+            .procs
+            .iter()
+            .filter_map(|p| p.child.as_ref().map(|c| (p.name.clone(), json!(peak_rss_kib(c.id()) / 1024))))
+            .collect()
     }
 }
 

@@ -3,17 +3,19 @@
 //! - `up`: with no argument, a local demo (a source and a target `redis-server`, sample
 //!   data of every type, the four ferry processes, live progress, writes kept flowing
 //!   until Ctrl-C). With `--config FILE`, the four processes for a real config, in the
-//!   foreground until SIGINT/SIGTERM.
+//!   foreground until SIGINT/SIGTERM. A process that dies is started again ([`procs`]).
 //! - `status`: pretty-prints the coordinator's `/status`.
 //! - `test`: the test suite (`cargo test --workspace`).
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod bench;
+mod procs;
 mod progress;
+
+pub(crate) use procs::Processes;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -149,75 +151,6 @@ fn require_redis() -> anyhow::Result<()> {
         bail!("redis-server is not on PATH; install it with: sudo apt-get install -y redis-server redis-sentinel");
     }
     Ok(())
-}
-
-/// The ferry processes of one run, with their logs in the run directory.
-pub(crate) struct Processes {
-    pub(crate) children: Vec<(String, Child)>,
-}
-
-impl Processes {
-    fn start(bins: &Path, config: &Path, run_dir: &Path) -> anyhow::Result<Processes> {
-        let mut children = Vec::new();
-        for b in BINS {
-            let log = std::fs::File::create(run_dir.join(format!("{b}.log")))?;
-            let child = Command::new(bins.join(b))
-                // Own process group: Ctrl-C reaches xtask, which stops the children in order.
-                .process_group(0)
-                .arg("--config")
-                .arg(config)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("cannot start {b}"))?;
-            children.push((b.to_string(), child));
-        }
-        // `cargo xtask down` reads these if this xtask is gone.
-        let pids: String = children.iter().map(|(n, c)| format!("{n} {}\n", c.id())).collect();
-        std::fs::write(run_dir.join("children.pid"), pids)?;
-        Ok(Processes { children })
-    }
-
-    /// A process that exited on its own (name, status).
-    fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
-        for (n, c) in &mut self.children {
-            if let Ok(Some(st)) = c.try_wait() {
-                return Some((n.clone(), st));
-            }
-        }
-        None
-    }
-
-    fn stop(&mut self) {
-        for (_, c) in &mut self.children {
-            if let Ok(None) = c.try_wait() {
-                let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).stderr(Stdio::null()).status();
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (name, c) in &mut self.children {
-            loop {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    eprintln!("{name} did not stop in time: killing it");
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        self.children.clear();
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// A new run's directory (logs, pids), also named by `target/xtask/latest`.
@@ -406,9 +339,21 @@ fn watch(
 ) -> anyhow::Result<()> {
     let mut progress = progress::Progress::new();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        if let Some((name, st)) = procs.exited() {
-            progress.finish();
-            bail!("{name} exited ({st}); see its log");
+        // A process that dies is started again (one with a bad configuration stops the run).
+        let events = match procs.supervise() {
+            Ok(events) => events,
+            Err(e) => {
+                progress.finish();
+                return Err(e);
+            }
+        };
+        for e in events {
+            progress.note(&match e {
+                procs::Event::Died { name, status, restart_in } => {
+                    format!("{name} died ({status}); starting it again in {} ms", restart_in.as_millis())
+                }
+                procs::Event::Restarted { name, pid } => format!("{name} started again (pid {pid})"),
+            });
         }
         each_tick()?;
         let status = integration_tests::http_get(status_addr, "/status")

@@ -142,6 +142,15 @@ impl Progress {
         eprintln!("[{:>5}s] {}", self.started.elapsed().as_secs(), lines.join(" | "));
     }
 
+    /// A line of its own (above the bars on a terminal).
+    pub fn note(&self, line: &str) {
+        if self.tty {
+            let _ = self.multi.println(line);
+        } else {
+            eprintln!("[{:>5}s] {line}", self.started.elapsed().as_secs());
+        }
+    }
+
     pub fn finish(&self) {
         for s in self.pipelines.values() {
             s.bar.finish_and_clear();
