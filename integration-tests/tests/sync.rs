@@ -280,6 +280,39 @@ fn killed_stages_resume_with_partial_resync_and_exact_witnesses() {
 }
 
 #[test]
+fn counters_survive_a_coordinator_restart_and_stages_that_died_meanwhile() {
+    let src = RedisServer::start(&["--repl-backlog-size", "64mb"]);
+    let tgt = RedisServer::start(&[]);
+    let rt = rt();
+    rt.block_on(async { populate(&mut src.connect().await.unwrap()).await.unwrap() });
+    let (cfg, status) = config(&src, &tgt, "");
+    let mut ferry = Ferry::start(&cfg, &status);
+    ferry.wait_caught_up(rt.block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
+    ferry.kill("ferry-reader");
+    ferry.spawn("ferry-reader");
+    let p = ferry.wait_for("a partial resync", Duration::from_secs(60), |p| p["partial_resyncs"] == 1);
+    assert_eq!(p["full_syncs"], 1, "{p:#}");
+    // The coordinator saves the counters in the target every 2 s; the reader it heard from
+    // dies while it is away, and the new one starts counting from zero.
+    std::thread::sleep(Duration::from_millis(2500));
+    ferry.kill("ferry-coordinator");
+    ferry.kill("ferry-reader");
+    ferry.spawn("ferry-reader");
+    ferry.spawn("ferry-coordinator");
+    let p = ferry.wait_for("the counters of every reader so far", Duration::from_secs(60), |p| {
+        p["partial_resyncs"] == 2 && p["phase"] == "incremental"
+    });
+    assert_eq!(p["full_syncs"], 1, "{p:#}\n{}", ferry.logs());
+    assert!(p["keys_applied"].as_u64().unwrap() > 0, "{p:#}");
+    assert!(ferry.logs().contains("counters restored from the target"), "{}", ferry.logs());
+    // ferry's own keys: the counters live beside the checkpoints, never compared.
+    rt.block_on(async {
+        let (mut a, mut b) = (src.connect().await.unwrap(), tgt.connect().await.unwrap());
+        compare(&mut a, &mut b, 2000).await.unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
+    });
+}
+
+#[test]
 fn a_slow_target_never_gets_the_reader_disconnected_the_spool_drains() {
     // A source that disconnects a replica as soon as 2 MB wait for it.
     let src = RedisServer::start(&["--client-output-buffer-limit", "replica 2mb 1mb 2"]);

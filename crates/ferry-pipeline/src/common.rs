@@ -155,10 +155,24 @@ impl Default for Backoff {
     }
 }
 
-/// A name for this process in reports: `host-pid`.
+/// A name for this process in reports: `host-pid-start`.
+/// With the time the process started (ms, base 36): a container started again in the same
+/// pod has the same host name and often the same pid (1), and must still count as another
+/// instance.
 pub fn instance_name() -> String {
+    static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let started = *STARTED.get_or_init(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+    });
+    let mut t = started;
+    let mut stamp = Vec::new();
+    while t > 0 {
+        stamp.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(t % 36) as usize]);
+        t /= 36;
+    }
+    stamp.reverse();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("{}-{}", host.trim(), std::process::id())
+    format!("{}-{}-{}", host.trim(), std::process::id(), String::from_utf8_lossy(&stamp))
 }
 
 /// Asks the coordinator for this stage's assignment (the first pipeline of its plan: the

@@ -127,6 +127,33 @@ pub async fn plan(cfg: &Config, epoch: u64, reverse: bool, old: &[PipelinePlan])
     })
 }
 
+/// Reads ([`COUNTERS_KEY`]'s value, `None` when absent) or, with `write`, sets the counters
+/// key on the master of deployment `side` that holds it.
+async fn counters_io(side: &ferry_config::RedisConfig, write: Option<&[u8]>) -> anyhow::Result<Option<bytes::Bytes>> {
+    let addr = match side.kind {
+        ferry_config::DeploymentType::Cluster => {
+            let map = common::cluster_map(side, &[]).await?;
+            let n = map
+                .node_of(ferry_resp::cluster::key_slot(COUNTERS_KEY.as_bytes()))
+                .ok_or_else(|| anyhow::anyhow!("no master serves the counters' slot"))?;
+            map.masters[n].clone()
+        }
+        ferry_config::DeploymentType::File => anyhow::bail!("a file has no counters"),
+        _ => common::resolve(side).await?,
+    };
+    let mut c = common::connect_node(side, &addr, Duration::from_secs(5)).await?;
+    if side.kind != ferry_config::DeploymentType::Cluster {
+        c.call(&["SELECT", "0"]).await?;
+    }
+    match write {
+        Some(body) => {
+            c.call(&[&b"SET"[..], COUNTERS_KEY.as_bytes(), body]).await?;
+            Ok(None)
+        }
+        None => Ok(c.call(&["GET", COUNTERS_KEY]).await?.as_bytes().cloned()),
+    }
+}
+
 /// The pipelines of a cluster source planned before, found from their checkpoints on the
 /// target: `(base name, master)` for each master whose replication id (current, or previous
 /// after a failover) a checkpoint of this epoch and direction holds, the most advanced
@@ -229,10 +256,34 @@ struct Reports {
     by_stage: BTreeMap<(String, String), (Instant, StatusReport)>,
     /// Counters of earlier instances of a stage (a restarted process starts from zero).
     base: BTreeMap<(String, String), Counters>,
+    /// From the counters an earlier coordinator saved: the instance of each stage it last
+    /// heard from and its counters then, for stages not heard from since (one that reports
+    /// as another instance restarted meanwhile: those counters go into `base`).
+    last_known: BTreeMap<(String, String), (String, Counters)>,
+    /// The counters were read from the target (or there were none): saving may begin.
+    restored: bool,
 }
 
+/// The key in the target (db 0) where the coordinator keeps the counters of its pipelines,
+/// so that a restarted coordinator carries on counting: a JSON object
+/// `{pipeline: {role: {"base": {..}, "instance": "..", "last": {..}}}}`.
+pub const COUNTERS_KEY: &str = "ferry:checkpoint:counters";
+/// How often the counters are saved (when they changed).
+const COUNTERS_SAVE: Duration = Duration::from_secs(2);
+
+/// The counters of one stage of one pipeline, as saved.
+#[derive(Serialize, serde::Deserialize, Default, Clone, PartialEq, Debug)]
+struct SavedStage {
+    base: Counters,
+    instance: String,
+    last: Counters,
+}
+
+type SavedCounters = BTreeMap<String, BTreeMap<String, SavedStage>>;
+
 /// Counters that add up across restarts of a stage.
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Debug)]
+#[serde(default)]
 struct Counters {
     full_syncs: u64,
     partial_resyncs: u64,
@@ -501,6 +552,95 @@ impl CoordinatorState {
         }
     }
 
+    /// What to save of the counters of `plans`.
+    fn saved_counters(&self, plans: &[PipelinePlan]) -> SavedCounters {
+        let reports = self.reports.lock().unwrap();
+        let mut out = SavedCounters::new();
+        for p in plans {
+            for role in ["reader", "decoder", "writer"] {
+                let key = (p.id.clone(), role.to_string());
+                let base = reports.base.get(&key).copied().unwrap_or_default();
+                let (instance, last) = match (reports.by_stage.get(&key), reports.last_known.get(&key)) {
+                    (Some((_, r)), _) => (r.instance.clone(), Counters::of(r)),
+                    (None, Some((i, c))) => (i.clone(), *c),
+                    (None, None) => (String::new(), Counters::default()),
+                };
+                out.entry(p.id.clone()).or_default().insert(role.to_string(), SavedStage { base, instance, last });
+            }
+        }
+        out
+    }
+
+    /// Takes in the counters an earlier coordinator saved.
+    fn restore_counters(&self, saved: SavedCounters) {
+        let mut reports = self.reports.lock().unwrap();
+        for (pipeline, roles) in saved {
+            for (role, s) in roles {
+                let key = (pipeline.clone(), role);
+                let mut base = s.base;
+                match reports.by_stage.get(&key) {
+                    // Heard from already: the same instance's counters are in its reports; another
+                    // instance means the one saved died meanwhile.
+                    Some((_, r)) if r.instance != s.instance && !s.instance.is_empty() => base = base.add(s.last),
+                    Some(_) => {}
+                    None => {
+                        reports.last_known.insert(key.clone(), (s.instance, s.last));
+                    }
+                }
+                let b = reports.base.entry(key).or_default();
+                *b = b.add(base);
+            }
+        }
+        reports.restored = true;
+    }
+
+    /// Keeps the pipelines' counters in the target ([`COUNTERS_KEY`]): reads them once the
+    /// pipelines are planned, then saves them every [`COUNTERS_SAVE`] when they changed. A
+    /// target that cannot be reached is tried again later (the counters are not data).
+    async fn counters_loop(self: Arc<Self>, cfg: Config, cancel: CancellationToken) {
+        let mut saved: Option<(bool, SavedCounters)> = None;
+        loop {
+            if !common::sleep_or_cancel(COUNTERS_SAVE, &cancel).await {
+                return;
+            }
+            let rec = self.role.lock().unwrap().clone();
+            let Some(reverse) = rec.role.direction() else { continue };
+            if !self.planned.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            let side = if reverse { &cfg.source } else { &cfg.target };
+            if !self.reports.lock().unwrap().restored {
+                match counters_io(side, None).await {
+                    Ok(Some(v)) => match serde_json::from_slice::<SavedCounters>(&v) {
+                        Ok(c) => {
+                            info!(pipelines = c.len(), "counters restored from the target");
+                            self.restore_counters(c);
+                        }
+                        Err(e) => {
+                            warn!(key = COUNTERS_KEY, error = %e, "ignoring unreadable counters on the target");
+                            self.restore_counters(SavedCounters::new());
+                        }
+                    },
+                    Ok(None) => self.restore_counters(SavedCounters::new()),
+                    Err(e) => {
+                        debug!(error = %format!("{e:#}"), "cannot read the counters on the target yet");
+                        continue;
+                    }
+                }
+            }
+            let plans = self.plans.lock().unwrap().clone();
+            let now = self.saved_counters(&plans);
+            if saved.as_ref().is_some_and(|(r, s)| *r == reverse && *s == now) {
+                continue;
+            }
+            let body = serde_json::to_vec(&now).unwrap_or_default();
+            match counters_io(side, Some(&body)).await {
+                Ok(_) => saved = Some((reverse, now)),
+                Err(e) => debug!(error = %format!("{e:#}"), "cannot save the counters on the target"),
+            }
+        }
+    }
+
     /// The current status of every pipeline.
     pub fn status(&self) -> StatusDoc {
         let reports = self.reports.lock().unwrap();
@@ -686,8 +826,11 @@ impl Coordinator for CoordinatorSvc {
         let r = req.into_inner();
         let key = (r.pipeline_id.clone(), r.role.clone());
         let mut reports = self.state.reports.lock().unwrap();
-        let restarted =
-            reports.by_stage.get(&key).filter(|(_, old)| old.instance != r.instance).map(|(_, old)| Counters::of(old));
+        let restarted = match reports.by_stage.get(&key) {
+            Some((_, old)) => (old.instance != r.instance).then(|| Counters::of(old)),
+            // Known only from the counters an earlier coordinator saved.
+            None => reports.last_known.remove(&key).filter(|(i, _)| *i != r.instance).map(|(_, c)| c),
+        };
         if let Some(old) = restarted {
             info!(pipeline = %r.pipeline_id, role = %r.role, instance = %r.instance, "stage restarted");
             let base = reports.base.entry(key.clone()).or_default();
@@ -724,6 +867,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.coordinator.status_addr))?;
     info!(status = %cfg.coordinator.status_addr, grpc = %grpc_addr, "coordinator listening");
     let planner = tokio::spawn(state.clone().plan_loop(cfg.clone(), cancel.clone()));
+    let counters = tokio::spawn(state.clone().counters_loop(cfg.clone(), cancel.clone()));
     let app = axum::Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
@@ -738,6 +882,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
         );
     let (h, g) = tokio::join!(http, grpc);
     let _ = planner.await;
+    let _ = counters.await;
     if let Err(e) = &h {
         warn!(error = %e, "status server stopped with an error");
     }
