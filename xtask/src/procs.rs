@@ -225,7 +225,12 @@ mod tests {
             &dir,
         )
         .unwrap();
-        // SIGKILL, as an operator or the OOM killer would.
+        // SIGKILL, as an operator or the OOM killer would (once it has started).
+        let started = Instant::now();
+        while !std::fs::read_to_string(dir.join("sleeper.log")).unwrap_or_default().contains("started") {
+            assert!(started.elapsed() < Duration::from_secs(10), "the sleeper never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let pid = procs.procs[0].child.as_ref().unwrap().id();
         Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
         let events = until(&mut procs, |e| matches!(e, Event::Restarted { name, .. } if name == "sleeper")).unwrap();
@@ -250,7 +255,14 @@ mod tests {
             }
         }
         assert!(delays[0] < delays[1] && delays[1] < delays[2], "{delays:?}");
-        let log = std::fs::read_to_string(dir.join("sleeper.log")).unwrap();
+        let started = Instant::now();
+        let log = loop {
+            let log = std::fs::read_to_string(dir.join("sleeper.log")).unwrap();
+            if log.matches("started").count() == 2 || started.elapsed() > Duration::from_secs(10) {
+                break log;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         assert_eq!(log.matches("started").count(), 2, "the log is appended to: {log}");
         drop(procs);
 

@@ -335,6 +335,8 @@ pub struct CoordinatorState {
     state_file: Option<std::path::PathBuf>,
     /// Wakes the planner after a role change.
     replan: tokio::sync::Notify,
+    /// Wakes the counter saver (a stage restarted: its base changed).
+    counters_changed: tokio::sync::Notify,
 }
 
 /// The `/status` document (field names and meaning are a contract: see DESIGN/README).
@@ -416,6 +418,7 @@ impl CoordinatorState {
             role: Mutex::new(record),
             state_file,
             replan: tokio::sync::Notify::new(),
+            counters_changed: tokio::sync::Notify::new(),
         }))
     }
 
@@ -594,45 +597,61 @@ impl CoordinatorState {
         reports.restored = true;
     }
 
-    /// Keeps the pipelines' counters in the target ([`COUNTERS_KEY`]): reads them once the
-    /// pipelines are planned, then saves them every [`COUNTERS_SAVE`] when they changed. A
-    /// target that cannot be reached is tried again later (the counters are not data).
+    /// The side the current role's pipelines write into (`None` when none runs).
+    fn counters_side<'a>(&self, cfg: &'a Config) -> Option<&'a ferry_config::RedisConfig> {
+        let reverse = self.role.lock().unwrap().role.direction()?;
+        Some(if reverse { &cfg.source } else { &cfg.target })
+    }
+
+    /// Reads the counters an earlier coordinator saved in the target, once. False when the
+    /// target could not be asked (try again later).
+    async fn restore_counters_from(&self, cfg: &Config) -> bool {
+        let Some(side) = self.counters_side(cfg) else { return false };
+        match counters_io(side, None).await {
+            Ok(Some(v)) => match serde_json::from_slice::<SavedCounters>(&v) {
+                Ok(c) => {
+                    info!(pipelines = c.len(), "counters restored from the target");
+                    self.restore_counters(c);
+                }
+                Err(e) => {
+                    warn!(key = COUNTERS_KEY, error = %e, "ignoring unreadable counters on the target");
+                    self.restore_counters(SavedCounters::new());
+                }
+            },
+            Ok(None) => self.restore_counters(SavedCounters::new()),
+            Err(e) => {
+                debug!(error = %format!("{e:#}"), "cannot read the counters on the target yet");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Keeps the pipelines' counters in the target ([`COUNTERS_KEY`]): reads them (if that
+    /// was not done at start), then saves them every [`COUNTERS_SAVE`] when they changed, and
+    /// at once when a stage restarted. A target that cannot be reached is tried again later
+    /// (the counters are not data).
     async fn counters_loop(self: Arc<Self>, cfg: Config, cancel: CancellationToken) {
         let mut saved: Option<(bool, SavedCounters)> = None;
         loop {
-            if !common::sleep_or_cancel(COUNTERS_SAVE, &cancel).await {
-                return;
+            tokio::select! {
+                _ = tokio::time::sleep(COUNTERS_SAVE) => {}
+                _ = self.counters_changed.notified() => {}
+                _ = cancel.cancelled() => return,
             }
-            let rec = self.role.lock().unwrap().clone();
-            let Some(reverse) = rec.role.direction() else { continue };
-            if !self.planned.load(std::sync::atomic::Ordering::SeqCst) {
+            let Some(reverse) = self.role.lock().unwrap().role.direction() else { continue };
+            if !self.reports.lock().unwrap().restored && !self.restore_counters_from(&cfg).await {
                 continue;
             }
-            let side = if reverse { &cfg.source } else { &cfg.target };
-            if !self.reports.lock().unwrap().restored {
-                match counters_io(side, None).await {
-                    Ok(Some(v)) => match serde_json::from_slice::<SavedCounters>(&v) {
-                        Ok(c) => {
-                            info!(pipelines = c.len(), "counters restored from the target");
-                            self.restore_counters(c);
-                        }
-                        Err(e) => {
-                            warn!(key = COUNTERS_KEY, error = %e, "ignoring unreadable counters on the target");
-                            self.restore_counters(SavedCounters::new());
-                        }
-                    },
-                    Ok(None) => self.restore_counters(SavedCounters::new()),
-                    Err(e) => {
-                        debug!(error = %format!("{e:#}"), "cannot read the counters on the target yet");
-                        continue;
-                    }
-                }
+            if !self.planned.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
             }
             let plans = self.plans.lock().unwrap().clone();
             let now = self.saved_counters(&plans);
             if saved.as_ref().is_some_and(|(r, s)| *r == reverse && *s == now) {
                 continue;
             }
+            let Some(side) = self.counters_side(&cfg) else { continue };
             let body = serde_json::to_vec(&now).unwrap_or_default();
             match counters_io(side, Some(&body)).await {
                 Ok(_) => saved = Some((reverse, now)),
@@ -835,6 +854,7 @@ impl Coordinator for CoordinatorSvc {
             info!(pipeline = %r.pipeline_id, role = %r.role, instance = %r.instance, "stage restarted");
             let base = reports.base.entry(key.clone()).or_default();
             *base = base.add(old);
+            self.state.counters_changed.notify_one();
         }
         reports.by_stage.insert(key, (Instant::now(), r));
         Ok(Response::new(ReportReply {}))
@@ -866,6 +886,9 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.coordinator.status_addr))?;
     info!(status = %cfg.coordinator.status_addr, grpc = %grpc_addr, "coordinator listening");
+    // The counters an earlier coordinator saved, before any status is served (bounded: a
+    // target that does not answer now is asked again by the saver).
+    let _ = tokio::time::timeout(Duration::from_secs(3), state.restore_counters_from(&cfg)).await;
     let planner = tokio::spawn(state.clone().plan_loop(cfg.clone(), cancel.clone()));
     let counters = tokio::spawn(state.clone().counters_loop(cfg.clone(), cancel.clone()));
     let app = axum::Router::new()
