@@ -139,8 +139,8 @@ impl Processes {
                     bail!("{} exited with code 2 (a bad configuration); see {}", p.name, p.log.display());
                 }
                 p.quick_deaths = if p.started.elapsed() >= HEALTHY_RUN { 0 } else { p.quick_deaths + 1 };
+                // 100 ms after a healthy run, then doubling.
                 let delay = (Duration::from_millis(100) * 2u32.pow(p.quick_deaths.min(6))).min(MAX_RESTART_DELAY);
-                let delay = if p.quick_deaths == 0 { Duration::from_millis(100) } else { delay };
                 p.restart_at = Some(Instant::now() + delay);
                 events.push(Event::Died { name: p.name.clone(), status: describe(&st), restart_in: delay });
             }

@@ -160,19 +160,20 @@ impl Default for Backoff {
 /// pod has the same host name and often the same pid (1), and must still count as another
 /// instance.
 pub fn instance_name() -> String {
-    static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
-    let started = *STARTED.get_or_init(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
-    });
-    let mut t = started;
-    let mut stamp = Vec::new();
-    while t > 0 {
-        stamp.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(t % 36) as usize]);
-        t /= 36;
-    }
-    stamp.reverse();
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("{}-{}-{}", host.trim(), std::process::id(), String::from_utf8_lossy(&stamp))
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut t =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let mut stamp = Vec::new();
+        while t > 0 {
+            stamp.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(t % 36) as usize]);
+            t /= 36;
+        }
+        stamp.reverse();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}-{}", host.trim(), std::process::id(), String::from_utf8_lossy(&stamp))
+    })
+    .clone()
 }
 
 /// Asks the coordinator for this stage's assignment (the first pipeline of its plan: the
@@ -469,21 +470,35 @@ pub async fn cluster_map(
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no cluster node to ask")))
 }
 
+/// One `SCAN` step of the connection's db from `cursor` (`"0"` to start), keys matching
+/// `pattern`: the next cursor (`"0"` at the end) and the keys of this step.
+pub async fn scan_step(
+    c: &mut ferry_resp::Connection,
+    cursor: &[u8],
+    pattern: &str,
+) -> anyhow::Result<(Vec<u8>, Vec<bytes::Bytes>)> {
+    let r = c.call(&[&b"SCAN"[..], cursor, b"MATCH", pattern.as_bytes(), b"COUNT", b"1000"]).await?;
+    let ferry_resp::Reply::Array(Some(mut parts)) = r else { anyhow::bail!("bad reply to SCAN") };
+    let batch = parts.pop();
+    let next = parts.pop().and_then(|c| c.as_bytes().map(|b| b.to_vec())).unwrap_or_else(|| b"0".to_vec());
+    let keys = match batch {
+        Some(ferry_resp::Reply::Array(Some(ks))) => ks.into_iter().filter_map(|k| k.as_bytes().cloned()).collect(),
+        _ => Vec::new(),
+    };
+    Ok((next, keys))
+}
+
 /// Every key of the connection's db that matches `pattern` (`SCAN MATCH`, to the end).
 pub async fn scan_keys(c: &mut ferry_resp::Connection, pattern: &str) -> anyhow::Result<Vec<bytes::Bytes>> {
     let mut keys = Vec::new();
     let mut cursor = b"0".to_vec();
     loop {
-        let r = c.call(&[&b"SCAN"[..], &cursor, b"MATCH", pattern.as_bytes(), b"COUNT", b"1000"]).await?;
-        let ferry_resp::Reply::Array(Some(mut parts)) = r else { anyhow::bail!("bad reply to SCAN") };
-        let batch = parts.pop();
-        cursor = parts.pop().and_then(|c| c.as_bytes().map(|b| b.to_vec())).unwrap_or_else(|| b"0".to_vec());
-        if let Some(ferry_resp::Reply::Array(Some(ks))) = batch {
-            keys.extend(ks.into_iter().filter_map(|k| k.as_bytes().cloned()));
-        }
-        if cursor == b"0" {
+        let (next, batch) = scan_step(c, &cursor, pattern).await?;
+        keys.extend(batch);
+        if next == b"0" {
             return Ok(keys);
         }
+        cursor = next;
     }
 }
 

@@ -101,17 +101,15 @@ pub async fn plan(cfg: &Config, epoch: u64, reverse: bool, old: &[PipelinePlan])
         ferry_config::DeploymentType::Cluster => {
             let map = common::cluster_map(&cfg.source, &[]).await?;
             let new = |name, slot: u16, addr| one(name, format!("cluster shard of slot {slot}"), addr, slot as i32);
-            if old.is_empty() {
-                // A coordinator that starts (or restarts) finds the pipelines it planned before
-                // from their checkpoints on the target, so they keep their names.
-                let found = match names_from_checkpoints(cfg, &map, epoch, reverse).await {
-                    Ok(found) => found,
-                    Err(e) => {
-                        warn!(error = %format!("{e:#}"), "cannot read the pipelines' checkpoints on the target: pipelines are named after their masters' first slots");
-                        Vec::new()
-                    }
-                };
-                let old: Vec<PipelinePlan> = found
+            // A coordinator that starts (or restarts) finds the pipelines it planned before
+            // from their checkpoints on the target, so they keep their names.
+            let found: Vec<PipelinePlan>;
+            let old = if old.is_empty() {
+                let names = names_from_checkpoints(cfg, &map, epoch, reverse).await.unwrap_or_else(|e| {
+                    warn!(error = %format!("{e:#}"), "cannot read the pipelines' checkpoints on the target: pipelines are named after their masters' first slots");
+                    Vec::new()
+                });
+                found = names
                     .into_iter()
                     .filter_map(|(base, addr)| {
                         let slot = map.a_slot_of(map.master_index(&addr)?)?;
@@ -119,17 +117,39 @@ pub async fn plan(cfg: &Config, epoch: u64, reverse: bool, old: &[PipelinePlan])
                         Some(new(base, slot, addr))
                     })
                     .collect();
-                cluster_plans(&map, &old, new)
+                &found[..]
             } else {
-                cluster_plans(&map, old, new)
-            }
+                old
+            };
+            cluster_plans(&map, old, new)
         }
     })
 }
 
 /// Reads ([`COUNTERS_KEY`]'s value, `None` when absent) or, with `write`, sets the counters
-/// key on the master of deployment `side` that holds it.
-async fn counters_io(side: &ferry_config::RedisConfig, write: Option<&[u8]>) -> anyhow::Result<Option<bytes::Bytes>> {
+/// key on the master of deployment `side` that holds it, through `conn` (connected first when
+/// empty; emptied after an error, so a moved master is found again next time).
+async fn counters_io(
+    side: &ferry_config::RedisConfig,
+    conn: &mut Option<ferry_resp::Connection>,
+    write: Option<&[u8]>,
+) -> anyhow::Result<Option<bytes::Bytes>> {
+    if conn.is_none() {
+        *conn = Some(counters_conn(side).await?);
+    }
+    let c = conn.as_mut().expect("connected above");
+    let result = match write {
+        Some(body) => c.call(&[&b"SET"[..], COUNTERS_KEY.as_bytes(), body]).await.map(|_| None),
+        None => c.call(&["GET", COUNTERS_KEY]).await.map(|r| r.as_bytes().cloned()),
+    };
+    if result.is_err() {
+        *conn = None;
+    }
+    Ok(result?)
+}
+
+/// A connection to the master of `side` that holds [`COUNTERS_KEY`] (db 0).
+async fn counters_conn(side: &ferry_config::RedisConfig) -> anyhow::Result<ferry_resp::Connection> {
     let addr = match side.kind {
         ferry_config::DeploymentType::Cluster => {
             let map = common::cluster_map(side, &[]).await?;
@@ -145,13 +165,7 @@ async fn counters_io(side: &ferry_config::RedisConfig, write: Option<&[u8]>) -> 
     if side.kind != ferry_config::DeploymentType::Cluster {
         c.call(&["SELECT", "0"]).await?;
     }
-    match write {
-        Some(body) => {
-            c.call(&[&b"SET"[..], COUNTERS_KEY.as_bytes(), body]).await?;
-            Ok(None)
-        }
-        None => Ok(c.call(&["GET", COUNTERS_KEY]).await?.as_bytes().cloned()),
-    }
+    Ok(c)
 }
 
 /// The pipelines of a cluster source planned before, found from their checkpoints on the
@@ -167,7 +181,7 @@ async fn names_from_checkpoints(
     reverse: bool,
 ) -> anyhow::Result<Vec<(String, String)>> {
     const TIMEOUT: Duration = Duration::from_secs(5);
-    // (pipeline id, replication id, offset) of every checkpoint on the target.
+    // (base name, replication id, offset) of every checkpoint of this epoch and direction.
     let mut checkpoints: Vec<(String, String, i64)> = Vec::new();
     let nodes = match cfg.target.kind {
         ferry_config::DeploymentType::Cluster => common::cluster_map(&cfg.target, &[]).await?.masters,
@@ -176,22 +190,22 @@ async fn names_from_checkpoints(
     for node in &nodes {
         let mut c = common::connect_node(&cfg.target, node, TIMEOUT).await.with_context(|| node.clone())?;
         for key in common::scan_keys(&mut c, "ferry:checkpoint:*").await? {
-            let Some(id) = crate::writer::pipeline_of_checkpoint_key(&key) else { continue };
+            let id = crate::writer::pipeline_of_checkpoint_key(&key);
+            let Some(base) = id.and_then(|id| role::base_in_epoch(id, epoch, reverse)) else { continue };
+            if !base.starts_with("shard-") {
+                continue;
+            }
             let Some(v) = c.call(&[&b"GET"[..], &key]).await?.as_bytes().cloned() else { continue };
-            if let Some(ckpt) = crate::writer::parse_checkpoint(&v) {
-                checkpoints.push((id.to_string(), ckpt.replid, ckpt.offset));
+            // A master without a previous history shows an all-zero `master_replid2`.
+            if let Some(ckpt) = crate::writer::parse_checkpoint(&v).filter(|c| c.replid.bytes().any(|b| b != b'0')) {
+                checkpoints.push((base.to_string(), ckpt.replid, ckpt.offset));
             }
         }
     }
-    // A master without a previous history shows an all-zero `master_replid2`.
-    checkpoints.retain(|(id, replid, _)| {
-        role::base_in_epoch(id, epoch, reverse).is_some_and(|b| b.starts_with("shard-"))
-            && replid.bytes().any(|b| b != b'0')
-    });
     if checkpoints.is_empty() {
         return Ok(Vec::new());
     }
-    let mut found: Vec<(String, String, i64)> = Vec::new();
+    let mut found: Vec<(String, String)> = Vec::new();
     for master in &map.masters {
         let mut c = common::connect_node(&cfg.source, master, TIMEOUT).await.with_context(|| master.clone())?;
         let info = c.call(&["INFO", "replication"]).await?;
@@ -199,16 +213,13 @@ async fn names_from_checkpoints(
         let ids = [field("master_replid"), field("master_replid2")];
         let best = checkpoints
             .iter()
-            .filter(|(id, replid, _)| ids.contains(replid) && !found.iter().any(|(f, _, _)| f == id))
+            .filter(|(base, replid, _)| ids.contains(replid) && !found.iter().any(|(f, _)| f == base))
             .max_by_key(|(_, _, offset)| *offset);
-        if let Some((id, _, offset)) = best {
-            found.push((id.clone(), master.clone(), *offset));
+        if let Some((base, _, _)) = best {
+            found.push((base.clone(), master.clone()));
         }
     }
-    Ok(found
-        .into_iter()
-        .filter_map(|(id, master, _)| Some((role::base_in_epoch(&id, epoch, reverse)?.to_string(), master)))
-        .collect())
+    Ok(found)
 }
 
 /// One pipeline per master that serves slots. The pipelines of `old` keep their ids: each
@@ -605,9 +616,9 @@ impl CoordinatorState {
 
     /// Reads the counters an earlier coordinator saved in the target, once. False when the
     /// target could not be asked (try again later).
-    async fn restore_counters_from(&self, cfg: &Config) -> bool {
+    async fn restore_counters_from(&self, cfg: &Config, conn: &mut Option<ferry_resp::Connection>) -> bool {
         let Some(side) = self.counters_side(cfg) else { return false };
-        match counters_io(side, None).await {
+        match counters_io(side, conn, None).await {
             Ok(Some(v)) => match serde_json::from_slice::<SavedCounters>(&v) {
                 Ok(c) => {
                     info!(pipelines = c.len(), "counters restored from the target");
@@ -633,6 +644,9 @@ impl CoordinatorState {
     /// (the counters are not data).
     async fn counters_loop(self: Arc<Self>, cfg: Config, cancel: CancellationToken) {
         let mut saved: Option<(bool, SavedCounters)> = None;
+        // Kept between saves; a role change moves the counters to the other side.
+        let mut conn: Option<ferry_resp::Connection> = None;
+        let mut conn_reverse = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(COUNTERS_SAVE) => {}
@@ -640,7 +654,10 @@ impl CoordinatorState {
                 _ = cancel.cancelled() => return,
             }
             let Some(reverse) = self.role.lock().unwrap().role.direction() else { continue };
-            if !self.reports.lock().unwrap().restored && !self.restore_counters_from(&cfg).await {
+            if conn_reverse != Some(reverse) {
+                (conn, conn_reverse) = (None, Some(reverse));
+            }
+            if !self.reports.lock().unwrap().restored && !self.restore_counters_from(&cfg, &mut conn).await {
                 continue;
             }
             if !self.planned.load(std::sync::atomic::Ordering::SeqCst) {
@@ -653,7 +670,7 @@ impl CoordinatorState {
             }
             let Some(side) = self.counters_side(&cfg) else { continue };
             let body = serde_json::to_vec(&now).unwrap_or_default();
-            match counters_io(side, Some(&body)).await {
+            match counters_io(side, &mut conn, Some(&body)).await {
                 Ok(_) => saved = Some((reverse, now)),
                 Err(e) => debug!(error = %format!("{e:#}"), "cannot save the counters on the target"),
             }
@@ -888,7 +905,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     info!(status = %cfg.coordinator.status_addr, grpc = %grpc_addr, "coordinator listening");
     // The counters an earlier coordinator saved, before any status is served (bounded: a
     // target that does not answer now is asked again by the saver).
-    let _ = tokio::time::timeout(Duration::from_secs(3), state.restore_counters_from(&cfg)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), state.restore_counters_from(&cfg, &mut None)).await;
     let planner = tokio::spawn(state.clone().plan_loop(cfg.clone(), cancel.clone()));
     let counters = tokio::spawn(state.clone().counters_loop(cfg.clone(), cancel.clone()));
     let app = axum::Router::new()

@@ -129,9 +129,9 @@ impl Keyspace {
         Ok(Some(Keyspace { filter, slots, source }))
     }
 
-    /// Whether target db `db` receives keys of a copied source db.
-    fn db_is_copied(&self, db: i64) -> bool {
-        db >= 0 && (0..256u64).any(|s| self.filter.db_passes(s) && self.filter.map_db(s) == db as u64)
+    /// The copied source dbs whose keys land in target db `db` (none: not the pipeline's).
+    fn source_dbs(&self, db: i64) -> Vec<u64> {
+        (0..256u64).filter(|&s| db >= 0 && self.filter.db_passes(s) && self.filter.map_db(s) == db as u64).collect()
     }
 
     fn holds(&self, key: &[u8]) -> bool {
@@ -143,8 +143,7 @@ impl Keyspace {
     /// The `keys` of target db `db` the source holds none of now (in any source db mapped
     /// to `db`). A key whose check fails is kept.
     async fn absent_from_source(&mut self, db: i64, keys: Vec<Bytes>) -> anyhow::Result<Vec<Bytes>> {
-        let dbs: Vec<u64> =
-            (0..256u64).filter(|&s| self.filter.db_passes(s) && self.filter.map_db(s) == db as u64).collect();
+        let dbs = self.source_dbs(db);
         let Some(source) = self.source.as_mut() else { return Ok(keys) };
         let mut absent = keys;
         for s in dbs {
@@ -172,7 +171,8 @@ impl Source {
         let Some(map) = self.map.clone() else {
             let master = self.master.clone();
             let c = self.conn(&master).await?;
-            return exists_pipelined(c, Some(db), keys).await;
+            let replies = exists_replies(c, Some(db), keys).await?;
+            return Ok(replies.into_iter().map(|r| !matches!(r, Reply::Integer(0))).collect());
         };
         // A cluster: each key on the master serving its slot, `ASK` followed to the importing one.
         let mut out = vec![true; keys.len()];
@@ -227,10 +227,6 @@ async fn exists_replies(c: &mut Connection, db: Option<u64>, keys: &[Bytes]) -> 
     Ok(out)
 }
 
-async fn exists_pipelined(c: &mut Connection, db: Option<u64>, keys: &[Bytes]) -> anyhow::Result<Vec<bool>> {
-    Ok(exists_replies(c, db, keys).await?.into_iter().map(|r| !matches!(r, Reply::Integer(0))).collect())
-}
-
 /// The dbs of a server that hold keys (`INFO keyspace`).
 async fn dbs_with_keys(c: &mut Connection) -> anyhow::Result<Vec<i64>> {
     let info = c.call(&["INFO", "keyspace"]).await?;
@@ -247,24 +243,16 @@ async fn dbs_with_keys(c: &mut Connection) -> anyhow::Result<Vec<i64>> {
 pub async fn remove(c: &mut Connection, written: &KeySet, keyspace: &mut Keyspace) -> anyhow::Result<u64> {
     let mut removed = 0u64;
     for db in dbs_with_keys(c).await? {
-        if !keyspace.db_is_copied(db) {
+        if keyspace.source_dbs(db).is_empty() {
             continue;
         }
         c.call(&["SELECT", &db.to_string()]).await?;
         let mut stale: Vec<Bytes> = Vec::new();
         let mut cursor = b"0".to_vec();
         loop {
-            let r = c.call(&[&b"SCAN"[..], &cursor, b"COUNT", b"1000"]).await?;
-            let Reply::Array(Some(mut parts)) = r else { bail!("bad reply to SCAN") };
-            let batch = parts.pop();
-            cursor = parts.pop().and_then(|c| c.as_bytes().map(|b| b.to_vec())).unwrap_or_else(|| b"0".to_vec());
-            if let Some(Reply::Array(Some(keys))) = batch {
-                for key in keys.into_iter().filter_map(|k| k.as_bytes().cloned()) {
-                    if keyspace.holds(&key) && !written.contains(db, &key) {
-                        stale.push(key);
-                    }
-                }
-            }
+            let (next, keys) = common::scan_step(c, &cursor, "*").await?;
+            cursor = next;
+            stale.extend(keys.into_iter().filter(|key| keyspace.holds(key) && !written.contains(db, key)));
             // Deleting while scanning is safe: SCAN returns every key present from start to end.
             if stale.len() >= DEL_BATCH || (cursor == b"0" && !stale.is_empty()) {
                 let gone = keyspace.absent_from_source(db, std::mem::take(&mut stale)).await?;
@@ -353,7 +341,8 @@ mod tests {
         let filter = Filter::new(&cfg.filter).unwrap();
         let ks = Keyspace { filter, slots: None, source: None };
         assert!(ks.holds(b"user:1") && !ks.holds(b"cache:1") && !ks.holds(b"ferry:checkpoint:x"));
-        assert!(ks.db_is_copied(0) && ks.db_is_copied(1) && !ks.db_is_copied(2) && !ks.db_is_copied(5));
+        assert_eq!((ks.source_dbs(0), ks.source_dbs(1)), (vec![0, 5], vec![1]));
+        assert!(ks.source_dbs(2).is_empty() && ks.source_dbs(5).is_empty());
         let slot = ferry_resp::cluster::key_slot(b"user:1") as usize;
         let mut slots = vec![false; ferry_resp::cluster::SLOTS];
         slots[slot] = true;
