@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use ferry_config::ExistingKey;
-use ferry_pipeline::convert::{BatchBuilder, RdbConverter};
+use ferry_decoder::convert::{BatchBuilder, RdbConverter};
 use ferry_rdb::{Event, Parser, ParserOptions};
 use integration_tests::{RedisServer, compare, functions};
 

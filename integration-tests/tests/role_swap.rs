@@ -266,7 +266,7 @@ fn sentinels_forget_ferrys_readers() {
         "test.toml",
     )
     .unwrap();
-    let n = rt().block_on(ferry_pipeline::watcher::forget_ferry_replicas(&cfg.target)).unwrap();
+    let n = rt().block_on(ferry_watcher::forget_ferry_replicas(&cfg.target)).unwrap();
     assert_eq!(n, 3, "every sentinel listed it, every sentinel is reset");
     assert_eq!(reader_replicas(&b), 0);
     // The real replica is known again everywhere.

@@ -26,6 +26,17 @@ pub enum ConfigError {
     Parse { path: String, line: usize, message: String },
     #[error("{path}: {field}: {message}")]
     Invalid { path: String, field: String, message: String },
+    /// A setting found wrong only when the process uses it (a file it names cannot be read,
+    /// an endpoint that does not parse).
+    #[error("config: {field}: {message}")]
+    Field { field: String, message: String },
+}
+
+impl ConfigError {
+    /// A [`ConfigError::Field`].
+    pub fn field(field: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
+        ConfigError::Field { field: field.into(), message: message.to_string() }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -1,9 +1,9 @@
-//! `ferry-coordinator`: see `ferry_pipeline::coordinator`.
+//! `ferry-coordinator`: see the `ferry_coordinator` library.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use ferry_pipeline::cli::{CommonArgs, block_on};
+use ferry_runtime::cli::{CommonArgs, block_on};
 
 /// ferry's coordinator: reads ferry.toml, plans one pipeline per source leader, hands the
 /// pipelines to the reader, decoder and writer stages, and serves /status, /metrics and
@@ -38,12 +38,12 @@ fn main() -> std::process::ExitCode {
                 print!("{text}");
                 std::process::ExitCode::SUCCESS
             }
-            Err(e) => ferry_pipeline::cli::exit(Err(e.into())),
+            Err(e) => ferry_runtime::cli::exit(Err(e.into())),
         };
     }
     let res = block_on(async {
         let (cfg, _coordinator, cancel) = args.common.start("ferry-coordinator")?;
-        ferry_pipeline::coordinator::run(cfg, cancel).await
+        ferry_coordinator::run(cfg, cancel).await
     });
-    ferry_pipeline::cli::exit(res)
+    ferry_runtime::cli::exit(res)
 }

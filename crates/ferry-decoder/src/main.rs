@@ -1,9 +1,9 @@
-//! `ferry-decoder`: see `ferry_pipeline::decoder`. Thin by design: arguments in, library call out.
+//! `ferry-decoder`: see the `ferry_decoder` library. Thin by design: arguments in, library call out.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use ferry_pipeline::cli::{CommonArgs, block_on};
+use ferry_runtime::cli::{CommonArgs, block_on};
 
 /// ferry's decoder stage. Start it on its own (a sidecar) or let `cargo xtask up` start it.
 /// It reads the same ferry.toml as every other stage and asks the coordinator which
@@ -34,11 +34,11 @@ enum Cmd {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     if let Some(Cmd::Inspect { file, allow_newer_rdb }) = args.cmd {
-        return ferry_pipeline::cli::exit(ferry_pipeline::cli::inspect(&file, allow_newer_rdb));
+        return ferry_runtime::cli::exit(ferry_decoder::inspect(&file, allow_newer_rdb));
     }
     let res = block_on(async {
         let (cfg, coordinator, cancel) = args.common.start("ferry-decoder")?;
-        ferry_pipeline::decoder::run(cfg, coordinator, args.common.pipeline.clone(), cancel).await
+        ferry_decoder::run(cfg, coordinator, args.common.pipeline.clone(), cancel).await
     });
-    ferry_pipeline::cli::exit(res)
+    ferry_runtime::cli::exit(res)
 }

@@ -1,7 +1,7 @@
-//! `ferry-reader`: see `ferry_pipeline::reader`. Thin by design: arguments in, library call out.
+//! `ferry-reader`: see the `ferry_reader` library. Thin by design: arguments in, library call out.
 
 use clap::Parser;
-use ferry_pipeline::cli::{CommonArgs, block_on};
+use ferry_runtime::cli::{CommonArgs, block_on};
 
 /// ferry's reader stage. Start it on its own (a sidecar) or let `cargo xtask up` start it.
 /// It reads the same ferry.toml as every other stage and asks the coordinator which
@@ -17,7 +17,7 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let res = block_on(async {
         let (cfg, coordinator, cancel) = args.common.start("ferry-reader")?;
-        ferry_pipeline::reader::run(cfg, coordinator, args.common.pipeline.clone(), cancel).await
+        ferry_reader::run(cfg, coordinator, args.common.pipeline.clone(), cancel).await
     });
-    ferry_pipeline::cli::exit(res)
+    ferry_runtime::cli::exit(res)
 }

@@ -30,8 +30,13 @@ pub fn key_slot(key: &[u8]) -> u16 {
     crc16(hashed) % SLOTS as u16
 }
 
-/// A short string for every slot whose `{tag}` hashes to that slot.
-pub fn slot_tags() -> Vec<String> {
+/// A short string for every slot whose `{tag}` hashes to that slot (computed once).
+pub fn slot_tags() -> &'static [String] {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    TAGS.get_or_init(compute_slot_tags)
+}
+
+fn compute_slot_tags() -> Vec<String> {
     let mut tags: Vec<Option<String>> = vec![None; SLOTS];
     let mut left = SLOTS;
     let mut n: u64 = 0;

@@ -1,14 +1,12 @@
 //! `ferry-watcher`: role swaps of a deployment pair and the Sentinel promotion cut-over.
-//! Thin: the logic is in `ferry_pipeline::watcher`, `ferry_pipeline::role` and
-//! `ferry_pipeline::promote`.
+//! Thin: the logic is in the `ferry_watcher` library.
 
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use ferry_pipeline::cli::{CommonArgs, block_on};
-use ferry_pipeline::role::Role;
-use ferry_pipeline::watcher;
 use ferry_resp::Auth;
+use ferry_runtime::Role;
+use ferry_runtime::cli::{CommonArgs, block_on};
 
 /// ferry's watcher: the role swaps of seed 000 (`run`, and `fence`, `recover`,
 /// `switchback`, `status` by hand), and the Sentinel promotion cut-over of seed 001
@@ -98,7 +96,7 @@ fn main() -> std::process::ExitCode {
         match args.cmd {
             Cmd::Run { common } => {
                 let (cfg, coordinator, cancel) = common.start("ferry-watcher")?;
-                watcher::run(cfg, coordinator, cancel).await
+                ferry_watcher::run(cfg, coordinator, cancel).await
             }
             Cmd::Fence { common, reason } => {
                 let (_, coordinator, _) = common.start("ferry-watcher")?;
@@ -115,16 +113,17 @@ fn main() -> std::process::ExitCode {
                 // would do the same; whichever comes first, the other is a no-op).
                 let deadline = std::time::Instant::now() + Duration::from_secs(60);
                 loop {
-                    let s = watcher::get_role(&coordinator).await?;
+                    let s = ferry_watcher::get_role(&coordinator).await?;
                     if s.role != "switchback" {
-                        println!("{}", watcher::describe(&s));
+                        println!("{}", ferry_watcher::describe(&s));
                         return Ok(());
                     }
                     if s.draining.is_empty() {
                         let s =
-                            watcher::set_role(&coordinator, Role::Forward, "reverse pipelines stopped", false).await?;
-                        watcher::after_switchback(&cfg).await;
-                        println!("{}", watcher::describe(&s));
+                            ferry_watcher::set_role(&coordinator, Role::Forward, "reverse pipelines stopped", false)
+                                .await?;
+                        ferry_watcher::after_switchback(&cfg).await;
+                        println!("{}", ferry_watcher::describe(&s));
                         return Ok(());
                     }
                     if std::time::Instant::now() > deadline {
@@ -135,11 +134,11 @@ fn main() -> std::process::ExitCode {
             }
             Cmd::Status { common } => {
                 let (_, coordinator, _) = common.start("ferry-watcher")?;
-                println!("{}", watcher::describe(&watcher::get_role(&coordinator).await?));
+                println!("{}", ferry_watcher::describe(&ferry_watcher::get_role(&coordinator).await?));
                 Ok(())
             }
             Cmd::Promote { sentinels, master_name, node, password, username, sentinel_password, timeout } => {
-                let opts = ferry_pipeline::promote::PromoteOptions {
+                let opts = ferry_watcher::promote::PromoteOptions {
                     sentinels,
                     master_name,
                     sentinel_auth: Auth { username: None, password: sentinel_password },
@@ -147,7 +146,7 @@ fn main() -> std::process::ExitCode {
                     node,
                     timeout: Duration::from_secs(timeout),
                 };
-                let r = ferry_pipeline::promote::promote(&opts).await?;
+                let r = ferry_watcher::promote::promote(&opts).await?;
                 println!(
                     "promoted {} to master of {} (was {}) at offset {} in {:.1}s{}",
                     r.new_master,
@@ -161,12 +160,12 @@ fn main() -> std::process::ExitCode {
             }
         }
     });
-    ferry_pipeline::cli::exit(res)
+    ferry_runtime::cli::exit(res)
 }
 
 /// A role change asked for by an operator.
 async fn manual(coordinator: &str, role: Role, reason: &str, force: bool) -> anyhow::Result<()> {
-    let s = watcher::set_role(coordinator, role, reason, force).await?;
-    println!("{}", watcher::describe(&s));
+    let s = ferry_watcher::set_role(coordinator, role, reason, force).await?;
+    println!("{}", ferry_watcher::describe(&s));
     Ok(())
 }

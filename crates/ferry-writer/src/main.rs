@@ -1,7 +1,7 @@
-//! `ferry-writer`: see `ferry_pipeline::writer`. Thin by design: arguments in, library call out.
+//! `ferry-writer`: see the `ferry_writer` library. Thin by design: arguments in, library call out.
 
 use clap::Parser;
-use ferry_pipeline::cli::{CommonArgs, block_on};
+use ferry_runtime::cli::{CommonArgs, block_on};
 
 /// ferry's writer stage. Start it on its own (a sidecar) or let `cargo xtask up` start it.
 /// It reads the same ferry.toml as every other stage and asks the coordinator which
@@ -17,7 +17,7 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let res = block_on(async {
         let (cfg, coordinator, cancel) = args.common.start("ferry-writer")?;
-        ferry_pipeline::writer::run(cfg, coordinator, args.common.pipeline.clone(), cancel).await
+        ferry_writer::run(cfg, coordinator, args.common.pipeline.clone(), cancel).await
     });
-    ferry_pipeline::cli::exit(res)
+    ferry_runtime::cli::exit(res)
 }

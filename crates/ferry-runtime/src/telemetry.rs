@@ -46,7 +46,7 @@ where
         .with_tonic()
         .with_endpoint(endpoint.clone())
         .build()
-        .map_err(|e| anyhow::anyhow!("config: telemetry.otlp_endpoint {endpoint:?}: {e}"))?;
+        .map_err(|e| ferry_config::ConfigError::field("telemetry.otlp_endpoint", format!("{endpoint:?}: {e}")))?;
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service.to_string()).build();
     let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
     let tracer = provider.tracer(service.to_string());
@@ -83,11 +83,12 @@ pub fn set_parent(span: &tracing::Span, traceparent: &str) {
 /// the OTLP endpoint every `metrics_interval_ms`, when one is set.
 pub fn init_metrics(cfg: &ferry_config::TelemetryConfig, service: &str) -> anyhow::Result<()> {
     let Some(endpoint) = endpoint(cfg) else { return Ok(()) };
-    let exporter = opentelemetry_otlp::MetricExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint.clone())
-        .build()
-        .map_err(|e| anyhow::anyhow!("config: telemetry.otlp_endpoint {endpoint:?}: {e}"))?;
+    let exporter =
+        opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .build()
+            .map_err(|e| ferry_config::ConfigError::field("telemetry.otlp_endpoint", format!("{endpoint:?}: {e}")))?;
     let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(exporter)
         .with_interval(std::time::Duration::from_millis(cfg.metrics_interval_ms.max(100)))
         .build();

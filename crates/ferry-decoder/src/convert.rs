@@ -15,9 +15,6 @@ use ferry_rdb::{Entry, Flavor, Part, Value};
 use ferry_resp::encode_command_into;
 use tracing::warn;
 
-/// Prefix of the temporary keys big values are built in. Filtered out of comparisons.
-pub const TMP_PREFIX: &[u8] = b"ferry:tmp:";
-
 /// Accumulates commands for one batch.
 pub struct BatchBuilder {
     resp: BytesMut,
@@ -199,18 +196,12 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// A hash tag for every cluster slot.
-pub fn slot_tags() -> &'static [String] {
-    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    TAGS.get_or_init(ferry_resp::cluster::slot_tags)
-}
-
 /// `ferry:tmp:{<tag>}:<key>`: the tag puts the temporary key in the key's cluster slot, so it
 /// can be renamed into place on a cluster too.
 fn tmp_key(key: &[u8]) -> Vec<u8> {
-    let tag = &slot_tags()[ferry_resp::cluster::key_slot(key) as usize];
-    let mut k = Vec::with_capacity(TMP_PREFIX.len() + tag.len() + 3 + key.len());
-    k.extend_from_slice(TMP_PREFIX);
+    let tag = &ferry_resp::cluster::slot_tags()[ferry_resp::cluster::key_slot(key) as usize];
+    let mut k = Vec::with_capacity(ferry_checkpoint::TMP_PREFIX.len() + tag.len() + 3 + key.len());
+    k.extend_from_slice(ferry_checkpoint::TMP_PREFIX);
     k.push(b'{');
     k.extend_from_slice(tag.as_bytes());
     k.extend_from_slice(b"}:");

@@ -31,9 +31,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::{info, warn};
 
-use crate::common::{self, Stats};
-use crate::convert::slot_tags;
-use crate::writer::{ReplyCheck, batch_applied, checkpoint_value, command_key, command_name_at, parse_checkpoint};
+use crate::{ReplyCheck, batch_applied, checkpoint_value, command_key, command_name_at};
+use ferry_resp::cluster::slot_tags;
+use ferry_runtime::Stats;
 
 /// Where a command's keys say it must go.
 enum Route {
@@ -71,7 +71,7 @@ impl ClusterTarget {
         let t = &cfg.target;
         // The configured node first, then any node seen before (the configured one may be
         // the master that just died).
-        let (mut seed, map) = first_map(t, common::cluster_seeds(t)).await?;
+        let (mut seed, map) = first_map(t, ferry_redis::cluster_seeds(t)).await?;
         let specs = load_specs(&mut seed).await?;
         let mut ct = ClusterTarget {
             cfg: t.clone(),
@@ -91,7 +91,7 @@ impl ClusterTarget {
     async fn connect_masters(&mut self) -> anyhow::Result<()> {
         for m in self.map.masters.clone() {
             if !self.conns.contains_key(&m) {
-                let c = common::connect_node(&self.cfg, &m, Duration::from_secs(10)).await?;
+                let c = ferry_redis::connect_node(&self.cfg, &m, Duration::from_secs(10)).await?;
                 self.conns.insert(m, c);
             }
         }
@@ -102,7 +102,7 @@ impl ClusterTarget {
     async fn rdb_version(&mut self) -> u32 {
         let mut lowest = u32::MAX;
         for c in self.conns.values_mut() {
-            lowest = lowest.min(common::server_rdb_version(c).await);
+            lowest = lowest.min(ferry_redis::server_rdb_version(c).await);
         }
         if lowest == u32::MAX { 0 } else { lowest }
     }
@@ -110,7 +110,7 @@ impl ClusterTarget {
     /// Reads the slot map again (after MOVED, or when a master changed).
     async fn refresh(&mut self) -> anyhow::Result<()> {
         let mut candidates: Vec<String> = self.map.masters.clone();
-        candidates.extend(common::cluster_seeds(&self.cfg).into_iter().filter(|a| !self.map.masters.contains(a)));
+        candidates.extend(ferry_redis::cluster_seeds(&self.cfg).into_iter().filter(|a| !self.map.masters.contains(a)));
         let (_, map) = first_map(&self.cfg, candidates).await?;
         self.map = map;
         self.conns.retain(|a, _| self.map.masters.contains(a));
@@ -118,19 +118,19 @@ impl ClusterTarget {
     }
 
     fn slot_key(&self, slot: u16) -> String {
-        format!("ferry:checkpoint:{{{}}}:{}", slot_tags()[slot as usize], self.pipeline_id)
+        ferry_checkpoint::slot_key(&slot_tags()[slot as usize], &self.pipeline_id)
     }
 
     fn floor_key(&self, node: usize) -> String {
         let slot = self.map.a_slot_of(node).unwrap_or(0);
-        format!("ferry:checkpoint:floor:{{{}}}:{}", slot_tags()[slot as usize], self.pipeline_id)
+        ferry_checkpoint::floor_key(&slot_tags()[slot as usize], &self.pipeline_id)
     }
 
     /// Every checkpoint key of this pipeline on a master (`SCAN MATCH`).
     async fn checkpoint_keys(&mut self, addr: &str) -> anyhow::Result<Vec<Bytes>> {
         let suffix = format!(":{}", self.pipeline_id);
         let c = self.conns.get_mut(addr).ok_or_else(|| anyhow!("no connection to {addr}"))?;
-        let mut keys = common::scan_keys(c, "ferry:checkpoint:*").await?;
+        let mut keys = ferry_redis::scan_keys(c, ferry_checkpoint::SCAN_PATTERN).await?;
         keys.retain(|k| k.ends_with(suffix.as_bytes()));
         Ok(keys)
     }
@@ -146,13 +146,13 @@ impl ClusterTarget {
             for key in self.checkpoint_keys(m).await? {
                 let c = self.conns.get_mut(m).ok_or_else(|| anyhow!("no connection to {m}"))?;
                 let Some(v) = c.call(&[&b"GET"[..], &key]).await?.as_bytes().cloned() else { continue };
-                self.earlier_copy |= v[..] == *crate::stale::RECOPY_MARKER.as_bytes();
-                let Some(ckpt) = parse_checkpoint(&v) else { continue };
+                self.earlier_copy |= ferry_checkpoint::is_recopy_marker(&v);
+                let Some(ckpt) = ferry_checkpoint::parse(&v) else { continue };
                 self.earlier_copy = true;
                 if key[..] == *floor_key.as_bytes() {
                     self.floor.insert(m.clone(), ckpt.offset);
                     floors.push(ckpt);
-                } else if !key.starts_with(b"ferry:checkpoint:floor:") {
+                } else if !ferry_checkpoint::is_floor_key(&key) {
                     self.slot_done.insert(key_slot(&key), ckpt.offset);
                 }
             }
@@ -286,7 +286,7 @@ async fn first_map(t: &ferry_config::RedisConfig, candidates: Vec<String>) -> an
     let mut last = None;
     for addr in candidates {
         let res = async {
-            let mut c = common::connect_node(t, &addr, Duration::from_secs(5)).await?;
+            let mut c = ferry_redis::connect_node(t, &addr, Duration::from_secs(5)).await?;
             let map = load_map(t, &mut c).await?;
             anyhow::Ok((c, map))
         }
@@ -307,7 +307,7 @@ fn is_redirect(e: &ferry_resp::RespError) -> bool {
 
 async fn load_map(t: &ferry_config::RedisConfig, c: &mut Connection) -> anyhow::Result<SlotMap> {
     let r = c.call(&["CLUSTER", "SLOTS"]).await.context("CLUSTER SLOTS (is the target a cluster?)")?;
-    common::remember_cluster_nodes(t, &r);
+    ferry_redis::remember_cluster_nodes(t, &r);
     let map = SlotMap::from_cluster_slots(&r).ok_or_else(|| anyhow!("cannot read the reply to CLUSTER SLOTS"))?;
     if !map.complete() {
         bail!("the target cluster does not serve every slot (cluster_state not ok)");
@@ -364,12 +364,12 @@ pub(crate) async fn session(
     info!(target = %cfg.target.describe(), masters = ct.map.masters.len(), "connected to the target cluster");
     let checkpoint = ct.read_checkpoints().await.context("target cluster")?;
     let target_rdb_version = ct.rdb_version().await;
-    crate::writer::hello_ack(&ack_tx, stats, checkpoint, target_rdb_version).await;
+    crate::hello_ack(&ack_tx, stats, checkpoint, target_rdb_version).await;
     let mut replid = String::new();
     // During a re-copy: the keys it writes and the source master it copies.
     let mut recopy: Option<(crate::stale::KeySet, String)> = None;
-    let mut limiter = common::RateLimiter::new(cfg.writer.max_ops_per_sec);
-    let mut byte_limiter = common::RateLimiter::new(cfg.writer.max_bytes_per_sec);
+    let limiter = ferry_runtime::RateLimiter::new(cfg.writer.max_ops_per_sec);
+    let byte_limiter = ferry_runtime::RateLimiter::new(cfg.writer.max_bytes_per_sec);
     loop {
         let msg = tokio::select! {
             m = batches.message() => m.map_err(|s| anyhow!("decoder stream: {}", s.message()))?,
@@ -384,7 +384,7 @@ pub(crate) async fn session(
                 if ct.earlier_copy && cfg.writer.remove_stale_keys {
                     // Known as a re-copy until done, even by a writer restarted in the middle.
                     info!(pipeline = %hello.pipeline_id, "a re-copy: keys the source no longer holds will be removed from the target once the snapshot is applied");
-                    ct.write_floors(crate::stale::RECOPY_MARKER, i64::MIN).await.context("target cluster")?;
+                    ct.write_floors(ferry_checkpoint::RECOPY_MARKER, i64::MIN).await.context("target cluster")?;
                     ct.floor.clear();
                     recopy = Some((crate::stale::KeySet::default(), begin.source_address.clone()));
                 }
@@ -413,7 +413,7 @@ pub(crate) async fn session(
         }
         limiter.acquire(b.count as u64).await;
         byte_limiter.acquire(b.resp.len() as u64).await;
-        let span = crate::telemetry::apply_span(&b, &hello.pipeline_id);
+        let span = ferry_runtime::telemetry::apply_span(&b, &hello.pipeline_id);
         tracing::Instrument::instrument(apply(&mut ct, &b, &replid, stats), span).await?;
         if b.offset >= 0 && (b.rdb_end || ct.last_floor_write.elapsed() >= Duration::from_secs(1)) {
             ct.write_floors(&checkpoint_value(&replid, &b), b.offset).await?;

@@ -8,6 +8,9 @@
 //! key; any other error stops the session with the reply, the command name and the key
 //! (never the value) in the log and the status.
 
+pub mod cluster;
+pub mod stale;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -27,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, info, warn};
 
-use crate::common::{self, Stats};
+use ferry_runtime::{Phase, Stats};
 
 /// Runs the writer service until `cancel` fires.
 pub async fn run(
@@ -42,20 +45,20 @@ pub async fn run(
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     // /healthz answers from now on, also while the coordinator is away.
     let tasks = TaskTracker::new();
-    tasks.spawn(crate::metrics::serve(cfg.writer.metrics_addr.clone(), "writer", cancel.clone()));
-    let Some(assignment) = common::assignment(&coordinator, "writer", pipeline.as_deref(), &cancel).await else {
+    tasks.spawn(ferry_runtime::metrics::serve(cfg.writer.metrics_addr.clone(), "writer", cancel.clone()));
+    let Some(assignment) = ferry_runtime::assignment(&coordinator, "writer", pipeline.as_deref(), &cancel).await else {
         tasks.close();
         tasks.wait().await;
         return Ok(());
     };
     let svc = WriterSvc {
         cfg: Arc::new(cfg),
-        sessions: Arc::new(common::Sessions::new("writer", coordinator, tasks.clone(), cancel.clone())),
+        sessions: Arc::new(ferry_runtime::Sessions::new("writer", coordinator, tasks.clone(), cancel.clone())),
         tasks: tasks.clone(),
     };
     info!(%listen, target = %assignment.target, "writer listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    common::grpc_server()?
+    ferry_runtime::grpc_server()?
         .add_service(WriterServer::new(svc).max_decoding_message_size(1024 * 1024 * 1024))
         .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned())
         .await
@@ -68,7 +71,7 @@ pub async fn run(
 struct WriterSvc {
     cfg: Arc<Config>,
     /// One entry per pipeline: statistics and the running session.
-    sessions: Arc<common::Sessions>,
+    sessions: Arc<ferry_runtime::Sessions>,
     tasks: TaskTracker,
 }
 
@@ -99,7 +102,7 @@ impl Writer for WriterSvc {
                 }
             };
             let (stats, session_cancel) = sessions.begin(&hello.pipeline_id);
-            stats.set_phase("running");
+            stats.set_phase(Phase::Running);
             stats.rdb_applied.store(false, Relaxed);
             let res = session(&cfg, &stats, hello, batches, ack_tx.clone(), &session_cancel).await;
             // A newer session of the pipeline (or the shutdown) cancelled this one: the
@@ -112,10 +115,10 @@ impl Writer for WriterSvc {
                 if !superseded {
                     stats.set_error(&msg);
                 }
-                let _ = ack_tx.send(Err(common::to_status(&msg))).await;
+                let _ = ack_tx.send(Err(ferry_runtime::to_status(&msg))).await;
             }
             if !superseded {
-                stats.set_phase("idle");
+                stats.set_phase(Phase::Idle);
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
@@ -133,44 +136,9 @@ struct InFlight {
     span: tracing::Span,
 }
 
-/// The key holding a pipeline's checkpoint on the target (db 0): `"<replid> <offset>"`.
-pub fn checkpoint_key(pipeline_id: &str) -> String {
-    format!("ferry:checkpoint:{pipeline_id}")
-}
-
-/// The pipeline a checkpoint key belongs to: `ferry:checkpoint:<id>` (a standalone target)
-/// or, on a cluster target, `ferry:checkpoint:{<tag>}:<id>` and
-/// `ferry:checkpoint:floor:{<tag>}:<id>`.
-pub fn pipeline_of_checkpoint_key(key: &[u8]) -> Option<&str> {
-    let rest = key.strip_prefix(b"ferry:checkpoint:")?;
-    let rest = rest.strip_prefix(b"floor:").unwrap_or(rest);
-    let rest = match rest.strip_prefix(b"{") {
-        Some(tagged) => {
-            let end = tagged.iter().position(|&c| c == b'}')?;
-            tagged[end + 1..].strip_prefix(b":")?
-        }
-        None => rest,
-    };
-    std::str::from_utf8(rest).ok().filter(|id| !id.is_empty())
-}
-
-/// The value of a checkpoint key: `"<replid> <offset> <resume_offset> <resume_db>"`.
+/// The value of a checkpoint key after batch `b` (see [`ferry_checkpoint::value`]).
 pub(crate) fn checkpoint_value(replid: &str, b: &Batch) -> String {
-    format!("{replid} {} {} {}", b.offset, b.resume_offset, b.resume_db)
-}
-
-/// Parses a [`checkpoint_value`]; `None` when malformed.
-pub(crate) fn parse_checkpoint(v: &[u8]) -> Option<Checkpoint> {
-    let text = String::from_utf8_lossy(v);
-    let parts: Vec<&str> = text.split(' ').collect();
-    let num = |i: usize| parts.get(i).and_then(|p| p.parse::<i64>().ok());
-    Some(Checkpoint {
-        present: true,
-        replid: parts.first()?.to_string(),
-        offset: num(1)?,
-        resume_offset: num(2)?,
-        resume_db: num(3)?,
-    })
+    ferry_checkpoint::value(replid, b.offset, b.resume_offset, b.resume_db)
 }
 
 /// Bookkeeping once every reply of a batch is in: counters, and the acknowledgement of its
@@ -211,15 +179,15 @@ pub(crate) async fn hello_ack(
 /// earlier copy of the pipeline (a checkpoint, or the marker of an unfinished re-copy).
 async fn read_checkpoint(conn: &mut Connection, pipeline_id: &str) -> anyhow::Result<(Checkpoint, bool)> {
     conn.call(&["SELECT", "0"]).await.context("target")?;
-    let reply = conn.call(&["GET", &checkpoint_key(pipeline_id)]).await.context("target")?;
+    let reply = conn.call(&["GET", &ferry_checkpoint::key(pipeline_id)]).await.context("target")?;
     let Some(v) = reply.as_bytes() else { return Ok((Checkpoint::default(), false)) };
-    if v[..] == *crate::stale::RECOPY_MARKER.as_bytes() {
+    if ferry_checkpoint::is_recopy_marker(v) {
         return Ok((Checkpoint::default(), true));
     }
-    match parse_checkpoint(v) {
+    match ferry_checkpoint::parse(v) {
         Some(c) => Ok((c, true)),
         None => {
-            warn!(key = %checkpoint_key(pipeline_id), "ignoring a malformed checkpoint on the target");
+            warn!(key = %ferry_checkpoint::key(pipeline_id), "ignoring a malformed checkpoint on the target");
             Ok((Checkpoint::default(), false))
         }
     }
@@ -242,18 +210,18 @@ async fn session(
         cfg
     };
     if cfg.target.kind == ferry_config::DeploymentType::Cluster {
-        return crate::cluster_writer::session(cfg, stats, hello, batches, ack_tx, cancel).await;
+        return crate::cluster::session(cfg, stats, hello, batches, ack_tx, cancel).await;
     }
-    let (target_addr, mut conn) = common::connect(&cfg.target).await.context("target")?;
+    let (target_addr, mut conn) = ferry_redis::connect(&cfg.target).await.context("target")?;
     info!(target = %cfg.target.describe(), master = %target_addr, "connected to the target");
     // The session opens with a hello: answer with the checkpoint the target holds.
     let pipeline_id = hello.pipeline_id.clone();
-    let ckpt_key = Bytes::from(checkpoint_key(&pipeline_id));
+    let ckpt_key = Bytes::from(ferry_checkpoint::key(&pipeline_id));
     let (checkpoint, mut earlier_copy) = read_checkpoint(&mut conn, &pipeline_id).await?;
     if checkpoint.present {
         info!(pipeline = %pipeline_id, replid = %checkpoint.replid, offset = checkpoint.offset, "checkpoint found on the target");
     }
-    let target_rdb_version = common::server_rdb_version(&mut conn).await;
+    let target_rdb_version = ferry_redis::server_rdb_version(&mut conn).await;
     hello_ack(&ack_tx, stats, checkpoint, target_rdb_version).await;
     let (mut rd, mut wr) = conn.into_split();
     let limit = cfg.writer.pipeline_count_limit;
@@ -268,8 +236,8 @@ async fn session(
     let sender = async {
         // Owned by this future: dropped when it ends, which lets the receiver finish.
         let inflight_tx = inflight_tx;
-        let mut limiter = common::RateLimiter::new(cfg.writer.max_ops_per_sec);
-        let mut byte_limiter = common::RateLimiter::new(cfg.writer.max_bytes_per_sec);
+        let limiter = ferry_runtime::RateLimiter::new(cfg.writer.max_ops_per_sec);
+        let byte_limiter = ferry_runtime::RateLimiter::new(cfg.writer.max_bytes_per_sec);
         let mut replid = String::new();
         let mut sent = 0u64;
         // During a re-copy: the keys it writes and the source master it copies.
@@ -292,7 +260,7 @@ async fn session(
                         info!(pipeline = %pipeline_id, "a re-copy: keys the source no longer holds will be removed from the target once the snapshot is applied");
                         encode_command_into(
                             &mut blob,
-                            &[&b"SET"[..], &ckpt_key, crate::stale::RECOPY_MARKER.as_bytes()],
+                            &[&b"SET"[..], &ckpt_key, ferry_checkpoint::RECOPY_MARKER.as_bytes()],
                         );
                         recopy = Some((crate::stale::KeySet::default(), begin.source_address.clone()));
                     } else {
@@ -343,7 +311,7 @@ async fn session(
             } else if !b.resp.is_empty() {
                 wr.write_all(&b.resp).await.context("target")?;
             }
-            let span = crate::telemetry::apply_span(&b, &pipeline_id);
+            let span = ferry_runtime::telemetry::apply_span(&b, &pipeline_id);
             if inflight_tx.send(InFlight { batch: b, wrapped, permits: (permits, byte_permits), span }).await.is_err() {
                 return Ok(());
             }
@@ -403,7 +371,7 @@ async fn session(
     };
     // A sentinel-managed target: end the session when the master moved, so the next one
     // resumes from the new master's checkpoint.
-    let moved = common::master_moved(&cfg.target, &target_addr);
+    let moved = ferry_redis::master_moved(&cfg.target, &target_addr);
     tokio::pin!(sender, receiver, moved);
     // The receiver ends when the sender ends (channel closed) and every reply is in.
     let mut sender_done = false;
@@ -430,8 +398,9 @@ async fn remove_stale(
     stats: &Stats,
 ) -> anyhow::Result<()> {
     let Some(mut keyspace) = crate::stale::keyspace_or_warn(cfg, source_master, stats).await else { return Ok(()) };
-    let mut c =
-        common::connect_node(&cfg.target, target_addr, std::time::Duration::from_secs(10)).await.context("target")?;
+    let mut c = ferry_redis::connect_node(&cfg.target, target_addr, std::time::Duration::from_secs(10))
+        .await
+        .context("target")?;
     let removed =
         crate::stale::remove(&mut c, written, &mut keyspace).await.context("removing stale keys on the target")?;
     crate::stale::removed(removed, written, stats);
@@ -536,20 +505,5 @@ pub(crate) fn command_key(resp: &Bytes, i: usize) -> String {
     match nth_command(resp, i) {
         Some(args) if args.len() > 1 => format!("{:?}", printable(&args[1])),
         _ => "(none)".into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checkpoint_keys_name_their_pipeline() {
-        assert_eq!(pipeline_of_checkpoint_key(b"ferry:checkpoint:127.0.0.1:6379"), Some("127.0.0.1:6379"));
-        assert_eq!(pipeline_of_checkpoint_key(b"ferry:checkpoint:{a1}:shard-0"), Some("shard-0"));
-        assert_eq!(pipeline_of_checkpoint_key(b"ferry:checkpoint:floor:{a1}:shard-0@2"), Some("shard-0@2"));
-        assert_eq!(pipeline_of_checkpoint_key(b"ferry:checkpoint:{a1}"), None);
-        assert_eq!(pipeline_of_checkpoint_key(b"ferry:checkpoint:"), None);
-        assert_eq!(pipeline_of_checkpoint_key(b"user:1"), None);
     }
 }

@@ -14,65 +14,10 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-/// The role of the pair.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// The configured source serves; source → target runs.
-    Forward,
-    /// The source was lost: nothing runs (a stale source that comes back can never
-    /// overwrite the target, which now serves writes).
-    Fenced,
-    /// The source is back: target → source runs, the target keeps serving.
-    Recovering,
-    /// The reverse pipelines stop; then forward starts again.
-    Switchback,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Forward => "forward",
-            Role::Fenced => "fenced",
-            Role::Recovering => "recovering",
-            Role::Switchback => "switchback",
-        }
-    }
-
-    pub fn parse(s: &str) -> anyhow::Result<Role> {
-        Ok(match s {
-            "forward" => Role::Forward,
-            "fenced" => Role::Fenced,
-            "recovering" => Role::Recovering,
-            "switchback" => Role::Switchback,
-            other => bail!("unknown role {other:?}: expected forward, fenced, recovering or switchback"),
-        })
-    }
-
-    /// Whether pipelines run in this role, and in which direction (`Some(true)`: reverse).
-    pub fn direction(self) -> Option<bool> {
-        match self {
-            Role::Forward => Some(false),
-            Role::Recovering => Some(true),
-            Role::Fenced | Role::Switchback => None,
-        }
-    }
-
-    /// Whether `self → to` is a step of the machine. Fencing is always allowed (it is the
-    /// safe state); anything else off the cycle needs `force`.
-    pub fn allows(self, to: Role) -> bool {
-        matches!(
-            (self, to),
-            (_, Role::Fenced)
-                | (Role::Fenced, Role::Recovering)
-                | (Role::Recovering, Role::Switchback)
-                | (Role::Switchback, Role::Forward)
-        )
-    }
-}
+pub use ferry_runtime::Role;
 
 /// What is persisted: the role, its epoch, why and when it began.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,7 +27,7 @@ use ferry_resp::Connection;
 use ferry_resp::cluster::{SlotMap, key_slot, migrating_slots};
 use tracing::{debug, info, warn};
 
-use crate::common::{self, Stats};
+use ferry_runtime::{Phase, Stats};
 
 /// The longest a `RESTORE-ASKING` waits for the other pipelines.
 pub const BARRIER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -156,7 +156,7 @@ impl MigrationGuard {
     }
 
     async fn refresh(&mut self) -> anyhow::Result<()> {
-        let map = common::cluster_map(&self.source, std::slice::from_ref(&self.own)).await?;
+        let map = ferry_redis::cluster_map(&self.source, std::slice::from_ref(&self.own)).await?;
         let nodes = match self.conn(&self.own.clone()).await?.call(&["CLUSTER", "NODES"]).await? {
             ferry_resp::Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
             other => anyhow::bail!("unexpected CLUSTER NODES reply: {other:?}"),
@@ -168,7 +168,7 @@ impl MigrationGuard {
 
     async fn conn(&mut self, addr: &str) -> anyhow::Result<&mut Connection> {
         if !self.conns.contains_key(addr) {
-            let c = common::connect_node(&self.source, addr, Duration::from_secs(5)).await?;
+            let c = ferry_redis::connect_node(&self.source, addr, Duration::from_secs(5)).await?;
             self.conns.insert(addr.to_string(), c);
         }
         Ok(self.conns.get_mut(addr).expect("inserted above"))
@@ -213,7 +213,7 @@ impl MigrationGuard {
             let (id1, id2) = (field("master_replid"), field("master_replid2"));
             let offset: i64 = field("master_repl_offset").parse().unwrap_or(0);
             // Live sessions past their full copy (a pipeline that stopped keeps its statistics).
-            let live = |p: &Arc<Stats>| *p.phase.lock().unwrap() == "running" && p.rdb_applied.load(Relaxed);
+            let live = |p: &Arc<Stats>| *p.phase.lock().unwrap() == Phase::Running && p.rdb_applied.load(Relaxed);
             for p in peers.iter().filter(|p| !Arc::ptr_eq(p, me) && live(p)) {
                 let replid = p.replid.lock().unwrap().clone();
                 if !replid.is_empty() && (replid == id1 || replid == id2) {

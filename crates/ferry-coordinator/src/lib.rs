@@ -1,6 +1,8 @@
 //! The coordinator: hands out assignments, collects the stages' reports, serves the
 //! status API (`GET /status`, `GET /metrics`, `GET /healthz`).
 
+pub mod role;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,9 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
-use crate::common;
-use crate::metrics::escape;
-use crate::role::{self, Role, RoleRecord};
+use crate::role::{Role, RoleRecord};
+use ferry_runtime::metrics::escape;
 
 /// A report older than this means the stage is gone.
 const STALE: Duration = Duration::from_secs(5);
@@ -99,7 +100,7 @@ pub async fn plan(cfg: &Config, epoch: u64, reverse: bool, old: &[PipelinePlan])
         }
         ferry_config::DeploymentType::File => vec![one("file".into(), cfg.source.describe(), String::new(), -1)],
         ferry_config::DeploymentType::Cluster => {
-            let map = common::cluster_map(&cfg.source, &[]).await?;
+            let map = ferry_redis::cluster_map(&cfg.source, &[]).await?;
             let new = |name, slot: u16, addr| one(name, format!("cluster shard of slot {slot}"), addr, slot as i32);
             // A coordinator that starts (or restarts) finds the pipelines it planned before
             // from their checkpoints on the target, so they keep their names.
@@ -126,7 +127,7 @@ pub async fn plan(cfg: &Config, epoch: u64, reverse: bool, old: &[PipelinePlan])
     })
 }
 
-/// Reads ([`COUNTERS_KEY`]'s value, `None` when absent) or, with `write`, sets the counters
+/// Reads ([`ferry_checkpoint::COUNTERS_KEY`]'s value, `None` when absent) or, with `write`, sets the counters
 /// key on the master of deployment `side` that holds it, through `conn` (connected first when
 /// empty; emptied after an error, so a moved master is found again next time).
 async fn counters_io(
@@ -139,8 +140,8 @@ async fn counters_io(
     }
     let c = conn.as_mut().expect("connected above");
     let result = match write {
-        Some(body) => c.call(&[&b"SET"[..], COUNTERS_KEY.as_bytes(), body]).await.map(|_| None),
-        None => c.call(&["GET", COUNTERS_KEY]).await.map(|r| r.as_bytes().cloned()),
+        Some(body) => c.call(&[&b"SET"[..], ferry_checkpoint::COUNTERS_KEY.as_bytes(), body]).await.map(|_| None),
+        None => c.call(&["GET", ferry_checkpoint::COUNTERS_KEY]).await.map(|r| r.as_bytes().cloned()),
     };
     if result.is_err() {
         *conn = None;
@@ -148,20 +149,20 @@ async fn counters_io(
     Ok(result?)
 }
 
-/// A connection to the master of `side` that holds [`COUNTERS_KEY`] (db 0).
+/// A connection to the master of `side` that holds [`ferry_checkpoint::COUNTERS_KEY`] (db 0).
 async fn counters_conn(side: &ferry_config::RedisConfig) -> anyhow::Result<ferry_resp::Connection> {
     let addr = match side.kind {
         ferry_config::DeploymentType::Cluster => {
-            let map = common::cluster_map(side, &[]).await?;
+            let map = ferry_redis::cluster_map(side, &[]).await?;
             let n = map
-                .node_of(ferry_resp::cluster::key_slot(COUNTERS_KEY.as_bytes()))
+                .node_of(ferry_resp::cluster::key_slot(ferry_checkpoint::COUNTERS_KEY.as_bytes()))
                 .ok_or_else(|| anyhow::anyhow!("no master serves the counters' slot"))?;
             map.masters[n].clone()
         }
         ferry_config::DeploymentType::File => anyhow::bail!("a file has no counters"),
-        _ => common::resolve(side).await?,
+        _ => ferry_redis::resolve(side).await?,
     };
-    let mut c = common::connect_node(side, &addr, Duration::from_secs(5)).await?;
+    let mut c = ferry_redis::connect_node(side, &addr, Duration::from_secs(5)).await?;
     if side.kind != ferry_config::DeploymentType::Cluster {
         c.call(&["SELECT", "0"]).await?;
     }
@@ -184,20 +185,20 @@ async fn names_from_checkpoints(
     // (base name, replication id, offset) of every checkpoint of this epoch and direction.
     let mut checkpoints: Vec<(String, String, i64)> = Vec::new();
     let nodes = match cfg.target.kind {
-        ferry_config::DeploymentType::Cluster => common::cluster_map(&cfg.target, &[]).await?.masters,
-        _ => vec![common::resolve(&cfg.target).await?],
+        ferry_config::DeploymentType::Cluster => ferry_redis::cluster_map(&cfg.target, &[]).await?.masters,
+        _ => vec![ferry_redis::resolve(&cfg.target).await?],
     };
     for node in &nodes {
-        let mut c = common::connect_node(&cfg.target, node, TIMEOUT).await.with_context(|| node.clone())?;
-        for key in common::scan_keys(&mut c, "ferry:checkpoint:*").await? {
-            let id = crate::writer::pipeline_of_checkpoint_key(&key);
+        let mut c = ferry_redis::connect_node(&cfg.target, node, TIMEOUT).await.with_context(|| node.clone())?;
+        for key in ferry_redis::scan_keys(&mut c, ferry_checkpoint::SCAN_PATTERN).await? {
+            let id = ferry_checkpoint::pipeline_of_key(&key);
             let Some(base) = id.and_then(|id| role::base_in_epoch(id, epoch, reverse)) else { continue };
             if !base.starts_with("shard-") {
                 continue;
             }
             let Some(v) = c.call(&[&b"GET"[..], &key]).await?.as_bytes().cloned() else { continue };
             // A master without a previous history shows an all-zero `master_replid2`.
-            if let Some(ckpt) = crate::writer::parse_checkpoint(&v).filter(|c| c.replid.bytes().any(|b| b != b'0')) {
+            if let Some(ckpt) = ferry_checkpoint::parse(&v).filter(|c| c.replid.bytes().any(|b| b != b'0')) {
                 checkpoints.push((base.to_string(), ckpt.replid, ckpt.offset));
             }
         }
@@ -207,7 +208,7 @@ async fn names_from_checkpoints(
     }
     let mut found: Vec<(String, String)> = Vec::new();
     for master in &map.masters {
-        let mut c = common::connect_node(&cfg.source, master, TIMEOUT).await.with_context(|| master.clone())?;
+        let mut c = ferry_redis::connect_node(&cfg.source, master, TIMEOUT).await.with_context(|| master.clone())?;
         let info = c.call(&["INFO", "replication"]).await?;
         let field = |k: &str| ferry_resp::replication::info_field(&info, k).unwrap_or_default().to_string();
         let ids = [field("master_replid"), field("master_replid2")];
@@ -238,7 +239,7 @@ pub fn cluster_plans(
     let mut order: Vec<(usize, &PipelinePlan)> = old.iter().enumerate().filter(|(_, p)| p.slot >= 0).collect();
     order.sort_by_key(|(_, p)| map.master_index(&p.source_address).is_none());
     for (i, p) in order {
-        let Some((addr, slot)) = common::shard_master(map, &p.source_address, p.slot as u16) else { continue };
+        let Some((addr, slot)) = ferry_redis::shard_master(map, &p.source_address, p.slot as u16) else { continue };
         let Some(n) = map.master_index(&addr) else { continue };
         if !std::mem::replace(&mut taken[n], true) {
             kept.push((i, PipelinePlan { source_address: addr, slot: slot as i32, ..p.clone() }));
@@ -278,7 +279,6 @@ struct Reports {
 /// The key in the target (db 0) where the coordinator keeps the counters of its pipelines,
 /// so that a restarted coordinator carries on counting: a JSON object
 /// `{pipeline: {role: {"base": {..}, "instance": "..", "last": {..}}}}`.
-pub const COUNTERS_KEY: &str = "ferry:checkpoint:counters";
 /// How often the counters are saved (when they changed).
 const COUNTERS_SAVE: Duration = Duration::from_secs(2);
 
@@ -508,7 +508,7 @@ impl CoordinatorState {
     /// a cluster source's topology is looked at again every [`TOPOLOGY_POLL`], and the plan
     /// follows it (new masters, masters left without slots, failovers).
     async fn plan_loop(self: Arc<Self>, cfg: Config, cancel: CancellationToken) {
-        let mut backoff = common::Backoff::new();
+        let mut backoff = ferry_runtime::Backoff::new();
         let mut planned_for: Option<RoleRecord> = None;
         loop {
             let rec = self.role.lock().unwrap().clone();
@@ -533,7 +533,7 @@ impl CoordinatorState {
                     *self.plan_error.lock().unwrap() = None;
                     self.planned.store(true, std::sync::atomic::Ordering::SeqCst);
                     planned_for = Some(rec);
-                    backoff = common::Backoff::new();
+                    backoff = ferry_runtime::Backoff::new();
                     false
                 }
                 Ok(_) => continue,
@@ -625,7 +625,7 @@ impl CoordinatorState {
                     self.restore_counters(c);
                 }
                 Err(e) => {
-                    warn!(key = COUNTERS_KEY, error = %e, "ignoring unreadable counters on the target");
+                    warn!(key = ferry_checkpoint::COUNTERS_KEY, error = %e, "ignoring unreadable counters on the target");
                     self.restore_counters(SavedCounters::new());
                 }
             },
@@ -638,7 +638,7 @@ impl CoordinatorState {
         true
     }
 
-    /// Keeps the pipelines' counters in the target ([`COUNTERS_KEY`]): reads them (if that
+    /// Keeps the pipelines' counters in the target ([`ferry_checkpoint::COUNTERS_KEY`]): reads them (if that
     /// was not done at start), then saves them every [`COUNTERS_SAVE`] when they changed, and
     /// at once when a stage restarted. A target that cannot be reached is tried again later
     /// (the counters are not data).
@@ -914,7 +914,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state.clone());
     let http = axum::serve(http_listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned());
-    let grpc = common::grpc_server()?
+    let grpc = ferry_runtime::grpc_server()?
         .add_service(CoordinatorServer::new(CoordinatorSvc { state }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),

@@ -7,6 +7,9 @@
 //! "on the target". Every session failure (source or downstream) is logged, shown in
 //! the status, and retried with backoff.
 
+pub mod files;
+pub mod spool;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -21,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, warn};
 
-use crate::common::{self, Backoff, Stats};
 use crate::spool::Spool;
+use ferry_runtime::{Backoff, Phase, Stats};
 
 /// The next frame of the spool for the decoder stream (ends it when the spool is closed).
 async fn next_frame((s, stats): (Arc<Spool>, Arc<Stats>)) -> Option<(Frame, (Arc<Spool>, Arc<Stats>))> {
@@ -107,14 +110,14 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
-    tasks.spawn(crate::metrics::serve(cfg.reader.metrics_addr.clone(), "reader", cancel.clone()));
+    tasks.spawn(ferry_runtime::metrics::serve(cfg.reader.metrics_addr.clone(), "reader", cancel.clone()));
     // Each running pipeline, and the leader the coordinator plans it on (it follows that
     // leader when the two disagree for long: see `plan_moved`).
     type Running = (CancellationToken, tokio::sync::watch::Sender<String>);
     let mut running: std::collections::HashMap<String, Running> = std::collections::HashMap::new();
     let mut warned = false;
     loop {
-        match common::plan_once(&coordinator, "reader", pipeline.as_deref()).await {
+        match ferry_runtime::plan_once(&coordinator, "reader", pipeline.as_deref()).await {
             Ok(assignments) => {
                 warned = false;
                 running.retain(|id, (token, _)| {
@@ -144,7 +147,7 @@ pub async fn run(
             }
             Err(_) => {}
         }
-        if !common::sleep_or_cancel(PLAN_POLL, &cancel).await {
+        if !ferry_runtime::sleep_or_cancel(PLAN_POLL, &cancel).await {
             break;
         }
     }
@@ -162,11 +165,11 @@ async fn run_pipeline(
 ) {
     // A reverse pipeline reads the configured target and writes the configured source.
     let cfg = if assignment.reverse { cfg.reversed() } else { cfg };
-    let stats = Stats::new("connecting");
+    let stats = Stats::new(Phase::Connecting);
     let tasks = TaskTracker::new();
     // Its own token: the last report, sent when it is cancelled, says "stopped".
     let report_cancel = CancellationToken::new();
-    tasks.spawn(common::report_loop(
+    tasks.spawn(ferry_runtime::report_loop(
         coordinator.clone(),
         assignment.pipeline_id.clone(),
         "reader",
@@ -185,7 +188,7 @@ async fn run_pipeline(
         Some(s) => format!("{} (slot {s})", source_cfg.describe()),
         None => source_cfg.describe(),
     };
-    let decoder = common::grpc_url(&assignment.downstream_address);
+    let decoder = ferry_runtime::grpc_url(&assignment.downstream_address);
     let mut backoff = Backoff::new();
     let mut last_leader = assignment.source_address.clone();
     while !cancel.is_cancelled() {
@@ -207,7 +210,7 @@ async fn run_pipeline(
                 let msg = format!("{e:#}");
                 error!(source = %source, error = %msg, "replication session failed");
                 stats.set_error(&msg);
-                stats.set_phase("failed");
+                stats.set_phase(Phase::Failed);
                 // Sessions that keep failing soon after they start without the target
                 // applying anything (a downstream error after each full copy, say) back off;
                 // one that ran a while or made progress retries at once.
@@ -215,13 +218,13 @@ async fn run_pipeline(
                 if progressed || started.elapsed() >= HEALTHY_SESSION {
                     backoff.reset();
                 }
-                if !common::sleep_or_cancel(backoff.next_delay(), &cancel).await {
+                if !ferry_runtime::sleep_or_cancel(backoff.next_delay(), &cancel).await {
                     break;
                 }
             }
         }
     }
-    stats.set_phase("stopped");
+    stats.set_phase(Phase::Stopped);
     report_cancel.cancel();
     tasks.close();
     tasks.wait().await;
@@ -266,7 +269,7 @@ async fn plan_moved(
         if !target.is_empty() && target != current {
             tokio::time::sleep(PLAN_DISAGREEMENT).await;
             if *planned.borrow() == target
-                && let Ok(map) = common::cluster_map(r, std::slice::from_ref(&target)).await
+                && let Ok(map) = ferry_redis::cluster_map(r, std::slice::from_ref(&target)).await
                 && map.master_index(&target).is_some()
                 && map.master_index(current).is_some()
             {
@@ -292,14 +295,15 @@ impl Session<'_> {
         slot: &mut Option<u16>,
     ) -> anyhow::Result<()> {
         let stats = self.stats;
-        stats.set_phase("connecting");
+        stats.set_phase(Phase::Connecting);
         if self.source_cfg.kind == ferry_config::DeploymentType::File {
             return self.run_file(cancel).await;
         }
         // A cluster shard is followed by its master's lineage: the same master while it
         // serves slots (the hint moves with its slots), the one serving the hint after a failover.
-        let addr = common::resolve_at(self.source_cfg, slot.as_mut(), last_leader).await.context("source")?;
-        let conn = common::connect_node(self.source_cfg, &addr, Duration::from_secs(10)).await.context("source")?;
+        let addr = ferry_redis::resolve_at(self.source_cfg, slot.as_mut(), last_leader).await.context("source")?;
+        let conn =
+            ferry_redis::connect_node(self.source_cfg, &addr, Duration::from_secs(10)).await.context("source")?;
         *last_leader = addr.clone();
         if addr != self.source_cfg.address {
             info!(source = %self.source, master = %addr, "source master resolved");
@@ -355,7 +359,7 @@ impl Session<'_> {
         stats.source_offset.store(start, Relaxed);
         stats.rdb_bytes.store(0, Relaxed);
         stats.rdb_size.store(0, Relaxed);
-        stats.set_phase(if full { "full_sync" } else { "incremental" });
+        stats.set_phase(if full { Phase::FullSync } else { Phase::Incremental });
         let db = if full { 0 } else { checkpoint.as_ref().map(|c| c.resume_db).unwrap_or(0) };
         let start_frame = SyncStart {
             pipeline_id: self.pipeline_id.to_string(),
@@ -400,7 +404,7 @@ impl Session<'_> {
         };
         // A sentinel-managed source: move to the new master after a failover (PSYNC from the
         // checkpoint continues on the old replication id, which the new master keeps as replid2).
-        let moved = common::master_moved_at(self.source_cfg, *slot, &addr);
+        let moved = ferry_redis::master_moved_at(self.source_cfg, *slot, &addr);
         tokio::pin!(moved);
         let replanned = plan_moved(self.source_cfg, self.planned.clone(), &addr);
         tokio::pin!(replanned);
@@ -448,7 +452,7 @@ impl Session<'_> {
                                 if let Some(span) = full_copy.take() {
                                     span.record("rdb_bytes", rdb_bytes);
                                 }
-                                stats.set_phase("incremental");
+                                stats.set_phase(Phase::Incremental);
                                 awaiting_stream.store(true, Relaxed);
                                 ack_now.notify_one();
                                 frame::Kind::RdbEnd(RdbEnd { offset: start, bytes: rdb_bytes })
@@ -462,9 +466,9 @@ impl Session<'_> {
                                     getack_at = Some(end_offset);
                                 }
                                 // One trace per frame, continued by the decoder and the writer.
-                                let traceparent = if crate::telemetry::enabled() {
+                                let traceparent = if ferry_runtime::telemetry::enabled() {
                                     let span = tracing::info_span!("read", pipeline = %self.pipeline_id, source = %self.source, offset = end_offset, bytes = data.len(), commands = lens.len());
-                                    crate::telemetry::traceparent(&span)
+                                    ferry_runtime::telemetry::traceparent(&span)
                                 } else {
                                     String::new()
                                 };
@@ -526,7 +530,7 @@ impl OneShot<'_> {
     async fn send(&mut self, kind: frame::Kind) -> anyhow::Result<bool> {
         while self.tx.disk_bytes() > 0 {
             self.check().await?;
-            if !common::sleep_or_cancel(Duration::from_millis(20), self.cancel).await {
+            if !ferry_runtime::sleep_or_cancel(Duration::from_millis(20), self.cancel).await {
                 return Ok(false);
             }
         }
@@ -554,7 +558,7 @@ impl OneShot<'_> {
         let acks = &mut self.acks;
         loop {
             if !reported && done(stats) {
-                stats.set_phase("done");
+                stats.set_phase(Phase::Done);
                 info!("{what}");
                 reported = true;
             }
@@ -590,7 +594,7 @@ const SCAN_CHUNK: usize = 1 << 20;
 impl Session<'_> {
     /// Opens the stream to the decoder: `Hello`, then the first ack (the target's checkpoint).
     async fn open_downstream(&self) -> anyhow::Result<Downstream> {
-        let channel = common::grpc_channel(self.decoder)
+        let channel = ferry_runtime::grpc_channel(self.decoder)
             .await
             .with_context(|| format!("cannot reach the decoder at {}", self.decoder))?;
         let mut client = DecoderClient::new(channel);
@@ -636,7 +640,7 @@ impl Session<'_> {
             stats.applied_offset.store(offset, Relaxed);
         }
         stats.rdb_bytes.store(0, Relaxed);
-        stats.set_phase(if full { "full_sync" } else { "incremental" });
+        stats.set_phase(if full { Phase::FullSync } else { Phase::Incremental });
         let start = SyncStart {
             pipeline_id: self.pipeline_id.to_string(),
             replid: replid.to_string(),
@@ -728,7 +732,7 @@ impl Session<'_> {
                         rdb_bytes += b.len() as u64;
                         stats.rdb_bytes.store(rdb_bytes, Relaxed);
                     }
-                    frame::Kind::RdbEnd(_) => stats.set_phase("incremental"),
+                    frame::Kind::RdbEnd(_) => stats.set_phase(Phase::Incremental),
                     frame::Kind::Commands(c) => end = end.max(c.end_offset),
                     _ => {}
                 }
@@ -765,11 +769,11 @@ impl Session<'_> {
             stats.rdb_applied.store(true, Relaxed);
             let what = format!(
                 "the target already holds a finished scan copy of {addr}: nothing to do (delete its key {} on the target to copy again)",
-                crate::writer::checkpoint_key(self.pipeline_id)
+                ferry_checkpoint::key(self.pipeline_id)
             );
             return out.finish(stats, |_| true, &what).await;
         }
-        let version = match common::server_rdb_version(&mut conn).await {
+        let version = match ferry_redis::server_rdb_version(&mut conn).await {
             0 => ferry_rdb::MAX_REDIS_RDB_VERSION,
             v => v,
         };
@@ -838,7 +842,7 @@ impl Session<'_> {
         if !out.send(frame::Kind::RdbEnd(RdbEnd { offset: 0, bytes: rdb_bytes })).await? {
             return Ok(());
         }
-        stats.set_phase("incremental");
+        stats.set_phase(Phase::Incremental);
         let what = format!("scan copy of {addr} complete: {keys} keys applied on the target");
         out.finish(stats, |s| s.rdb_applied.load(Relaxed), &what).await
     }

@@ -12,7 +12,8 @@ use ferry_proto::StatusReport;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::common::Stats;
+use crate::model::Phase;
+use crate::stats::Stats;
 
 /// The statistics of every pipeline this process serves (registered by `report_loop`).
 static PIPELINES: Mutex<Vec<(String, Arc<Stats>)>> = Mutex::new(Vec::new());
@@ -29,10 +30,6 @@ pub(crate) fn unregister(stats: &Arc<Stats>) {
 pub fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
-
-/// Phases a stage reports.
-const PHASES: [&str; 9] =
-    ["connecting", "full_sync", "incremental", "done", "stopped", "failed", "running", "idle", "draining"];
 
 type Series = (&'static str, &'static str, &'static str, fn(&StatusReport) -> f64);
 
@@ -90,7 +87,7 @@ pub fn render(process: &str) -> String {
     let _ = writeln!(out, "# HELP ferry_stage_phase The phase of each pipeline here (1: current).");
     let _ = writeln!(out, "# TYPE ferry_stage_phase gauge");
     for r in &reports {
-        for ph in PHASES {
+        for ph in Phase::ALL.map(Phase::as_str) {
             let _ = writeln!(out, "ferry_stage_phase{{{},phase=\"{ph}\"}} {}", labels(r), u8::from(r.phase == ph));
         }
     }

@@ -32,8 +32,7 @@ use ferry_resp::cluster::{SLOTS, SlotMap, key_slot};
 use ferry_resp::{Connection, Reply};
 use tracing::{info, warn};
 
-use crate::common;
-use crate::filter::{self, Filter};
+use ferry_filter::Filter;
 
 /// The checkpoint value a re-copy leaves until it completes, so that a writer restarted in
 /// the middle of it still knows the target held an earlier copy.
@@ -70,7 +69,7 @@ impl KeySet {
                 self.db = args.get(1).and_then(|a| std::str::from_utf8(a).ok()?.parse().ok()).unwrap_or(0);
                 continue;
             }
-            for i in filter::key_indexes(&upper, &args) {
+            for i in ferry_filter::key_indexes(&upper, &args) {
                 self.set.insert(key_hash(self.db, &args[i]));
             }
         }
@@ -113,7 +112,7 @@ impl Keyspace {
     pub async fn of(cfg: &Config, source_master: &str) -> anyhow::Result<Option<Keyspace>> {
         let filter = Filter::new(&cfg.filter).map_err(|e| anyhow!("{e}"))?;
         let (slots, map) = if cfg.source.kind == ferry_config::DeploymentType::Cluster {
-            let map = common::cluster_map(&cfg.source, &[source_master.to_string()]).await.context("source")?;
+            let map = ferry_redis::cluster_map(&cfg.source, &[source_master.to_string()]).await.context("source")?;
             let Some(n) = map.master_index(source_master) else { return Ok(None) };
             (Some((0..SLOTS as u16).map(|s| map.node_of(s) == Some(n)).collect()), Some(map))
         } else {
@@ -135,7 +134,7 @@ impl Keyspace {
     }
 
     fn holds(&self, key: &[u8]) -> bool {
-        !filter::is_own_key(key)
+        !ferry_checkpoint::is_own_key(key)
             && self.filter.key_passes(key)
             && self.slots.as_ref().is_none_or(|s| s[key_slot(key) as usize])
     }
@@ -160,7 +159,7 @@ impl Keyspace {
 impl Source {
     async fn conn(&mut self, addr: &str) -> anyhow::Result<&mut Connection> {
         if !self.conns.contains_key(addr) {
-            let c = common::connect_node(&self.cfg, addr, Duration::from_secs(10)).await.context("source")?;
+            let c = ferry_redis::connect_node(&self.cfg, addr, Duration::from_secs(10)).await.context("source")?;
             self.conns.insert(addr.to_string(), c);
         }
         Ok(self.conns.get_mut(addr).expect("just inserted"))
@@ -250,7 +249,7 @@ pub async fn remove(c: &mut Connection, written: &KeySet, keyspace: &mut Keyspac
         let mut stale: Vec<Bytes> = Vec::new();
         let mut cursor = b"0".to_vec();
         loop {
-            let (next, keys) = common::scan_step(c, &cursor, "*").await?;
+            let (next, keys) = ferry_redis::scan_step(c, &cursor, "*").await?;
             cursor = next;
             stale.extend(keys.into_iter().filter(|key| keyspace.holds(key) && !written.contains(db, key)));
             // Deleting while scanning is safe: SCAN returns every key present from start to end.
@@ -292,7 +291,7 @@ async fn delete(c: &mut Connection, keys: &[Bytes], so_far: u64) -> anyhow::Resu
 
 /// The keyspace of the pipeline reading `source_master`, or `None` when it cannot be told:
 /// then nothing is removed, with a warning and an error counted (`STALE_KEYS_NOT_CHECKED`).
-pub async fn keyspace_or_warn(cfg: &Config, source_master: &str, stats: &crate::common::Stats) -> Option<Keyspace> {
+pub async fn keyspace_or_warn(cfg: &Config, source_master: &str, stats: &ferry_runtime::Stats) -> Option<Keyspace> {
     let why = match Keyspace::of(cfg, source_master).await {
         Ok(Some(k)) => return Some(k),
         Ok(None) => "the source master serves no slot now".to_string(),
@@ -304,7 +303,7 @@ pub async fn keyspace_or_warn(cfg: &Config, source_master: &str, stats: &crate::
 }
 
 /// Counts and logs the outcome of a removal on the target.
-pub fn removed(removed: u64, written: &KeySet, stats: &crate::common::Stats) {
+pub fn removed(removed: u64, written: &KeySet, stats: &ferry_runtime::Stats) {
     stats.stale_keys_removed.fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
     if removed > 0 {
         warn!(removed, copied = written.len(), "removed the target's keys the source no longer holds (a re-copy)");
@@ -340,7 +339,7 @@ mod tests {
         cfg.filter.db_map = [("5".to_string(), 0u64)].into_iter().collect();
         let filter = Filter::new(&cfg.filter).unwrap();
         let ks = Keyspace { filter, slots: None, source: None };
-        assert!(ks.holds(b"user:1") && !ks.holds(b"cache:1") && !ks.holds(b"ferry:checkpoint:x"));
+        assert!(ks.holds(b"user:1") && !ks.holds(b"cache:1") && !ks.holds(ferry_checkpoint::key("x").as_bytes()));
         assert_eq!((ks.source_dbs(0), ks.source_dbs(1)), (vec![0, 5], vec![1]));
         assert!(ks.source_dbs(2).is_empty() && ks.source_dbs(5).is_empty());
         let slot = ferry_resp::cluster::key_slot(b"user:1") as usize;

@@ -50,6 +50,9 @@ use ferry_rdb::{Entry, Part};
 use regex::bytes::Regex;
 use tracing::{info, warn};
 
+mod groups;
+pub use groups::group_commands;
+
 /// Most (target db, key) hashes remembered during a full copy to detect db_map collisions.
 pub const COLLISION_TRACK_LIMIT: usize = 2_000_000;
 /// Warnings logged per kind before further events are only counted.
@@ -149,7 +152,7 @@ pub struct Filter {
     key_rules: bool,
     db_rules: bool,
     active: bool,
-    pub stats: FilterStats,
+    pub stats: std::sync::Arc<FilterStats>,
 }
 
 impl Filter {
@@ -182,7 +185,7 @@ impl Filter {
                     "filter.block_command_group",
                     format!(
                         "unknown command group {g:?} (known: {})",
-                        GROUPS.iter().map(|g| g.0).collect::<Vec<_>>().join(", ")
+                        groups::GROUPS.iter().map(|g| g.0).collect::<Vec<_>>().join(", ")
                     ),
                 )
             })?;
@@ -217,7 +220,7 @@ impl Filter {
             merged_targets,
             db_rules: false,
             active: false,
-            stats: FilterStats::default(),
+            stats: Default::default(),
         };
         f.db_rules = !f.allow_db.is_empty() || !f.block_db.is_empty() || !f.db_map.is_empty();
         f.active = f.key_rules || f.db_rules || !f.allow_command.is_empty() || !f.block_command.is_empty();
@@ -475,287 +478,6 @@ pub fn key_indexes(upper: &[u8], args: &[Bytes]) -> Vec<usize> {
     }
 }
 
-/// Command groups (Redis ACL categories) and their commands.
-const GROUPS: &[(&str, &[&str])] = &[
-    (
-        "string",
-        &[
-            "APPEND",
-            "DECR",
-            "DECRBY",
-            "GET",
-            "GETDEL",
-            "GETEX",
-            "GETRANGE",
-            "GETSET",
-            "INCR",
-            "INCRBY",
-            "INCRBYFLOAT",
-            "LCS",
-            "MGET",
-            "MSET",
-            "MSETNX",
-            "PSETEX",
-            "SET",
-            "SETEX",
-            "SETNX",
-            "SETRANGE",
-            "STRLEN",
-            "SUBSTR",
-        ],
-    ),
-    (
-        "list",
-        &[
-            "BLMOVE",
-            "BLMPOP",
-            "BLPOP",
-            "BRPOP",
-            "BRPOPLPUSH",
-            "LINDEX",
-            "LINSERT",
-            "LLEN",
-            "LMOVE",
-            "LMPOP",
-            "LPOP",
-            "LPOS",
-            "LPUSH",
-            "LPUSHX",
-            "LRANGE",
-            "LREM",
-            "LSET",
-            "LTRIM",
-            "RPOP",
-            "RPOPLPUSH",
-            "RPUSH",
-            "RPUSHX",
-        ],
-    ),
-    (
-        "set",
-        &[
-            "SADD",
-            "SCARD",
-            "SDIFF",
-            "SDIFFSTORE",
-            "SINTER",
-            "SINTERCARD",
-            "SINTERSTORE",
-            "SISMEMBER",
-            "SMEMBERS",
-            "SMISMEMBER",
-            "SMOVE",
-            "SPOP",
-            "SRANDMEMBER",
-            "SREM",
-            "SSCAN",
-            "SUNION",
-            "SUNIONSTORE",
-        ],
-    ),
-    (
-        "sorted_set",
-        &[
-            "BZMPOP",
-            "BZPOPMAX",
-            "BZPOPMIN",
-            "ZADD",
-            "ZCARD",
-            "ZCOUNT",
-            "ZDIFF",
-            "ZDIFFSTORE",
-            "ZINCRBY",
-            "ZINTER",
-            "ZINTERCARD",
-            "ZINTERSTORE",
-            "ZLEXCOUNT",
-            "ZMPOP",
-            "ZMSCORE",
-            "ZPOPMAX",
-            "ZPOPMIN",
-            "ZRANDMEMBER",
-            "ZRANGE",
-            "ZRANGEBYLEX",
-            "ZRANGEBYSCORE",
-            "ZRANGESTORE",
-            "ZRANK",
-            "ZREM",
-            "ZREMRANGEBYLEX",
-            "ZREMRANGEBYRANK",
-            "ZREMRANGEBYSCORE",
-            "ZREVRANGE",
-            "ZREVRANGEBYLEX",
-            "ZREVRANGEBYSCORE",
-            "ZREVRANK",
-            "ZSCAN",
-            "ZSCORE",
-            "ZUNION",
-            "ZUNIONSTORE",
-        ],
-    ),
-    (
-        "hash",
-        &[
-            "HDEL",
-            "HEXISTS",
-            "HEXPIRE",
-            "HEXPIREAT",
-            "HEXPIRETIME",
-            "HGET",
-            "HGETALL",
-            "HGETDEL",
-            "HGETEX",
-            "HINCRBY",
-            "HINCRBYFLOAT",
-            "HKEYS",
-            "HLEN",
-            "HMGET",
-            "HMSET",
-            "HPERSIST",
-            "HPEXPIRE",
-            "HPEXPIREAT",
-            "HPEXPIRETIME",
-            "HPTTL",
-            "HRANDFIELD",
-            "HSCAN",
-            "HSET",
-            "HSETEX",
-            "HSETNX",
-            "HSTRLEN",
-            "HTTL",
-            "HVALS",
-        ],
-    ),
-    (
-        "stream",
-        &[
-            "XACK",
-            "XACKDEL",
-            "XADD",
-            "XAUTOCLAIM",
-            "XCLAIM",
-            "XDEL",
-            "XDELEX",
-            "XGROUP",
-            "XINFO",
-            "XLEN",
-            "XPENDING",
-            "XRANGE",
-            "XREAD",
-            "XREADGROUP",
-            "XREVRANGE",
-            "XSETID",
-            "XTRIM",
-        ],
-    ),
-    (
-        "generic",
-        &[
-            "COPY",
-            "DEL",
-            "DUMP",
-            "EXISTS",
-            "EXPIRE",
-            "EXPIREAT",
-            "EXPIRETIME",
-            "KEYS",
-            "MIGRATE",
-            "MOVE",
-            "OBJECT",
-            "PERSIST",
-            "PEXPIRE",
-            "PEXPIREAT",
-            "PEXPIRETIME",
-            "PTTL",
-            "RANDOMKEY",
-            "RENAME",
-            "RENAMENX",
-            "RESTORE",
-            "RESTORE-ASKING",
-            "SCAN",
-            "SORT",
-            "SORT_RO",
-            "TOUCH",
-            "TTL",
-            "TYPE",
-            "UNLINK",
-            "WAIT",
-            "WAITAOF",
-        ],
-    ),
-    ("scripting", &["EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO", "FUNCTION", "SCRIPT"]),
-    (
-        "pubsub",
-        &[
-            "PSUBSCRIBE",
-            "PUBLISH",
-            "PUBSUB",
-            "PUNSUBSCRIBE",
-            "SPUBLISH",
-            "SSUBSCRIBE",
-            "SUBSCRIBE",
-            "SUNSUBSCRIBE",
-            "UNSUBSCRIBE",
-        ],
-    ),
-    (
-        "server",
-        &[
-            "ACL",
-            "BGREWRITEAOF",
-            "BGSAVE",
-            "COMMAND",
-            "CONFIG",
-            "DBSIZE",
-            "DEBUG",
-            "FAILOVER",
-            "FLUSHALL",
-            "FLUSHDB",
-            "INFO",
-            "LASTSAVE",
-            "LATENCY",
-            "LOLWUT",
-            "MEMORY",
-            "MODULE",
-            "MONITOR",
-            "PSYNC",
-            "REPLICAOF",
-            "SAVE",
-            "SHUTDOWN",
-            "SLAVEOF",
-            "SLOWLOG",
-            "SWAPDB",
-            "SYNC",
-            "TIME",
-        ],
-    ),
-    ("transactions", &["DISCARD", "EXEC", "MULTI", "UNWATCH", "WATCH"]),
-    (
-        "geo",
-        &[
-            "GEOADD",
-            "GEODIST",
-            "GEOHASH",
-            "GEOPOS",
-            "GEORADIUS",
-            "GEORADIUSBYMEMBER",
-            "GEORADIUSBYMEMBER_RO",
-            "GEORADIUS_RO",
-            "GEOSEARCH",
-            "GEOSEARCHSTORE",
-        ],
-    ),
-    ("hyperloglog", &["PFADD", "PFCOUNT", "PFDEBUG", "PFMERGE", "PFSELFTEST"]),
-    ("bitmap", &["BITCOUNT", "BITFIELD", "BITFIELD_RO", "BITOP", "BITPOS", "GETBIT", "SETBIT"]),
-];
-
-/// The commands of a group (any case; `sortedset` and `sorted-set` are accepted too).
-pub fn group_commands(group: &str) -> Option<&'static [&'static str]> {
-    let g = group.trim().to_ascii_lowercase().replace('-', "_");
-    let g = if g == "sortedset" { "sorted_set".to_string() } else { g };
-    GROUPS.iter().find(|(n, _)| *n == g).map(|(_, c)| *c)
-}
-
 /// The filter's state during one full copy.
 pub struct FullCopy<'a> {
     filter: &'a Filter,
@@ -767,14 +489,7 @@ pub struct FullCopy<'a> {
     full_warned: bool,
 }
 
-/// Prefixes of ferry's own keys (checkpoints, values being built): they describe a pipeline
-/// into the side that holds them, so they never travel to another side.
-pub const OWN_KEY_PREFIXES: [&[u8]; 2] = [b"ferry:checkpoint:", b"ferry:tmp:"];
-
-/// Whether `key` is one of ferry's own keys.
-pub fn is_own_key(key: &[u8]) -> bool {
-    OWN_KEY_PREFIXES.iter().any(|p| key.starts_with(p))
-}
+pub use ferry_checkpoint::is_own_key;
 
 /// Whether a command of the stream writes one of ferry's own keys (ferry's writer puts
 /// them in the source's stream when the source is itself the target of another pipeline).
@@ -886,14 +601,14 @@ mod tests {
 
     #[test]
     fn ferrys_own_keys_never_travel() {
-        assert!(writes_own_key(&cmd(&["SET", "ferry:checkpoint:shard-0", "abc 12 12 0"])));
+        assert!(writes_own_key(&cmd(&["SET", &ferry_checkpoint::key("shard-0"), "abc 12 12 0"])));
         assert!(writes_own_key(&cmd(&["DEL", "ferry:tmp:{1}:k"])));
-        assert!(!writes_own_key(&cmd(&["SET", "user:1", "ferry:checkpoint:x"])));
-        assert!(!writes_own_key(&cmd(&["DEL", "ferry:checkpoint:a", "user:1"])));
+        assert!(!writes_own_key(&cmd(&["SET", "user:1", &ferry_checkpoint::key("x")])));
+        assert!(!writes_own_key(&cmd(&["DEL", &ferry_checkpoint::key("a"), "user:1"])));
         assert!(!writes_own_key(&cmd(&["SET", "ferry:other", "v"])));
         let f = Filter::pass_all();
         let mut fc = f.full_copy();
-        assert_eq!(fc.entry(&entry(0, "ferry:checkpoint:floor:{1}:p", Part::Whole)), None);
+        assert_eq!(fc.entry(&entry(0, &ferry_checkpoint::floor_key("1", "p"), Part::Whole)), None);
         assert_eq!(fc.entry(&entry(0, "user:1", Part::Whole)), Some(0));
     }
 

@@ -6,9 +6,12 @@
 //! stream is forwarded as raw RESP with `SELECT` tracked, `MULTI`/`EXEC` kept in one
 //! batch, and `PING`/`REPLCONF` dropped (their bytes still count in the offset, so an
 //! idle source is acknowledged up to its last byte). Acknowledgements from the writer
-//! flow back to the reader unchanged. The `[filter]` rules ([`crate::filter`]) apply to
+//! flow back to the reader unchanged. The `[filter]` rules ([`ferry_filter`]) apply to
 //! both: filtered keys are not copied, filtered commands not forwarded, and db numbers are
 //! remapped for the target (the resume bookkeeping keeps the source's).
+
+pub mod convert;
+pub mod migration;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,10 +33,10 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, error, info, warn};
 
-use crate::common::{self, Stats};
 use crate::convert::{BatchBuilder, RdbConverter};
-use crate::filter::{Decision, Filter};
-use crate::migration::{self, Edits, MigrationGuard};
+use crate::migration::{Edits, MigrationGuard};
+use ferry_filter::{Decision, Filter};
+use ferry_runtime::{Phase, Stats};
 
 /// Largest batch built by the decoder.
 const BATCH_BYTES: usize = 1024 * 1024;
@@ -54,22 +57,23 @@ pub async fn run(
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     // /healthz answers from now on, also while the coordinator is away.
     let tasks = TaskTracker::new();
-    tasks.spawn(crate::metrics::serve(cfg.decoder.metrics_addr.clone(), "decoder", cancel.clone()));
-    let Some(assignment) = common::assignment(&coordinator, "decoder", pipeline.as_deref(), &cancel).await else {
+    tasks.spawn(ferry_runtime::metrics::serve(cfg.decoder.metrics_addr.clone(), "decoder", cancel.clone()));
+    let Some(assignment) = ferry_runtime::assignment(&coordinator, "decoder", pipeline.as_deref(), &cancel).await
+    else {
         tasks.close();
         tasks.wait().await;
         return Ok(());
     };
     let svc = DecoderSvc {
         cfg: Arc::new(cfg),
-        writer: common::grpc_url(&assignment.downstream_address),
+        writer: ferry_runtime::grpc_url(&assignment.downstream_address),
         filter,
-        sessions: Arc::new(common::Sessions::new("decoder", coordinator, tasks.clone(), cancel.clone())),
+        sessions: Arc::new(ferry_runtime::Sessions::new("decoder", coordinator, tasks.clone(), cancel.clone())),
         tasks: tasks.clone(),
     };
     info!(%listen, "decoder listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    common::grpc_server()?
+    ferry_runtime::grpc_server()?
         .add_service(DecoderServer::new(svc).max_decoding_message_size(256 * 1024 * 1024))
         .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned())
         .await
@@ -84,7 +88,7 @@ struct DecoderSvc {
     writer: String,
     filter: Arc<Filter>,
     /// One entry per pipeline: statistics and the running session.
-    sessions: Arc<common::Sessions>,
+    sessions: Arc<ferry_runtime::Sessions>,
     tasks: TaskTracker,
 }
 
@@ -116,8 +120,8 @@ impl Decoder for DecoderSvc {
                 }
             };
             let (stats, session_cancel) = sessions.begin(&hello.pipeline_id);
-            let _ = stats.filter.set(filter.clone());
-            stats.set_phase("running");
+            let _ = stats.filter_stats.set(filter.stats.clone());
+            stats.set_phase(Phase::Running);
             let res =
                 session(&cfg, &writer, &stats, &filter, &sessions, hello, frames, ack_tx.clone(), &session_cancel)
                     .await;
@@ -131,10 +135,10 @@ impl Decoder for DecoderSvc {
                 if !superseded {
                     stats.set_error(&msg);
                 }
-                let _ = ack_tx.send(Err(common::to_status(&msg))).await;
+                let _ = ack_tx.send(Err(ferry_runtime::to_status(&msg))).await;
             }
             if !superseded {
-                stats.set_phase("idle");
+                stats.set_phase(Phase::Idle);
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
@@ -147,7 +151,7 @@ async fn session(
     writer_url: &str,
     stats: &Arc<Stats>,
     filter: &Arc<Filter>,
-    sessions: &common::Sessions,
+    sessions: &ferry_runtime::Sessions,
     hello: ferry_proto::Hello,
     mut frames: Streaming<Frame>,
     ack_tx: mpsc::Sender<Result<Ack, Status>>,
@@ -163,8 +167,9 @@ async fn session(
         (cfg, filter)
     };
     stats.clear_error();
-    let channel =
-        common::grpc_channel(writer_url).await.with_context(|| format!("cannot reach the writer at {writer_url}"))?;
+    let channel = ferry_runtime::grpc_channel(writer_url)
+        .await
+        .with_context(|| format!("cannot reach the writer at {writer_url}"))?;
     let mut client = WriterClient::new(channel)
         .max_decoding_message_size(256 * 1024 * 1024)
         .max_encoding_message_size(1024 * 1024 * 1024);
@@ -298,15 +303,15 @@ async fn session(
                         _ => Edits::new(),
                     };
                     // The reader's trace goes on: this batch's span is the child of its frame's.
-                    let span = if crate::telemetry::enabled() {
+                    let span = if ferry_runtime::telemetry::enabled() {
                         let span = tracing::info_span!("decode", pipeline = %hello.pipeline_id, offset = c.end_offset, commands = c.lens.len());
-                        crate::telemetry::set_parent(&span, &c.traceparent);
+                        ferry_runtime::telemetry::set_parent(&span, &c.traceparent);
                         span
                     } else {
                         tracing::Span::none()
                     };
                     if let Some(mut batch) = span.in_scope(|| cmds.frame(&c.data, &c.lens, c.end_offset, &edits))? {
-                        batch.traceparent = crate::telemetry::traceparent(&span);
+                        batch.traceparent = ferry_runtime::telemetry::traceparent(&span);
                         batch_tx.send(batch).instrument(span).await.map_err(|_| anyhow!("the writer stream is closed"))?;
                     }
                 }
@@ -410,7 +415,7 @@ impl CommandState {
                 self.in_multi = false;
             } else {
                 let target = self.filter.map_db(self.db);
-                if crate::filter::writes_own_key(&whole) {
+                if ferry_filter::writes_own_key(&whole) {
                     // Another pipeline's checkpoint on this source: not data to copy.
                     continue;
                 }
@@ -501,6 +506,21 @@ fn parse_rdb(
     }
     filter.log_summary("the full copy");
     Ok(())
+}
+
+/// `ferry-decoder inspect FILE`: the keys of an RDB file as JSON lines on stdout.
+pub fn inspect(file: &std::path::Path, allow_newer_rdb: bool) -> anyhow::Result<()> {
+    let opts = ferry_rdb::ParserOptions { allow_newer_version: allow_newer_rdb, ..Default::default() };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let res = if file.as_os_str() == "-" {
+        ferry_rdb::inspect(std::io::BufReader::new(std::io::stdin().lock()), &mut out, opts)
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        ferry_rdb::inspect(std::io::BufReader::with_capacity(1 << 20, f), &mut out, opts)
+    };
+    std::io::Write::flush(&mut out).ok();
+    res.map(|_| ()).with_context(|| format!("{}", file.display()))
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@
 //! `check_interval_ms`. The role lives in the coordinator, which persists it: a restarted
 //! watcher carries on from whatever role the coordinator reports.
 
+pub mod promote;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -26,8 +28,7 @@ use ferry_proto::{RoleRequest, RoleState};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::common;
-use crate::role::Role;
+use ferry_runtime::Role;
 
 /// Sentinel events that make the watcher check at once.
 const HEALTH_EVENTS: [&str; 5] = ["+sdown", "-sdown", "+odown", "-odown", "+switch-master"];
@@ -35,7 +36,7 @@ const HEALTH_EVENTS: [&str; 5] = ["+sdown", "-sdown", "+odown", "-odown", "+swit
 /// The coordinator's role state.
 pub async fn get_role(coordinator: &str) -> anyhow::Result<RoleState> {
     let mut c = CoordinatorClient::new(
-        common::grpc_channel(coordinator)
+        ferry_runtime::grpc_channel(coordinator)
             .await
             .with_context(|| format!("cannot reach the coordinator at {coordinator}"))?,
     );
@@ -45,7 +46,7 @@ pub async fn get_role(coordinator: &str) -> anyhow::Result<RoleState> {
 /// Asks the coordinator to move to `role`.
 pub async fn set_role(coordinator: &str, role: Role, reason: &str, force: bool) -> anyhow::Result<RoleState> {
     let mut c = CoordinatorClient::new(
-        common::grpc_channel(coordinator)
+        ferry_runtime::grpc_channel(coordinator)
             .await
             .with_context(|| format!("cannot reach the coordinator at {coordinator}"))?,
     );
@@ -58,12 +59,12 @@ pub async fn check_side(side: &RedisConfig) -> Result<(), String> {
     let timeout = Duration::from_secs(2);
     let masters = match side.kind {
         DeploymentType::Standalone => vec![side.address.clone()],
-        DeploymentType::Sentinel => vec![common::resolve(side).await.map_err(|e| format!("{e:#}"))?],
-        DeploymentType::Cluster => common::cluster_map(side, &[]).await.map_err(|e| format!("{e:#}"))?.masters,
+        DeploymentType::Sentinel => vec![ferry_redis::resolve(side).await.map_err(|e| format!("{e:#}"))?],
+        DeploymentType::Cluster => ferry_redis::cluster_map(side, &[]).await.map_err(|e| format!("{e:#}"))?.masters,
         DeploymentType::File => return Err("a file source has no server to watch".into()),
     };
     for m in masters {
-        let mut c = common::connect_node(side, &m, timeout).await.map_err(|e| format!("{e:#}"))?;
+        let mut c = ferry_redis::connect_node(side, &m, timeout).await.map_err(|e| format!("{e:#}"))?;
         let pong = c.call_timeout(&["PING"], timeout).await.map_err(|e| format!("{m}: {e}"))?;
         if let Some(e) = pong.first_error() {
             return Err(format!("{m}: PING: {}", ferry_resp::conn::printable(e)));
@@ -112,7 +113,7 @@ pub async fn run(cfg: Config, coordinator: String, cancel: CancellationToken) ->
         }
         for s in side.sentinels.clone() {
             let (r, wake_tx) = (side.clone(), wake_tx.clone());
-            subscribers.spawn(async move { common::watch_sentinel(&r, &s, &HEALTH_EVENTS, wake_tx).await });
+            subscribers.spawn(async move { ferry_redis::watch_sentinel(&r, &s, &HEALTH_EVENTS, wake_tx).await });
         }
     }
     let (mut unhealthy, mut healthy, mut caught_up) = (Since::default(), Since::default(), Since::default());
@@ -223,7 +224,7 @@ pub async fn forget_ferry_replicas(r: &RedisConfig) -> anyhow::Result<usize> {
     if r.kind != DeploymentType::Sentinel {
         return Ok(0);
     }
-    let (auth, tls) = (common::sentinel_auth_of(r), common::sentinel_tls_of(r));
+    let (auth, tls) = (ferry_redis::sentinel_auth_of(r), ferry_redis::sentinel_tls_of(r));
     let timeout = Duration::from_secs(3);
     let replicas = |reply: ferry_resp::Reply| -> Vec<(String, String)> {
         let ferry_resp::Reply::Array(Some(items)) = reply else { return Vec::new() };
@@ -238,8 +239,8 @@ pub async fn forget_ferry_replicas(r: &RedisConfig) -> anyhow::Result<usize> {
     };
     // First the master must have let go of the readers, or the sentinels would find them
     // again in its INFO right after the reset.
-    if let Ok(master) = common::resolve(r).await
-        && let Ok(mut m) = common::connect_node(r, &master, timeout).await
+    if let Ok(master) = ferry_redis::resolve(r).await
+        && let Ok(mut m) = ferry_redis::connect_node(r, &master, timeout).await
     {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {

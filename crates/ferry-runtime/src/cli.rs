@@ -7,8 +7,6 @@ use clap::Args;
 use ferry_config::Config;
 use tokio_util::sync::CancellationToken;
 
-use crate::common;
-
 /// Arguments every ferry process takes.
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
@@ -27,12 +25,12 @@ impl CommonArgs {
     /// Loads the config, sets up logging and returns a token cancelled on SIGINT/SIGTERM.
     pub fn start(&self, service: &str) -> anyhow::Result<(Config, String, CancellationToken)> {
         let cfg = Config::load(&self.config)?;
-        common::init_logging(&cfg.log, &cfg.telemetry, service)?;
+        crate::logging::init_logging(&cfg.log, &cfg.telemetry, service)?;
         crate::telemetry::init_metrics(&cfg.telemetry, service)?;
-        common::init_grpc_tls(&cfg.grpc)?;
-        let coordinator = common::grpc_url(self.coordinator.as_deref().unwrap_or(&cfg.coordinator.grpc_addr));
+        crate::grpc::init_grpc_tls(&cfg.grpc)?;
+        let coordinator = crate::grpc::grpc_url(self.coordinator.as_deref().unwrap_or(&cfg.coordinator.grpc_addr));
         let cancel = CancellationToken::new();
-        common::cancel_on_signal(cancel.clone());
+        crate::lifecycle::cancel_on_signal(cancel.clone());
         Ok((cfg, coordinator, cancel))
     }
 }
@@ -57,24 +55,8 @@ pub fn exit(res: anyhow::Result<()>) -> std::process::ExitCode {
         Err(e) => {
             let msg = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {msg}");
-            let config =
-                e.chain().any(|c| c.downcast_ref::<ferry_config::ConfigError>().is_some()) || msg.contains("config");
+            let config = e.chain().any(|c| c.downcast_ref::<ferry_config::ConfigError>().is_some());
             std::process::ExitCode::from(if config { 2 } else { 1 })
         }
     }
-}
-
-/// `ferry-decoder inspect FILE`: the keys of an RDB file as JSON lines on stdout.
-pub fn inspect(file: &std::path::Path, allow_newer_rdb: bool) -> anyhow::Result<()> {
-    let opts = ferry_rdb::ParserOptions { allow_newer_version: allow_newer_rdb, ..Default::default() };
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let res = if file.as_os_str() == "-" {
-        ferry_rdb::inspect(std::io::BufReader::new(std::io::stdin().lock()), &mut out, opts)
-    } else {
-        let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-        ferry_rdb::inspect(std::io::BufReader::with_capacity(1 << 20, f), &mut out, opts)
-    };
-    std::io::Write::flush(&mut out).ok();
-    res.map(|_| ()).with_context(|| format!("{}", file.display()))
 }

@@ -1,0 +1,124 @@
+//! The format of ferry's own keys on the side it writes into, in one place:
+//!
+//! - `ferry:checkpoint:<pipeline>`: a standalone target's checkpoint (db 0), whose value is
+//!   `"<replid> <offset> <resume_offset> <resume_db>"` ([`value`], [`parse`]), or
+//!   [`RECOPY_MARKER`] while a re-copy runs;
+//! - `ferry:checkpoint:{<tag>}:<pipeline>`: a cluster target's checkpoint of one slot, and
+//!   `ferry:checkpoint:floor:{<tag>}:<pipeline>`: the floor of one master;
+//! - `ferry:checkpoint:counters`: the coordinator's `/status` counters;
+//! - `ferry:tmp:{<tag>}:<key>`: a big value being built before it is renamed into place.
+//!
+//! Every key under these prefixes is ferry's own ([`is_own_key`]): never copied to another
+//! side, skipped by `ferry-verify`. Nothing else in ferry spells these names.
+
+use ferry_proto::Checkpoint;
+
+/// The prefix of every checkpoint key (and of the counters).
+pub const PREFIX: &str = "ferry:checkpoint:";
+
+/// The prefix of the temporary keys big values are built in.
+pub const TMP_PREFIX: &[u8] = b"ferry:tmp:";
+
+/// Prefixes of ferry's own keys: they describe a pipeline into the side that holds them, so
+/// they never travel to another side.
+pub const OWN_KEY_PREFIXES: [&[u8]; 2] = [PREFIX.as_bytes(), TMP_PREFIX];
+
+/// `SCAN MATCH` pattern of every checkpoint key.
+pub const SCAN_PATTERN: &str = "ferry:checkpoint:*";
+
+/// Where the coordinator keeps the pipelines' `/status` counters.
+pub const COUNTERS_KEY: &str = "ferry:checkpoint:counters";
+
+/// The value a checkpoint key holds while a re-copy of its pipeline runs.
+pub const RECOPY_MARKER: &str = "recopy";
+
+const FLOOR: &str = "floor:";
+
+/// Whether `key` is one of ferry's own keys.
+pub fn is_own_key(key: &[u8]) -> bool {
+    OWN_KEY_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+/// The key holding a pipeline's checkpoint on a standalone target (db 0).
+pub fn key(pipeline_id: &str) -> String {
+    format!("{PREFIX}{pipeline_id}")
+}
+
+/// A cluster target's checkpoint of the slot whose hash tag is `tag`.
+pub fn slot_key(tag: &str, pipeline_id: &str) -> String {
+    format!("{PREFIX}{{{tag}}}:{pipeline_id}")
+}
+
+/// A cluster target's floor on the master serving the slot of `tag`.
+pub fn floor_key(tag: &str, pipeline_id: &str) -> String {
+    format!("{PREFIX}{FLOOR}{{{tag}}}:{pipeline_id}")
+}
+
+/// Whether `key` is a floor key.
+pub fn is_floor_key(key: &[u8]) -> bool {
+    key.strip_prefix(PREFIX.as_bytes()).is_some_and(|r| r.starts_with(FLOOR.as_bytes()))
+}
+
+/// The pipeline a checkpoint key belongs to: `ferry:checkpoint:<id>` (a standalone target)
+/// or, on a cluster target, `ferry:checkpoint:{<tag>}:<id>` and
+/// `ferry:checkpoint:floor:{<tag>}:<id>`.
+pub fn pipeline_of_key(key: &[u8]) -> Option<&str> {
+    let rest = key.strip_prefix(PREFIX.as_bytes())?;
+    let rest = rest.strip_prefix(FLOOR.as_bytes()).unwrap_or(rest);
+    let rest = match rest.strip_prefix(b"{") {
+        Some(tagged) => {
+            let end = tagged.iter().position(|&c| c == b'}')?;
+            tagged[end + 1..].strip_prefix(b":")?
+        }
+        None => rest,
+    };
+    std::str::from_utf8(rest).ok().filter(|id| !id.is_empty())
+}
+
+/// The value of a checkpoint key: `"<replid> <offset> <resume_offset> <resume_db>"`.
+pub fn value(replid: &str, offset: i64, resume_offset: i64, resume_db: i64) -> String {
+    format!("{replid} {offset} {resume_offset} {resume_db}")
+}
+
+/// Whether a checkpoint key's value is the marker of an unfinished re-copy.
+pub fn is_recopy_marker(v: &[u8]) -> bool {
+    v == RECOPY_MARKER.as_bytes()
+}
+
+/// Parses a [`value`]; `None` when malformed (or the re-copy marker).
+pub fn parse(v: &[u8]) -> Option<Checkpoint> {
+    let text = String::from_utf8_lossy(v);
+    let parts: Vec<&str> = text.split(' ').collect();
+    let num = |i: usize| parts.get(i).and_then(|p| p.parse::<i64>().ok());
+    Some(Checkpoint {
+        present: true,
+        replid: parts.first()?.to_string(),
+        offset: num(1)?,
+        resume_offset: num(2)?,
+        resume_db: num(3)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_keys_name_their_pipeline() {
+        assert_eq!(pipeline_of_key(key("127.0.0.1:6379").as_bytes()), Some("127.0.0.1:6379"));
+        assert_eq!(pipeline_of_key(slot_key("a1", "shard-0").as_bytes()), Some("shard-0"));
+        assert_eq!(pipeline_of_key(floor_key("a1", "shard-0@2").as_bytes()), Some("shard-0@2"));
+        assert_eq!(pipeline_of_key(b"ferry:checkpoint:{a1}"), None);
+        assert_eq!(pipeline_of_key(b"ferry:checkpoint:"), None);
+        assert_eq!(pipeline_of_key(b"user:1"), None);
+        assert!(is_floor_key(floor_key("a1", "p").as_bytes()) && !is_floor_key(slot_key("a1", "p").as_bytes()));
+    }
+
+    #[test]
+    fn values_round_trip() {
+        let c = parse(value("abc", 12, 10, 3).as_bytes()).unwrap();
+        assert_eq!((c.replid.as_str(), c.offset, c.resume_offset, c.resume_db), ("abc", 12, 10, 3));
+        assert!(parse(RECOPY_MARKER.as_bytes()).is_none());
+        assert!(is_own_key(COUNTERS_KEY.as_bytes()) && is_own_key(b"ferry:tmp:{1}:k") && !is_own_key(b"user:1"));
+    }
+}

@@ -1,0 +1,80 @@
+//! The stages' side of the coordinator: asking which pipelines to serve.
+
+use ferry_proto::coordinator_client::CoordinatorClient;
+use ferry_proto::{AssignRequest, Assignment};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::grpc::grpc_channel;
+use crate::lifecycle::{Backoff, instance_name, sleep_or_cancel};
+
+/// Asks the coordinator for this stage's assignment (the first pipeline of its plan: the
+/// decoder and writer serve every pipeline and only need where the next stage listens),
+/// retrying until it answers or `cancel` fires.
+pub async fn assignment(
+    coordinator: &str,
+    role: &str,
+    pipeline: Option<&str>,
+    cancel: &CancellationToken,
+) -> Option<Assignment> {
+    plan(coordinator, role, pipeline, cancel).await.and_then(|p| p.into_iter().next())
+}
+
+/// Asks the coordinator for every pipeline this stage should serve (or only `pipeline`),
+/// retrying until it answers or `cancel` fires.
+pub async fn plan(
+    coordinator: &str,
+    role: &str,
+    pipeline: Option<&str>,
+    cancel: &CancellationToken,
+) -> Option<Vec<Assignment>> {
+    let mut backoff = Backoff::new();
+    let mut warned = false;
+    loop {
+        let req = AssignRequest {
+            role: role.into(),
+            instance: instance_name(),
+            pipeline_id: pipeline.unwrap_or_default().into(),
+        };
+        let res = async {
+            let mut client = CoordinatorClient::new(grpc_channel(coordinator).await.map_err(|e| format!("{e:#}"))?);
+            client.plan(req).await.map(|r| r.into_inner().pipelines).map_err(|s| s.message().to_string())
+        }
+        .await;
+        match res {
+            Ok(p) if !p.is_empty() => {
+                for a in &p {
+                    info!(pipeline = %a.pipeline_id, leader = %a.source_address, downstream = %a.downstream_address, "assigned");
+                }
+                return Some(p);
+            }
+            Ok(_) => {
+                if !warned {
+                    warn!(coordinator, pipeline = pipeline.unwrap_or(""), "the coordinator has no such pipeline");
+                    warned = true;
+                }
+            }
+            Err(e) => {
+                if !warned {
+                    warn!(coordinator, error = %e, "waiting for the coordinator");
+                    warned = true;
+                }
+            }
+        }
+        if !sleep_or_cancel(backoff.next_delay(), cancel).await {
+            return None;
+        }
+    }
+}
+
+/// Asks the coordinator once for the pipelines this stage should serve now (or only
+/// `pipeline`); empty when the current role runs none (fenced, switching back).
+pub async fn plan_once(coordinator: &str, role: &str, pipeline: Option<&str>) -> Result<Vec<Assignment>, String> {
+    let req = AssignRequest {
+        role: role.into(),
+        instance: instance_name(),
+        pipeline_id: pipeline.unwrap_or_default().into(),
+    };
+    let mut client = CoordinatorClient::new(grpc_channel(coordinator).await.map_err(|e| format!("{e:#}"))?);
+    client.plan(req).await.map(|r| r.into_inner().pipelines).map_err(|s| s.message().to_string())
+}

@@ -1,0 +1,141 @@
+//! The vocabulary the processes share: the role of a deployment pair and the phase of a
+//! pipeline, as types (their names are what `/status`, `/metrics` and the gRPC reports say).
+
+use anyhow::bail;
+use serde::{Deserialize, Serialize};
+
+/// The role of the pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The configured source serves; source → target runs.
+    Forward,
+    /// The source was lost: nothing runs (a stale source that comes back can never
+    /// overwrite the target, which now serves writes).
+    Fenced,
+    /// The source is back: target → source runs, the target keeps serving.
+    Recovering,
+    /// The reverse pipelines stop; then forward starts again.
+    Switchback,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Forward => "forward",
+            Role::Fenced => "fenced",
+            Role::Recovering => "recovering",
+            Role::Switchback => "switchback",
+        }
+    }
+
+    pub fn parse(s: &str) -> anyhow::Result<Role> {
+        Ok(match s {
+            "forward" => Role::Forward,
+            "fenced" => Role::Fenced,
+            "recovering" => Role::Recovering,
+            "switchback" => Role::Switchback,
+            other => bail!("unknown role {other:?}: expected forward, fenced, recovering or switchback"),
+        })
+    }
+
+    /// Whether pipelines run in this role, and in which direction (`Some(true)`: reverse).
+    pub fn direction(self) -> Option<bool> {
+        match self {
+            Role::Forward => Some(false),
+            Role::Recovering => Some(true),
+            Role::Fenced | Role::Switchback => None,
+        }
+    }
+
+    /// Whether `self → to` is a step of the machine. Fencing is always allowed (it is the
+    /// safe state); anything else off the cycle needs `force`.
+    pub fn allows(self, to: Role) -> bool {
+        matches!(
+            (self, to),
+            (_, Role::Fenced)
+                | (Role::Fenced, Role::Recovering)
+                | (Role::Recovering, Role::Switchback)
+                | (Role::Switchback, Role::Forward)
+        )
+    }
+}
+
+/// The phase of a pipeline (in `/status`) or of one stage's part of it (in its reports).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// A stage is not up or not reporting yet; the reader is connecting to the source.
+    #[default]
+    Connecting,
+    /// The RDB is being transferred or applied.
+    FullSync,
+    /// The full copy is on the target and writes follow.
+    Incremental,
+    /// A file or scan copy that the target holds all of.
+    Done,
+    /// The pipeline was stopped (shutdown, or the role runs no pipeline).
+    Stopped,
+    /// The last session failed; ferry retries with backoff.
+    Failed,
+    /// Decoder and writer: a session of the pipeline runs.
+    Running,
+    /// Decoder and writer: no session runs now.
+    Idle,
+}
+
+impl Phase {
+    /// Every phase, in the order `/metrics` lists them.
+    pub const ALL: [Phase; 8] = [
+        Phase::Connecting,
+        Phase::FullSync,
+        Phase::Incremental,
+        Phase::Done,
+        Phase::Stopped,
+        Phase::Failed,
+        Phase::Running,
+        Phase::Idle,
+    ];
+
+    /// The phases a pipeline as a whole can be in (`/status`, the coordinator's `/metrics`).
+    pub const PIPELINE: [Phase; 6] =
+        [Phase::Connecting, Phase::FullSync, Phase::Incremental, Phase::Done, Phase::Stopped, Phase::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Connecting => "connecting",
+            Phase::FullSync => "full_sync",
+            Phase::Incremental => "incremental",
+            Phase::Done => "done",
+            Phase::Stopped => "stopped",
+            Phase::Failed => "failed",
+            Phase::Running => "running",
+            Phase::Idle => "idle",
+        }
+    }
+
+    /// The phase a report names (`None`: not one ferry sets).
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_round_trip_through_their_names() {
+        for p in Phase::ALL {
+            assert_eq!(Phase::parse(p.as_str()), Some(p));
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{}\"", p.as_str()));
+        }
+        assert_eq!(Phase::parse("draining"), None);
+    }
+}
