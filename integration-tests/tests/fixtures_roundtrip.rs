@@ -13,7 +13,7 @@ use integration_tests::{RedisServer, compare, functions};
 fn fixtures_dir() -> PathBuf {
     std::env::var("FERRY_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/rdb")))
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/rdb")))
 }
 
 /// Redis's RDB version (`redis-server --version` 7.0 → 10, 7.2 → 11, 7.4+ → 12).

@@ -346,6 +346,19 @@ fn tls_source_to_tls_target_with_mtls() {
         .unwrap();
     assert_eq!(n, 204, "keys compared");
     assert_no_secret(&certs, &ferry);
+    // ferry-verify reaches the same two tls-port servers (client certificates required)
+    // with the same configuration, through the stages' connection code.
+    let out = Command::new(bin_dir().join("ferry-verify"))
+        .arg("--config")
+        .arg(ferry.dir.path().join("ferry.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ferry-verify over TLS: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 mod bench;
 mod procs;
 mod progress;
+#[cfg(test)]
+mod tidy;
 
 pub(crate) use procs::Processes;
 
@@ -129,12 +131,12 @@ const BINS: [&str; 4] = ["ferry-coordinator", "ferry-writer", "ferry-decoder", "
 
 fn build(release: bool) -> anyhow::Result<PathBuf> {
     let mut cmd = Command::new(cargo());
-    cmd.current_dir(root()).arg("build");
+    // The whole workspace, as `cargo build --workspace` does: building only the four packages
+    // (`-p ...`) unifies the dependencies' features differently, so each kind of build would
+    // compile ferry's crates again after the other.
+    cmd.current_dir(root()).args(["build", "--workspace", "--bins"]);
     if release {
         cmd.arg("--release");
-    }
-    for b in BINS {
-        cmd.args(["-p", b]);
     }
     eprintln!("building ferry ({})...", if release { "release" } else { "debug" });
     let st = cmd.status().context("cannot run cargo build")?;

@@ -5,6 +5,8 @@
 //!   [`RECOPY_MARKER`] while a re-copy runs;
 //! - `ferry:checkpoint:{<tag>}:<pipeline>`: a cluster target's checkpoint of one slot, and
 //!   `ferry:checkpoint:floor:{<tag>}:<pipeline>`: the floor of one master;
+//! - `ferry:checkpoint:stop:<pipeline>`: why a pipeline must not go on (a command the
+//!   target rejected inside the `EXEC` that also moved the checkpoint past it);
 //! - `ferry:checkpoint:counters`: the coordinator's `/status` counters;
 //! - `ferry:tmp:{<tag>}:<key>`: a big value being built before it is renamed into place.
 //!
@@ -33,6 +35,7 @@ pub const COUNTERS_KEY: &str = "ferry:checkpoint:counters";
 pub const RECOPY_MARKER: &str = "recopy";
 
 const FLOOR: &str = "floor:";
+const STOP: &str = "stop:";
 
 /// Whether `key` is one of ferry's own keys.
 pub fn is_own_key(key: &[u8]) -> bool {
@@ -54,6 +57,13 @@ pub fn floor_key(tag: &str, pipeline_id: &str) -> String {
     format!("{PREFIX}{FLOOR}{{{tag}}}:{pipeline_id}")
 }
 
+/// Where a pipeline that must not go on records why (see the crate documentation). The
+/// writer refuses every session of the pipeline while the key exists; the operator deletes
+/// it once the cause is dealt with.
+pub fn stop_key(pipeline_id: &str) -> String {
+    format!("{PREFIX}{STOP}{pipeline_id}")
+}
+
 /// Whether `key` is a floor key.
 pub fn is_floor_key(key: &[u8]) -> bool {
     key.strip_prefix(PREFIX.as_bytes()).is_some_and(|r| r.starts_with(FLOOR.as_bytes()))
@@ -64,7 +74,7 @@ pub fn is_floor_key(key: &[u8]) -> bool {
 /// `ferry:checkpoint:floor:{<tag>}:<id>`.
 pub fn pipeline_of_key(key: &[u8]) -> Option<&str> {
     let rest = key.strip_prefix(PREFIX.as_bytes())?;
-    let rest = rest.strip_prefix(FLOOR.as_bytes()).unwrap_or(rest);
+    let rest = rest.strip_prefix(FLOOR.as_bytes()).or_else(|| rest.strip_prefix(STOP.as_bytes())).unwrap_or(rest);
     let rest = match rest.strip_prefix(b"{") {
         Some(tagged) => {
             let end = tagged.iter().position(|&c| c == b'}')?;
@@ -112,6 +122,7 @@ mod tests {
         assert_eq!(pipeline_of_key(b"ferry:checkpoint:"), None);
         assert_eq!(pipeline_of_key(b"user:1"), None);
         assert!(is_floor_key(floor_key("a1", "p").as_bytes()) && !is_floor_key(slot_key("a1", "p").as_bytes()));
+        assert_eq!(pipeline_of_key(stop_key("127.0.0.1:6379").as_bytes()), Some("127.0.0.1:6379"));
     }
 
     #[test]

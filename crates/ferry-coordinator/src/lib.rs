@@ -21,7 +21,8 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
 use crate::role::{Role, RoleRecord};
-use ferry_runtime::metrics::escape;
+use ferry_runtime::Phase;
+use ferry_runtime::prom::{Exposition, escape};
 
 /// A report older than this means the stage is gone.
 const STALE: Duration = Duration::from_secs(5);
@@ -369,7 +370,7 @@ pub struct PipelineStatus {
     pub id: String,
     pub source: String,
     pub target: String,
-    pub phase: &'static str,
+    pub phase: Phase,
     pub source_offset: i64,
     pub applied_offset: i64,
     pub lag_bytes: i64,
@@ -439,7 +440,7 @@ impl CoordinatorState {
         let doc = self.status();
         let caught_up = self.planned.load(std::sync::atomic::Ordering::SeqCst)
             && !doc.pipelines.is_empty()
-            && doc.pipelines.iter().all(|p| p.phase == "incremental" && p.lag_bytes == 0);
+            && doc.pipelines.iter().all(|p| p.phase == Phase::Incremental && p.lag_bytes == 0);
         RoleState {
             role: rec.role.as_str().into(),
             epoch: rec.epoch,
@@ -707,18 +708,20 @@ impl CoordinatorState {
                             .collect();
                         (!missing.is_empty()).then(|| format!("not reporting: {}", missing.join(", ")))
                     });
-                let reader_phase = reader.map(|r| r.phase.as_str()).unwrap_or("connecting");
+                let reader_phase = reader.and_then(|r| Phase::parse(&r.phase)).unwrap_or(Phase::Connecting);
                 let rdb_applied = writer.is_some_and(|w| w.rdb_applied);
                 let phase = match reader_phase {
-                    "failed" => "failed",
-                    "stopped" => "stopped",
-                    "connecting" => "connecting",
+                    Phase::Failed => Phase::Failed,
+                    Phase::Stopped => Phase::Stopped,
+                    Phase::Connecting => Phase::Connecting,
                     // A one-shot copy (a file, a scan) that the target holds all of.
-                    "done" => "done",
-                    _ if reader.is_some_and(|r| r.full_syncs + r.partial_resyncs > 0) && !rdb_applied => "full_sync",
-                    "full_sync" => "full_sync",
-                    _ if decoder.is_none() || writer.is_none() => "connecting",
-                    _ => "incremental",
+                    Phase::Done => Phase::Done,
+                    _ if reader.is_some_and(|r| r.full_syncs + r.partial_resyncs > 0) && !rdb_applied => {
+                        Phase::FullSync
+                    }
+                    Phase::FullSync => Phase::FullSync,
+                    _ if decoder.is_none() || writer.is_none() => Phase::Connecting,
+                    _ => Phase::Incremental,
                 };
                 let source_offset = reader.map(|r| r.source_offset).unwrap_or(0);
                 // Both offsets from the reader's report (it learns the applied offset from the
@@ -788,7 +791,7 @@ impl CoordinatorState {
                 role == "reader"
                     && !planned.contains(id.as_str())
                     && now.duration_since(*t) < STALE
-                    && r.phase != "stopped"
+                    && r.phase != Phase::Stopped.as_str()
             })
             .map(|((id, _), _)| id.clone())
             .collect();
@@ -941,9 +944,6 @@ async fn metrics(State(state): State<Arc<CoordinatorState>>) -> impl IntoRespons
 
 /// Prometheus text exposition of the status.
 pub fn render_metrics(doc: &StatusDoc) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let phases = ["connecting", "full_sync", "incremental", "done", "stopped", "failed"];
     type Series = (&'static str, &'static str, &'static str, fn(&PipelineStatus) -> f64);
     let series: [Series; 12] = [
         ("ferry_lag_seconds", "gauge", "How long the oldest write not yet on the target has waited.", |p| {
@@ -969,40 +969,32 @@ pub fn render_metrics(doc: &StatusDoc) -> String {
             p.rdb_bytes_received as f64
         }),
     ];
+    let mut out = Exposition::new();
+    let label = |p: &PipelineStatus| format!("pipeline=\"{}\"", escape(&p.id));
     for (name, kind, help, f) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        out.family(name, kind, help);
         for p in &doc.pipelines {
-            let _ = writeln!(out, "{name}{{pipeline=\"{}\"}} {}", escape(&p.id), f(p));
+            out.sample(name, &label(p), f(p));
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP ferry_pipeline_phase Current phase of each pipeline (1 for the current one).\n# TYPE ferry_pipeline_phase gauge"
-    );
+    let name = "ferry_pipeline_phase";
+    out.family(name, "gauge", "Current phase of each pipeline (1 for the current one).");
     for p in &doc.pipelines {
-        for ph in phases {
-            let _ = writeln!(
-                out,
-                "ferry_pipeline_phase{{pipeline=\"{}\",phase=\"{ph}\"}} {}",
-                escape(&p.id),
-                u8::from(p.phase == ph)
-            );
+        for ph in Phase::PIPELINE {
+            out.sample(name, &format!("{},phase=\"{ph}\"", label(p)), u8::from(p.phase == ph));
         }
     }
-    let _ = writeln!(out, "# HELP ferry_role The role of the pair (1 for the current one).\n# TYPE ferry_role gauge");
-    for role in ["forward", "fenced", "recovering", "switchback"] {
-        let _ = writeln!(out, "ferry_role{{role=\"{role}\"}} {}", u8::from(doc.role == role));
+    out.family("ferry_role", "gauge", "The role of the pair (1 for the current one).");
+    for role in [Role::Forward, Role::Fenced, Role::Recovering, Role::Switchback] {
+        out.sample("ferry_role", &format!("role=\"{}\"", role.as_str()), u8::from(doc.role == role.as_str()));
     }
-    let _ = writeln!(
-        out,
-        "# HELP ferry_errors_total Error replies and failures by kind.\n# TYPE ferry_errors_total counter"
-    );
+    out.family("ferry_errors_total", "counter", "Error replies and failures by kind.");
     for p in &doc.pipelines {
         for (k, v) in &p.errors_by_kind {
-            let _ = writeln!(out, "ferry_errors_total{{pipeline=\"{}\",kind=\"{}\"}} {v}", escape(&p.id), escape(k));
+            out.sample("ferry_errors_total", &format!("{},kind=\"{}\"", label(p), escape(k)), v);
         }
     }
-    out
+    out.finish()
 }
 
 #[cfg(test)]

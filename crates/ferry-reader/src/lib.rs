@@ -87,7 +87,9 @@ impl AckPolicy {
         }
         self.last_applied = applied;
         self.last_sent = Some(now);
-        Some((applied - 1).max(0))
+        // Never past what the source sent in this session's history, whatever `applied`
+        // says (it may still be another history's, from before a full resynchronization).
+        Some((applied.min(received) - 1).max(0))
     }
 }
 
@@ -337,6 +339,10 @@ impl Session<'_> {
         if full {
             stats.full_syncs.fetch_add(1, Relaxed);
             stats.rdb_applied.store(false, Relaxed);
+            // A new replication history: the target holds nothing of it until the copy is
+            // applied, whatever it held of the previous one (acknowledging that would make
+            // `WAIT` and `min-replicas-to-write` count writes the target does not have).
+            stats.applied(0);
             match &checkpoint {
                 Some(c) => warn!(
                     source = %self.source, checkpoint_replid = %c.replid, checkpoint_offset = c.offset,

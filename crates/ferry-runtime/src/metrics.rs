@@ -3,7 +3,6 @@
 //! counts them, labelled `process` and `pipeline`. The coordinator's `/metrics` is the
 //! merged view; these answer when the coordinator cannot, and show each process's share.
 
-use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 
 use axum::http::header;
@@ -13,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::model::Phase;
+use crate::prom::{Exposition, escape};
 use crate::stats::Stats;
 
 /// The statistics of every pipeline this process serves (registered by `report_loop`).
@@ -24,11 +24,6 @@ pub(crate) fn register(pipeline: &str, stats: &Arc<Stats>) {
 
 pub(crate) fn unregister(stats: &Arc<Stats>) {
     PIPELINES.lock().unwrap().retain(|(_, s)| !Arc::ptr_eq(s, stats));
-}
-
-/// A label value as Prometheus text wants it.
-pub fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 type Series = (&'static str, &'static str, &'static str, fn(&StatusReport) -> f64);
@@ -74,31 +69,29 @@ const SERIES: [Series; 15] = [
 pub fn render(process: &str) -> String {
     let reports: Vec<StatusReport> =
         PIPELINES.lock().unwrap().iter().map(|(id, s)| s.report(id, process, "")).collect();
-    let mut out = String::new();
+    let mut out = Exposition::new();
     let labels = |r: &StatusReport| format!("process=\"{process}\",pipeline=\"{}\"", escape(&r.pipeline_id));
-    let _ = writeln!(out, "# HELP ferry_stage_up The process answers.\n# TYPE ferry_stage_up gauge");
-    let _ = writeln!(out, "ferry_stage_up{{process=\"{process}\"}} 1");
+    out.family("ferry_stage_up", "gauge", "The process answers.");
+    out.sample("ferry_stage_up", &format!("process=\"{process}\""), 1);
     for (name, kind, help, f) in SERIES {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        out.family(name, kind, help);
         for r in &reports {
-            let _ = writeln!(out, "{name}{{{}}} {}", labels(r), f(r));
+            out.sample(name, &labels(r), f(r));
         }
     }
-    let _ = writeln!(out, "# HELP ferry_stage_phase The phase of each pipeline here (1: current).");
-    let _ = writeln!(out, "# TYPE ferry_stage_phase gauge");
+    out.family("ferry_stage_phase", "gauge", "The phase of each pipeline here (1: current).");
     for r in &reports {
-        for ph in Phase::ALL.map(Phase::as_str) {
-            let _ = writeln!(out, "ferry_stage_phase{{{},phase=\"{ph}\"}} {}", labels(r), u8::from(r.phase == ph));
+        for ph in Phase::ALL {
+            out.sample("ferry_stage_phase", &format!("{},phase=\"{ph}\"", labels(r)), u8::from(r.phase == ph.as_str()));
         }
     }
-    let _ = writeln!(out, "# HELP ferry_stage_errors_total Error replies and failures by kind.");
-    let _ = writeln!(out, "# TYPE ferry_stage_errors_total counter");
+    out.family("ferry_stage_errors_total", "counter", "Error replies and failures by kind.");
     for r in &reports {
         for (k, v) in &r.errors_by_kind {
-            let _ = writeln!(out, "ferry_stage_errors_total{{{},kind=\"{}\"}} {v}", labels(r), escape(k));
+            out.sample("ferry_stage_errors_total", &format!("{},kind=\"{}\"", labels(r), escape(k)), v);
         }
     }
-    out
+    out.finish()
 }
 
 /// The same series as OTLP instruments, observed at each push (counters without `_total`).

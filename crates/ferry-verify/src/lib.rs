@@ -21,7 +21,6 @@
 //! configuration, connection or server error).
 
 mod compare;
-mod rate;
 mod side;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,19 +35,14 @@ use ferry_config::{DeploymentType, RedisConfig};
 use ferry_resp::RespError;
 
 use crate::compare::{compare_key, probe};
-use crate::rate::RateLimiter;
 use crate::side::{Conns, Endpoint};
+use ferry_runtime::RateLimiter;
 
 /// Keys asked for per SCAN step, and keys per compared batch.
 const SCAN_COUNT: usize = 1000;
 
-/// Prefixes of ferry's own keys, never compared.
-pub const OWN_KEY_PREFIXES: [&[u8]; 2] = [b"ferry:checkpoint:", b"ferry:tmp:"];
-
-/// Whether `key` is one of ferry's own keys.
-pub fn is_own_key(key: &[u8]) -> bool {
-    OWN_KEY_PREFIXES.iter().any(|p| key.starts_with(p))
-}
+/// ferry's own keys (checkpoints, values being built) are never compared.
+pub use ferry_checkpoint::{OWN_KEY_PREFIXES, is_own_key};
 
 /// Exit code: source and target hold the same data.
 pub const EXIT_EQUAL: u8 = 0;
@@ -509,7 +503,7 @@ async fn compare_batch(
     about = "Compares a Redis source and target key by key (type-aware, TTLs within a tolerance).",
     long_about = "Compares a Redis source and target key by key (type-aware, TTLs within a tolerance), \
 in passes that re-check only the keys that differed, so keys changing during the check settle. \
-ferry's own keys (ferry:checkpoint:*, ferry:tmp:*) are skipped.\n\n\
+ferry's own keys (its checkpoints and the values it is building) are skipped.\n\n\
 Exit codes: 0 the source and the target hold the same data; 1 they differ; 2 the check could \
 not be done (bad arguments or configuration, a server that cannot be reached, an error reply).\n\n\
 With --source/--target the passwords come from FERRY_SOURCE_PASSWORD / FERRY_TARGET_PASSWORD."

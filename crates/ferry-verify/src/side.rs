@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use bytes::{Bytes, BytesMut};
 use ferry_config::{DeploymentType, RedisConfig};
 use ferry_resp::cluster::{SlotMap, key_slot};
-use ferry_resp::{Auth, Connection, Reply, RespError, encode_command_into};
+use ferry_resp::{Connection, Reply, RespError, encode_command_into};
 
 /// Longest wait for the replies of one round trip.
 pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -22,67 +22,48 @@ pub(crate) enum Topology {
     Cluster(SlotMap),
 }
 
-/// A deployment as the check sees it.
+/// A deployment as the check sees it. Connections go through `ferry_redis`, as the stages'
+/// do: the same credentials (ACL user, `password_file`, `${VAR}`), TLS and Sentinel settings.
 #[derive(Clone)]
 pub(crate) struct Endpoint {
     /// "source" or "target", for messages.
     pub name: &'static str,
     pub topology: Topology,
-    pub auth: Auth,
+    pub cfg: RedisConfig,
     pub timeout: Duration,
-    /// The address the slot map was read from (cluster), for refreshes.
-    seed: String,
-}
-
-fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_string())
 }
 
 impl Endpoint {
     /// Resolves the deployment (Sentinel: the master; cluster: the slot map) and checks that
     /// every node answers.
     pub async fn open(name: &'static str, cfg: &RedisConfig, timeout: Duration) -> anyhow::Result<Endpoint> {
-        let auth = Auth { username: non_empty(&cfg.username), password: non_empty(&cfg.password) };
-        let (topology, seed) = match cfg.kind {
+        let topology = match cfg.kind {
             DeploymentType::File => {
                 anyhow::bail!(
                     "{name}: a file cannot be compared: load it into a server (or compare with the target only)"
                 )
             }
-            DeploymentType::Standalone => (Topology::Single(cfg.address.clone()), cfg.address.clone()),
-            DeploymentType::Sentinel => {
-                let sauth =
-                    Auth { username: non_empty(&cfg.sentinel_username), password: non_empty(&cfg.sentinel_password) };
-                let addr = ferry_resp::sentinel::resolve_master(&cfg.sentinels, &cfg.master_name, &sauth, timeout)
+            DeploymentType::Standalone | DeploymentType::Sentinel => Topology::Single(
+                ferry_redis::resolve(cfg).await.with_context(|| format!("{name}: finding the master"))?,
+            ),
+            // `address` may list several nodes (comma-separated): the first that answers.
+            DeploymentType::Cluster => Topology::Cluster(
+                ferry_redis::cluster_map(cfg, &[])
                     .await
-                    .with_context(|| format!("{name}: resolving the master through Sentinel"))?;
-                (Topology::Single(addr.clone()), addr)
-            }
-            DeploymentType::Cluster => {
-                // `address` may list several nodes (comma-separated): the first that answers.
-                let mut last = None;
-                let mut found = None;
-                for addr in cfg.address.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-                    match read_slot_map(addr, &auth, timeout).await {
-                        Ok(map) => {
-                            found = Some((map, addr.to_string()));
-                            break;
-                        }
-                        Err(e) => last = Some(e),
-                    }
-                }
-                let (map, seed) = found
-                    .ok_or_else(|| last.unwrap_or_else(|| anyhow::anyhow!("no cluster address")))
-                    .with_context(|| format!("{name}: reading the cluster's slot map"))?;
-                (Topology::Cluster(map), seed)
-            }
+                    .with_context(|| format!("{name}: reading the cluster's slot map"))?,
+            ),
         };
-        let ep = Endpoint { name, topology, auth, timeout, seed };
+        let ep = Endpoint { name, topology, cfg: cfg.clone(), timeout };
         for addr in ep.nodes() {
-            let mut c = Connection::connect(&addr, &ep.auth, timeout).await.context(name)?;
+            let mut c = ep.connect(&addr).await.context(name)?;
             c.call_timeout(&["PING"], timeout).await.context(name)?;
         }
         Ok(ep)
+    }
+
+    /// A new connection to the node `addr` of this side.
+    pub async fn connect(&self, addr: &str) -> Result<Connection, RespError> {
+        ferry_redis::connect_node(&self.cfg, addr, self.timeout).await
     }
 
     /// Every node holding data (the server, or every master).
@@ -114,21 +95,10 @@ impl Endpoint {
     /// Re-reads a cluster's slot map (after a `MOVED`/`ASK`).
     pub async fn refresh(&mut self) -> anyhow::Result<()> {
         if let Topology::Cluster(old) = &self.topology {
-            let mut candidates = vec![self.seed.clone()];
-            candidates.extend(old.masters.iter().cloned());
-            let mut last = None;
-            for addr in candidates {
-                match read_slot_map(&addr, &self.auth, self.timeout).await {
-                    Ok(m) => {
-                        self.topology = Topology::Cluster(m);
-                        return Ok(());
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            if let Some(e) = last {
-                return Err(e.context(format!("{}: refreshing the cluster's slot map", self.name)));
-            }
+            let map = ferry_redis::cluster_map(&self.cfg, &old.masters)
+                .await
+                .with_context(|| format!("{}: refreshing the cluster's slot map", self.name))?;
+            self.topology = Topology::Cluster(map);
         }
         Ok(())
     }
@@ -137,7 +107,7 @@ impl Endpoint {
     pub async fn keyspace_dbs(&self) -> anyhow::Result<BTreeSet<u32>> {
         let mut dbs = BTreeSet::new();
         for addr in self.nodes() {
-            let mut c = Connection::connect(&addr, &self.auth, self.timeout).await?;
+            let mut c = self.connect(&addr).await?;
             let info = c.call_timeout(&["INFO", "keyspace"], OP_TIMEOUT).await?;
             let text = info.as_bytes().map(|b| String::from_utf8_lossy(b).to_string()).unwrap_or_default();
             for line in text.lines() {
@@ -157,7 +127,7 @@ impl Endpoint {
     pub async fn major_version(&self) -> anyhow::Result<u32> {
         let mut lowest = u32::MAX;
         for addr in self.nodes() {
-            let mut c = Connection::connect(&addr, &self.auth, self.timeout).await?;
+            let mut c = self.connect(&addr).await?;
             let info = c.call_timeout(&["INFO", "server"], OP_TIMEOUT).await?;
             let v = ferry_resp::replication::info_field(&info, "redis_version")
                 .and_then(|v| v.split('.').next())
@@ -167,16 +137,6 @@ impl Endpoint {
         }
         Ok(lowest)
     }
-}
-
-async fn read_slot_map(addr: &str, auth: &Auth, timeout: Duration) -> anyhow::Result<SlotMap> {
-    let mut c = Connection::connect(addr, auth, timeout).await?;
-    let r = c.call_timeout(&["CLUSTER", "SLOTS"], OP_TIMEOUT).await?;
-    let Some(map) = SlotMap::from_cluster_slots(&r) else { bail!("{addr}: unexpected reply to CLUSTER SLOTS") };
-    if map.masters.is_empty() {
-        bail!("{addr}: the cluster serves no slots");
-    }
-    Ok(map)
 }
 
 /// The connections of one worker to one side, opened on first use, each with its selected db.
@@ -204,7 +164,7 @@ impl Conns {
     /// The connection to `addr` with `db` selected.
     async fn conn(&mut self, addr: &str, db: u32) -> Result<&mut Connection, RespError> {
         if !self.conns.contains_key(addr) {
-            let c = Connection::connect(addr, &self.ep.auth, self.ep.timeout).await?;
+            let c = self.ep.connect(addr).await?;
             self.conns.insert(addr.to_string(), (c, 0));
         }
         let (c, cur) = self.conns.get_mut(addr).expect("just inserted");

@@ -197,6 +197,27 @@ pub async fn after_switchback(cfg: &Config) {
     }
 }
 
+/// After `switchback`: forward again once the reverse pipelines have stopped (a running
+/// watcher does the same; whichever comes first, the other is a no-op). Gives up after 60 s.
+pub async fn finish_switchback(cfg: &Config, coordinator: &str) -> anyhow::Result<RoleState> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = get_role(coordinator).await?;
+        if s.role != Role::Switchback.as_str() {
+            return Ok(s);
+        }
+        if s.draining.is_empty() {
+            let s = set_role(coordinator, Role::Forward, "reverse pipelines stopped", false).await?;
+            after_switchback(cfg).await;
+            return Ok(s);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the reverse pipelines did not stop within 60s: {}", s.draining.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// One line describing a role state (`ferry-watcher status`).
 pub fn describe(s: &RoleState) -> String {
     let mut line = format!(

@@ -109,28 +109,9 @@ fn main() -> std::process::ExitCode {
             Cmd::Switchback(RoleArgs { common, reason, force }) => {
                 let (cfg, coordinator, _) = common.start("ferry-watcher")?;
                 manual(&coordinator, Role::Switchback, &reason, force).await?;
-                // Forward again once the reverse pipelines have stopped (a running watcher
-                // would do the same; whichever comes first, the other is a no-op).
-                let deadline = std::time::Instant::now() + Duration::from_secs(60);
-                loop {
-                    let s = ferry_watcher::get_role(&coordinator).await?;
-                    if s.role != "switchback" {
-                        println!("{}", ferry_watcher::describe(&s));
-                        return Ok(());
-                    }
-                    if s.draining.is_empty() {
-                        let s =
-                            ferry_watcher::set_role(&coordinator, Role::Forward, "reverse pipelines stopped", false)
-                                .await?;
-                        ferry_watcher::after_switchback(&cfg).await;
-                        println!("{}", ferry_watcher::describe(&s));
-                        return Ok(());
-                    }
-                    if std::time::Instant::now() > deadline {
-                        anyhow::bail!("the reverse pipelines did not stop within 60s: {}", s.draining.join(", "));
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                let s = ferry_watcher::finish_switchback(&cfg, &coordinator).await?;
+                println!("{}", ferry_watcher::describe(&s));
+                Ok(())
             }
             Cmd::Status { common } => {
                 let (_, coordinator, _) = common.start("ferry-watcher")?;

@@ -140,6 +140,11 @@ impl ClusterTarget {
     async fn read_checkpoints(&mut self) -> anyhow::Result<Checkpoint> {
         self.slot_done.clear();
         self.floor.clear();
+        let stop_slot = key_slot(ferry_checkpoint::stop_key(&self.pipeline_id).as_bytes());
+        let stop_node = self.map.node_of(stop_slot).ok_or_else(|| anyhow!("slot {stop_slot} is not served"))?;
+        let addr = self.map.masters[stop_node].clone();
+        let c = self.conns.get_mut(&addr).ok_or_else(|| anyhow!("no connection to {addr}"))?;
+        crate::check_stop(c, &self.pipeline_id).await?;
         let mut floors: Vec<Checkpoint> = Vec::new();
         for (n, m) in self.map.masters.clone().iter().enumerate() {
             let floor_key = self.floor_key(n);
@@ -572,7 +577,7 @@ async fn apply_segment(
                 if let Reply::Array(Some(items)) = &exec {
                     for (j, item) in items.iter().enumerate() {
                         match part.get(j) {
-                            Some((i, _)) => check.reply(*i, item)?,
+                            Some((i, _)) => check.reply(*i, item).map_err(crate::committed)?,
                             None => {
                                 if let Some(e) = item.first_error() {
                                     bail!("target {addr} refused the checkpoint write: {}", printable(e));

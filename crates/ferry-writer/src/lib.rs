@@ -101,6 +101,7 @@ impl Writer for WriterSvc {
                     return;
                 }
             };
+            let hello_pipeline = hello.pipeline_id.clone();
             let (stats, session_cancel) = sessions.begin(&hello.pipeline_id);
             stats.set_phase(Phase::Running);
             stats.rdb_applied.store(false, Relaxed);
@@ -110,6 +111,13 @@ impl Writer for WriterSvc {
             let superseded = session_cancel.is_cancelled();
             session_cancel.cancel();
             if let Err(e) = res {
+                if let Some(failure) = e.downcast_ref::<Committed>() {
+                    // Recorded on the target before anything else can run: no later session of
+                    // the pipeline goes on past the command that failed.
+                    if let Err(re) = record_stop(&cfg, &hello_pipeline, &failure.0).await {
+                        error!(error = %format!("{re:#}"), "cannot record the pipeline's stop on the target");
+                    }
+                }
                 let msg = format!("{e:#}");
                 error!(error = %msg, "writer session failed");
                 if !superseded {
@@ -123,6 +131,58 @@ impl Writer for WriterSvc {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
     }
+}
+
+/// A command of a batch failed inside the batch's `EXEC`, which also moved the checkpoint
+/// past it (Redis does not roll a transaction back): going on from the checkpoint would skip
+/// the command without a trace, so the pipeline stops for good ([`record_stop`]).
+#[derive(Debug)]
+pub(crate) struct Committed(pub String);
+
+impl std::fmt::Display for Committed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the pipeline stopped: {} (the checkpoint already passed it)", self.0)
+    }
+}
+
+impl std::error::Error for Committed {}
+
+/// A failed check of a reply inside a committed `EXEC`, as a [`Committed`] failure.
+pub(crate) fn committed(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(Committed(format!("{e:#}")))
+}
+
+/// Records on the target that `pipeline_id` must not go on, and why
+/// ([`ferry_checkpoint::stop_key`]): every later session refuses to start ([`check_stop`]).
+async fn record_stop(cfg: &Config, pipeline_id: &str, why: &str) -> anyhow::Result<()> {
+    let key = ferry_checkpoint::stop_key(pipeline_id);
+    let mut c = match cfg.target.kind {
+        ferry_config::DeploymentType::Cluster => {
+            let map = ferry_redis::cluster_map(&cfg.target, &[]).await?;
+            let slot = ferry_resp::cluster::key_slot(key.as_bytes());
+            let node = map.node_of(slot).ok_or_else(|| anyhow!("slot {slot} is not served"))?;
+            ferry_redis::connect_node(&cfg.target, &map.masters[node], std::time::Duration::from_secs(10)).await?
+        }
+        _ => ferry_redis::connect(&cfg.target).await?.1,
+    };
+    c.call(&[&b"SET"[..], key.as_bytes(), why.as_bytes()]).await?;
+    error!(pipeline = %pipeline_id, key = %key, reason = %why, "pipeline stopped for good: fix the cause on the target, then delete the key to go on");
+    Ok(())
+}
+
+/// Refuses a session of a pipeline the target holds a stop of ([`record_stop`]). `c` is a
+/// connection to the node serving the stop key.
+pub(crate) async fn check_stop(c: &mut Connection, pipeline_id: &str) -> anyhow::Result<()> {
+    let key = ferry_checkpoint::stop_key(pipeline_id);
+    if let Some(why) = c.call(&["GET", &key]).await.context("target")?.as_bytes() {
+        bail!(
+            "the pipeline stopped: {} (the command was not applied and the checkpoint passed it; apply it or repair \
+             the key by hand, or delete the pipeline's checkpoint for a full copy; then delete {key} on the target \
+             to go on)",
+            String::from_utf8_lossy(why)
+        );
+    }
+    Ok(())
 }
 
 /// What the receiving task needs to know about a batch that was sent.
@@ -179,6 +239,7 @@ pub(crate) async fn hello_ack(
 /// earlier copy of the pipeline (a checkpoint, or the marker of an unfinished re-copy).
 async fn read_checkpoint(conn: &mut Connection, pipeline_id: &str) -> anyhow::Result<(Checkpoint, bool)> {
     conn.call(&["SELECT", "0"]).await.context("target")?;
+    check_stop(conn, pipeline_id).await?;
     let reply = conn.call(&["GET", &ferry_checkpoint::key(pipeline_id)]).await.context("target")?;
     let Some(v) = reply.as_bytes() else { return Ok((Checkpoint::default(), false)) };
     if ferry_checkpoint::is_recopy_marker(v) {
@@ -337,7 +398,7 @@ async fn session(
                     Reply::Array(Some(items)) => {
                         for (i, item) in items.iter().enumerate() {
                             if (i as u32) < b.count {
-                                check.reply(i as u32, item)?;
+                                check.reply(i as u32, item).map_err(committed)?;
                             } else if let Some(e) = item.first_error() {
                                 bail!("target refused the checkpoint write: {}", printable(e));
                             }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 pub fn fixtures_dir() -> PathBuf {
     let dir = match std::env::var_os("FERRY_FIXTURES") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/rdb")),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/rdb")),
     };
     assert!(
         dir.join("index.json").is_file(),

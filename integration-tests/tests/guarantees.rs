@@ -1,0 +1,170 @@
+//! The guarantees at their edges (issue 15), each against real servers:
+//!
+//! - a command the target rejects inside a batch's `MULTI`/`EXEC` stops the pipeline for
+//!   good: the checkpoint moved past it in the same `EXEC`, so retrying would skip it;
+//! - after a full resynchronization the reader never acknowledges more than the target holds
+//!   of the *new* replication history.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::*;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn config(src: &RedisServer, tgt: &RedisServer) -> (String, String) {
+    config_with_ports(&format!(
+        "[source]\ntype = \"standalone\"\naddress = \"{}\"\n[target]\ntype = \"standalone\"\naddress = \"{}\"\n",
+        src.addr(),
+        tgt.addr()
+    ))
+}
+
+/// A command that ran on the source and that the target refused inside the `EXEC` of its
+/// batch: the pipeline stops with the command and the key, stays stopped (a restarted writer
+/// too) and applies nothing after it, until the operator removes the stop.
+#[test]
+fn a_command_the_target_rejects_inside_exec_stops_the_pipeline_for_good() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let rt = rt();
+    // A key only the target holds, of another type than the source will write.
+    rt.block_on(async {
+        let mut t = tgt.connect().await.unwrap();
+        t.call(&["RPUSH", "clash", "a list on the target"]).await.unwrap();
+        let mut s = src.connect().await.unwrap();
+        s.call(&["SET", "before", "1"]).await.unwrap();
+    });
+    let (cfg, status) = config(&src, &tgt);
+    let mut ferry = Ferry::start(&cfg, &status);
+    let offset = rt.block_on(src.repl_offset()).unwrap();
+    ferry.wait_caught_up(offset, Duration::from_secs(60));
+
+    rt.block_on(async {
+        let mut s = src.connect().await.unwrap();
+        // One transaction on the source: the target runs it as one batch, the INCR fails
+        // there with WRONGTYPE while the SET and the checkpoint succeed.
+        s.call(&["MULTI"]).await.unwrap();
+        s.call(&["INCR", "clash"]).await.unwrap();
+        s.call(&["SET", "in-the-same-batch", "1"]).await.unwrap();
+        s.call(&["EXEC"]).await.unwrap();
+    });
+    let p = ferry.wait_for("the pipeline to stop on the rejected INCR", Duration::from_secs(30), |p| {
+        p["error"].as_str().is_some_and(|e| e.contains("INCR") && e.contains("clash") && e.contains("WRONGTYPE"))
+    });
+    assert!(p["error"].as_str().unwrap().contains("stopped"), "{p:#}");
+
+    // Later writes never land while the pipeline is stopped, a restarted writer included.
+    rt.block_on(async {
+        let mut s = src.connect().await.unwrap();
+        s.call(&["SET", "after", "1"]).await.unwrap();
+    });
+    ferry.kill("ferry-writer");
+    ferry.spawn("ferry-writer");
+    ferry.wait_for("the reader to see the stop", Duration::from_secs(30), |p| p["phase"] != "incremental");
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        let p = ferry.status().unwrap()["pipelines"][0].clone();
+        assert_ne!(p["phase"], "incremental", "the pipeline went on past a rejected command: {p:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let p = ferry.wait_for("the stop to be reported again", Duration::from_secs(30), |p| {
+        p["error"].as_str().is_some_and(|e| e.contains("stopped") && e.contains("INCR") && e.contains("clash"))
+    });
+    assert_ne!(p["phase"], "incremental", "{p:#}");
+    rt.block_on(async {
+        let mut t = tgt.connect().await.unwrap();
+        assert!(t.call(&["GET", "after"]).await.unwrap().as_bytes().is_none(), "a write after the stop landed");
+    });
+
+    // The operator fixes the cause and removes the stop: the stream goes on from there.
+    rt.block_on(async {
+        let mut t = tgt.connect().await.unwrap();
+        t.call(&["DEL", "clash"]).await.unwrap();
+        t.call(&["SET", "clash", "1"]).await.unwrap();
+        t.call(&["DEL", &ferry_checkpoint::stop_key(src.addr().as_str())]).await.unwrap();
+    });
+    let offset = rt.block_on(src.repl_offset()).unwrap();
+    ferry.wait_caught_up(offset, Duration::from_secs(60));
+    rt.block_on(async {
+        let (mut a, mut b) = (src.connect().await.unwrap(), tgt.connect().await.unwrap());
+        compare(&mut a, &mut b, 2000).await.unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
+    });
+}
+
+/// The acknowledged offset of the source's replicas, from `INFO replication`.
+async fn replica_ack_offsets(c: &mut ferry_resp::Connection) -> (i64, Vec<i64>) {
+    let info = c.call(&["INFO", "replication"]).await.unwrap();
+    let text = String::from_utf8_lossy(info.as_bytes().unwrap()).into_owned();
+    let master: i64 = ferry_resp::replication::info_field(&info, "master_repl_offset").unwrap().parse().unwrap();
+    let acks = text
+        .lines()
+        .filter(|l| l.starts_with("slave"))
+        .filter_map(|l| l.split(',').find_map(|kv| kv.strip_prefix("offset=")).and_then(|v| v.parse().ok()))
+        .collect();
+    (master, acks)
+}
+
+/// The source restarts empty (a new replication history, its offset starting again near
+/// 0) after ferry applied a long stream: during the full copy that follows, the reader must
+/// not acknowledge the old history's offset, which the target does not hold of the new one.
+#[test]
+fn after_a_full_resync_the_reader_never_acknowledges_the_old_history() {
+    let mut src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let rt = rt();
+    let (cfg, status) = config(&src, &tgt);
+    // A slow target, so the full copy after the restart lasts a few seconds.
+    let cfg = format!("{cfg}max_ops_per_sec = 400\n");
+    let ferry = Ferry::start(&cfg, &status);
+    // Attached first: a source without replicas keeps no backlog and its offset stays 0.
+    ferry.wait_for("the first copy", Duration::from_secs(60), |p| p["phase"] == "incremental");
+    rt.block_on(async {
+        let mut s = src.connect().await.unwrap();
+        let big = "x".repeat(20_000);
+        for i in 0..60 {
+            s.call(&["SET", &format!("big:{i}"), &big]).await.unwrap();
+        }
+    });
+    let old = rt.block_on(src.repl_offset()).unwrap();
+    assert!(old > 1_000_000, "{old}");
+    ferry.wait_caught_up(old, Duration::from_secs(60));
+
+    src.kill();
+    src.restart();
+    rt.block_on(async {
+        let mut s = src.connect().await.unwrap();
+        for i in 0..2000 {
+            s.call(&["SET", &format!("k:{i}"), "v"]).await.unwrap();
+        }
+    });
+    let new = rt.block_on(src.repl_offset()).unwrap();
+    assert!(new < old, "{new} {old}");
+    // Until the target holds the new copy, no acknowledgement may claim more than the
+    // source has sent in its new history.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seen_replica = false;
+    rt.block_on(async {
+        let mut s = src.connect().await.unwrap();
+        let mut t = tgt.connect().await.unwrap();
+        let mut polls = 0u32;
+        loop {
+            let (master, acks) = replica_ack_offsets(&mut s).await;
+            for a in &acks {
+                seen_replica = true;
+                assert!(*a <= master, "the reader acknowledged {a}, the source is at {master}\n{}", ferry.logs());
+            }
+            polls += 1;
+            // Until the target holds the new copy (and the re-copy removed the old keys).
+            if polls.is_multiple_of(25) && compare(&mut s, &mut t, 2000).await.is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the second copy did not complete\n{}", ferry.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(seen_replica, "the reader never showed up as a replica of the restarted source");
+    let p = ferry.status().unwrap()["pipelines"][0].clone();
+    assert_eq!(p["full_syncs"], 2, "{p:#}");
+}
