@@ -79,11 +79,14 @@ impl Spool {
                 );
             }
             if s.file.is_none() {
+                // Created new (never a file or a link someone else put there: the directory may
+                // be shared, like /tmp) and readable by this user only: it holds source data.
+                use std::os::unix::fs::OpenOptionsExt;
                 let f = std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
-                    .create(true)
-                    .truncate(true)
+                    .create_new(true)
+                    .mode(0o600)
                     .open(&self.path)
                     .with_context(|| format!("cannot create the spool file {}", self.path.display()))?;
                 // The file is only ours: unlink it now so nothing is left behind, even on SIGKILL.
@@ -92,7 +95,11 @@ impl Spool {
             }
             let buf = frame.encode_length_delimited_to_vec();
             let pos = s.write_pos;
-            s.file.as_ref().expect("opened above").write_all_at(&buf, pos).context("writing the spool")?;
+            s.file
+                .as_ref()
+                .expect("opened above")
+                .write_all_at(&buf, pos)
+                .with_context(|| format!("writing the spool file {}", self.path.display()))?;
             s.write_pos += buf.len() as u64;
             s.disk_frames += 1;
         }
@@ -173,6 +180,29 @@ mod tests {
         assert_eq!(s.disk_bytes(), 0);
         s.close();
         assert_eq!(s.pop().await.unwrap(), None);
+    }
+
+    #[test]
+    fn the_spool_file_is_created_new_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A link planted where the spool file goes must not be followed.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep me").unwrap();
+        let s = Spool::new(Some(dir.path().to_path_buf()), "planted", 0, 1 << 20);
+        std::os::unix::fs::symlink(&victim, &s.path).unwrap();
+        s.push(f(0)).unwrap();
+        let e = format!("{:#}", s.push(f(1)).unwrap_err());
+        assert!(e.contains("cannot create the spool file") && e.contains("planted"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+        // Without the link: created with mode 0600 (then unlinked at once, so look while open).
+        std::fs::remove_file(&s.path).unwrap();
+        let s = Spool::new(Some(dir.path().to_path_buf()), "private", 0, 1 << 20);
+        s.push(f(0)).unwrap();
+        s.push(f(1)).unwrap();
+        let st = s.state.lock().unwrap();
+        let mode = st.file.as_ref().unwrap().metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 
     #[test]
