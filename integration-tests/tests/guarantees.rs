@@ -168,3 +168,63 @@ fn after_a_full_resync_the_reader_never_acknowledges_the_old_history() {
     let p = ferry.status().unwrap()["pipelines"][0].clone();
     assert_eq!(p["full_syncs"], 2, "{p:#}");
 }
+
+/// An older writer session of the pipeline whose last transaction is still on its way to
+/// the target (a stalled or partitioned writer: its connection is open, the `EXEC` not in
+/// yet) while a new session starts: the new session must make sure that transaction can no
+/// longer run before it reads the checkpoint, or the write is applied twice — once by the
+/// old transaction, once by the new session resuming from the checkpoint before it.
+///
+/// The older session is played by a client connection named as the writer names its own
+/// (`CLIENT SETNAME ferry-writer:<pipeline>`), holding `MULTI`, the source's `INCR` and the
+/// checkpoint write, its `EXEC` sent only after the new session has read the checkpoint.
+#[test]
+fn a_new_writer_session_never_applies_what_an_older_one_had_queued() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let rt = rt();
+    let (cfg, status) = config(&src, &tgt);
+    let mut ferry = Ferry::start(&cfg, &status);
+    let pipeline = src.addr();
+    rt.block_on(async {
+        src.connect().await.unwrap().call(&["INCR", "witness"]).await.unwrap();
+    });
+    let offset = rt.block_on(src.repl_offset()).unwrap();
+    ferry.wait_caught_up(offset, Duration::from_secs(60));
+
+    // The stream goes on while no session applies it.
+    ferry.kill("ferry-reader");
+    let (replid, end) = rt.block_on(async {
+        let mut s = src.connect().await.unwrap();
+        s.call(&["INCR", "witness"]).await.unwrap();
+        let info = s.call(&["INFO", "replication"]).await.unwrap();
+        let replid = ferry_resp::replication::info_field(&info, "master_replid").unwrap().to_string();
+        (replid, src.repl_offset().await.unwrap())
+    });
+    // The older session's transaction of that INCR, waiting for its EXEC.
+    let mut old = rt.block_on(async {
+        let mut c = tgt.connect().await.unwrap();
+        c.call(&["CLIENT", "SETNAME", &format!("ferry-writer:{pipeline}")]).await.unwrap();
+        c.call(&["MULTI"]).await.unwrap();
+        c.call(&["INCR", "witness"]).await.unwrap();
+        let value = ferry_checkpoint::value(&replid, end, end, 0);
+        c.call(&["SET", &ferry_checkpoint::key(&pipeline), &value]).await.unwrap();
+        c
+    });
+    // A new session: it reads the checkpoint and applies the INCR itself.
+    ferry.spawn("ferry-reader");
+    ferry.wait_caught_up(end, Duration::from_secs(60));
+    // The older session's EXEC arrives: it must find nothing to run.
+    let exec = rt.block_on(old.call(&["EXEC"]));
+    let witness = rt.block_on(async {
+        let w = tgt.connect().await.unwrap().call(&["GET", "witness"]).await.unwrap();
+        w.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned())
+    });
+    assert_eq!(
+        witness.as_deref(),
+        Some("2"),
+        "the INCR ran twice on the target (old EXEC: {exec:?})\n{}",
+        ferry.logs()
+    );
+    assert!(exec.is_err(), "the older session's connection was still open: {exec:?}");
+}

@@ -64,10 +64,11 @@ struct ClusterTarget {
     last_floor_write: std::time::Instant,
     /// The target holds an earlier copy of the pipeline (a checkpoint or a re-copy's marker).
     earlier_copy: bool,
+    stats: Arc<Stats>,
 }
 
 impl ClusterTarget {
-    async fn connect(cfg: &Config, pipeline_id: &str) -> anyhow::Result<ClusterTarget> {
+    async fn connect(cfg: &Config, pipeline_id: &str, stats: &Arc<Stats>) -> anyhow::Result<ClusterTarget> {
         let t = &cfg.target;
         // The configured node first, then any node seen before (the configured one may be
         // the master that just died).
@@ -83,6 +84,7 @@ impl ClusterTarget {
             floor: HashMap::new(),
             last_floor_write: std::time::Instant::now(),
             earlier_copy: false,
+            stats: stats.clone(),
         };
         ct.connect_masters().await?;
         Ok(ct)
@@ -91,7 +93,9 @@ impl ClusterTarget {
     async fn connect_masters(&mut self) -> anyhow::Result<()> {
         for m in self.map.masters.clone() {
             if !self.conns.contains_key(&m) {
-                let c = ferry_redis::connect_node(&self.cfg, &m, Duration::from_secs(10)).await?;
+                let mut c = ferry_redis::connect_node(&self.cfg, &m, Duration::from_secs(10)).await?;
+                // Before any checkpoint of this master is read or written by this session.
+                crate::take_over(&mut c, &self.pipeline_id, &self.stats).await?;
                 self.conns.insert(m, c);
             }
         }
@@ -365,7 +369,7 @@ pub(crate) async fn session(
     ack_tx: mpsc::Sender<Result<Ack, Status>>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut ct = ClusterTarget::connect(cfg, &hello.pipeline_id).await.context("target cluster")?;
+    let mut ct = ClusterTarget::connect(cfg, &hello.pipeline_id, stats).await.context("target cluster")?;
     info!(target = %cfg.target.describe(), masters = ct.map.masters.len(), "connected to the target cluster");
     let checkpoint = ct.read_checkpoints().await.context("target cluster")?;
     let target_rdb_version = ct.rdb_version().await;

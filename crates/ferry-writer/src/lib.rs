@@ -170,6 +170,58 @@ async fn record_stop(cfg: &Config, pipeline_id: &str, why: &str) -> anyhow::Resu
     Ok(())
 }
 
+/// The name of the connections a pipeline's batches go through (`CLIENT SETNAME`): one
+/// session at a time writes a pipeline, and a new one finds the older ones' by it.
+fn client_name(pipeline_id: &str) -> String {
+    let safe: String = pipeline_id.chars().map(|c| if c.is_ascii_graphic() { c } else { '_' }).collect();
+    format!("ferry-writer:{safe}")
+}
+
+/// Makes `c` the only connection of `pipeline_id` on its node: names it, and kills any other
+/// connection of that name (`CLIENT KILL ID`) — an older session of the pipeline, in this
+/// process or another, whose pipelined `MULTI`/`EXEC`s may still wait in the node's buffers.
+/// Once killed, none of them can run, so the checkpoint read after this is final: a batch
+/// applied after it was read would be applied a second time by this session.
+///
+/// A node that refuses `CLIENT LIST`/`CLIENT KILL` (an ACL without `@admin`, a managed
+/// service that disables them) is logged and counted (`CLIENT_KILL_REFUSED`): the session
+/// goes on without that protection.
+pub(crate) async fn take_over(c: &mut Connection, pipeline_id: &str, stats: &Stats) -> anyhow::Result<()> {
+    let name = client_name(pipeline_id);
+    c.call(&["CLIENT", "SETNAME", &name]).await.context("target")?;
+    let res: anyhow::Result<usize> = async {
+        let me = match c.call(&["CLIENT", "ID"]).await? {
+            Reply::Integer(id) => id,
+            other => bail!("unexpected reply to CLIENT ID: {other:?}"),
+        };
+        let list = c.call(&["CLIENT", "LIST", "TYPE", "normal"]).await?;
+        let text = String::from_utf8_lossy(list.as_bytes().map(|b| &b[..]).unwrap_or_default()).into_owned();
+        let mut killed = 0;
+        for line in text.lines() {
+            let field = |k: &str| line.split(' ').find_map(|f| f.strip_prefix(k)).unwrap_or_default();
+            let id: i64 = field("id=").parse().unwrap_or(-1);
+            if field("name=") == name && id != me && id >= 0 {
+                // Gone already (it ended by itself meanwhile) is as good as killed.
+                let _ = c.call(&["CLIENT", "KILL", "ID", &id.to_string()]).await?;
+                killed += 1;
+            }
+        }
+        Ok(killed)
+    }
+    .await;
+    match res {
+        Ok(0) => {}
+        Ok(n) => {
+            info!(pipeline = %pipeline_id, connections = n, "closed an older session's connections to the target before reading the checkpoint")
+        }
+        Err(e) => {
+            stats.count_error("CLIENT_KILL_REFUSED");
+            warn!(pipeline = %pipeline_id, error = %format!("{e:#}"), "cannot close older sessions' connections (CLIENT LIST/KILL refused): a batch an older session still had queued could be applied twice");
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a session of a pipeline the target holds a stop of ([`record_stop`]). `c` is a
 /// connection to the node serving the stop key.
 pub(crate) async fn check_stop(c: &mut Connection, pipeline_id: &str) -> anyhow::Result<()> {
@@ -278,6 +330,7 @@ async fn session(
     // The session opens with a hello: answer with the checkpoint the target holds.
     let pipeline_id = hello.pipeline_id.clone();
     let ckpt_key = Bytes::from(ferry_checkpoint::key(&pipeline_id));
+    take_over(&mut conn, &pipeline_id, stats).await?;
     let (checkpoint, mut earlier_copy) = read_checkpoint(&mut conn, &pipeline_id).await?;
     if checkpoint.present {
         info!(pipeline = %pipeline_id, replid = %checkpoint.replid, offset = checkpoint.offset, "checkpoint found on the target");
