@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use ferry_resp::Reply;
 use integration_tests::*;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -227,4 +228,167 @@ fn a_new_writer_session_never_applies_what_an_older_one_had_queued() {
         ferry.logs()
     );
     assert!(exec.is_err(), "the older session's connection was still open: {exec:?}");
+}
+
+/// `ferry-watcher` with `--config`, its exit code and its output.
+fn watcher(ferry: &Ferry, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(bin_dir().join("ferry-watcher"))
+        .args(args)
+        .arg("--config")
+        .arg(ferry.dir.path().join("ferry.toml"))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Side A lost and fenced, never recovered: `switchback --force` must not make it the
+/// source again (its stale data would overwrite B, seed 000's disaster); only the loudly
+/// named `--overwrite-with-stale-source` does.
+#[test]
+fn force_never_makes_a_lost_unrecovered_source_the_source_again() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let state = tempfile::tempdir().unwrap();
+    let (cfg, status) = config(&src, &tgt);
+    let cfg = cfg.replace(
+        "[coordinator]\n",
+        &format!("[coordinator]\nstate_file = \"{}\"\n", state.path().join("role.json").display()),
+    );
+    let ferry = Ferry::start(&cfg, &status);
+    ferry.wait_for("the first copy", Duration::from_secs(60), |p| p["phase"] == "incremental");
+
+    let (code, out) = watcher(&ferry, &["fence", "--reason", "A lost"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = watcher(&ferry, &["switchback", "--force"]);
+    assert_eq!(code, 1, "switchback --force from fenced was allowed: {out}");
+    assert!(out.contains("refused") && out.contains("overwrite-with-stale-source"), "{out}");
+    let doc = ferry.status().unwrap();
+    assert_eq!(doc["role"], "fenced", "{doc:#}");
+
+    let (code, out) = watcher(&ferry, &["switchback", "--force", "--overwrite-with-stale-source", "--reason", "drill"]);
+    assert_eq!(code, 0, "{out}");
+    let doc = ferry.status().unwrap();
+    assert_eq!(doc["role"], "forward", "{doc:#}");
+    assert!(ferry.logs().contains("overwrite-with-stale-source"), "the override was not logged");
+}
+
+/// `existing_key = "skip"` keeps a key the target held before ferry's first copy; a re-copy
+/// (the backlog overrun while the reader was down) replaces ferry's own earlier copy, so a
+/// key that changed in between is not left stale.
+#[test]
+fn a_recopy_replaces_ferrys_earlier_copy_whatever_existing_key_says() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let rt = rt();
+    rt.block_on(async {
+        let mut s = src.connect().await.unwrap();
+        s.call(&["SET", "changed", "v1"]).await.unwrap();
+        s.call(&["SET", "theirs", "source's"]).await.unwrap();
+        let mut t = tgt.connect().await.unwrap();
+        t.call(&["SET", "theirs", "the target's own"]).await.unwrap();
+    });
+    let (cfg, status) = config(&src, &tgt);
+    let cfg = format!("{cfg}existing_key = \"skip\"\n");
+    let mut ferry = Ferry::start(&cfg, &status);
+    ferry.wait_caught_up(rt.block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
+    let get = |k: &str| {
+        rt.block_on(async {
+            let v = tgt.connect().await.unwrap().call(&["GET", k]).await.unwrap();
+            v.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned())
+        })
+    };
+    assert_eq!(get("theirs").as_deref(), Some("the target's own"), "skip kept the target's key");
+    assert_eq!(get("changed").as_deref(), Some("v1"));
+
+    // While the reader is down the key changes and the source's backlog moves past it.
+    ferry.kill("ferry-reader");
+    rt.block_on(async {
+        let mut s = src.connect().await.unwrap();
+        s.call(&["SET", "changed", "v2"]).await.unwrap();
+        s.call(&["CONFIG", "SET", "repl-backlog-size", "16384"]).await.unwrap();
+        let filler = "x".repeat(8192);
+        for i in 0..256 {
+            s.call(&["SET", "filler", &format!("{i}{filler}")]).await.unwrap();
+        }
+    });
+    ferry.spawn("ferry-reader");
+    let offset = rt.block_on(src.repl_offset()).unwrap();
+    ferry.wait_for("the re-copy caught up", Duration::from_secs(60), |p| {
+        p["full_syncs"] == 2 && p["phase"] == "incremental" && p["applied_offset"].as_i64() >= Some(offset)
+    });
+    assert_eq!(get("changed").as_deref(), Some("v2"), "the re-copy left ferry's earlier copy stale\n{}", ferry.logs());
+}
+
+/// A standalone source whose streams have consumer groups, into a 3-master cluster target:
+/// `XGROUP CREATE|SETID|CREATECONSUMER|DELCONSUMER|DESTROY`, `XREADGROUP` and `XACK` after the
+/// full copy. The keys of `XGROUP`'s subcommands are in their own key specs (the target's
+/// `COMMAND` reply), not in `XGROUP`'s: before, the command went to every master as a keyless
+/// one and the pipeline stopped for good on `BUSYGROUP`. A keyless command (`FUNCTION
+/// LOAD`) still goes to every master, once each, even when the writer restarts after it.
+#[test]
+fn subcommand_keys_route_on_a_cluster_target_and_keyless_commands_run_once_per_master() {
+    let src = RedisServer::start(&[]);
+    let cluster = Cluster::start(3, 0);
+    let rt = rt();
+    rt.block_on(async {
+        let mut s = src.connect().await.unwrap();
+        for i in 0..5 {
+            s.call(&["XADD", "orders", "*", "n", &i.to_string()]).await.unwrap();
+        }
+        s.call(&["XGROUP", "CREATE", "orders", "billing", "0"]).await.unwrap();
+    });
+    let (cfg, status) =
+        config_with_ports(&format!("[source]\naddress = \"{}\"\n[target]\n{}\n", src.addr(), cluster.toml()));
+    let mut ferry = Ferry::start(&cfg, &status);
+    ferry.wait_caught_up(rt.block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
+
+    rt.block_on(async {
+        let mut s = src.connect().await.unwrap();
+        let commands: [&[&str]; 8] = [
+            &["XGROUP", "CREATE", "orders", "shipping", "$", "MKSTREAM"],
+            &["XGROUP", "CREATE", "audit", "all", "$", "MKSTREAM"],
+            &["XREADGROUP", "GROUP", "billing", "c1", "COUNT", "2", "STREAMS", "orders", ">"],
+            &["XGROUP", "CREATECONSUMER", "orders", "billing", "c2"],
+            &["XGROUP", "CREATECONSUMER", "orders", "billing", "c3"],
+            &["XGROUP", "DELCONSUMER", "orders", "billing", "c3"],
+            &["XGROUP", "SETID", "orders", "shipping", "0"],
+            &["XGROUP", "DESTROY", "audit", "all"],
+        ];
+        for args in commands {
+            s.call(args).await.unwrap();
+        }
+        let Reply::Array(Some(read)) = s.call(&["XRANGE", "orders", "-", "+", "COUNT", "1"]).await.unwrap() else {
+            panic!("no entries")
+        };
+        let Reply::Array(Some(entry)) = &read[0] else { panic!("bad entry") };
+        let id = String::from_utf8_lossy(entry[0].as_bytes().unwrap()).into_owned();
+        s.call(&["XACK", "orders", "billing", &id]).await.unwrap();
+        s.call(&[
+            "FUNCTION",
+            "LOAD",
+            "#!lua name=ferrylib\nredis.register_function('ferry_one', function() return 1 end)",
+        ])
+        .await
+        .unwrap();
+    });
+    let offset = rt.block_on(src.repl_offset()).unwrap();
+    ferry.wait_caught_up(offset, Duration::from_secs(60));
+    // A restarted writer resumes from the checkpoints: FUNCTION LOAD must not run again.
+    ferry.kill("ferry-writer");
+    ferry.spawn("ferry-writer");
+    rt.block_on(async {
+        src.connect().await.unwrap().call(&["SET", "after", "restart"]).await.unwrap();
+    });
+    let offset = rt.block_on(src.repl_offset()).unwrap();
+    let p = ferry.wait_caught_up(offset, Duration::from_secs(60));
+    assert!(p["error"].is_null(), "{p:#}");
+    let source = rt.block_on(async { snapshot(&mut src.connect().await.unwrap()).await.unwrap() });
+    compare_snapshots(&source, &cluster.snapshot(), 2000).unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
+    for node in cluster.nodes.iter().take(3) {
+        let list = rt.block_on(async {
+            node.connect().await.unwrap().call(&["FUNCTION", "LIST", "LIBRARYNAME", "ferrylib"]).await.unwrap()
+        });
+        assert!(matches!(&list, Reply::Array(Some(l)) if l.len() == 1), "{} {list:?}", node.addr());
+    }
 }

@@ -18,7 +18,7 @@ use ferry_proto::{AssignRequest, Assignment, PlanReply, ReportReply, RoleRequest
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::role::{Role, RoleRecord};
 use ferry_runtime::Phase;
@@ -349,6 +349,8 @@ pub struct CoordinatorState {
     replan: tokio::sync::Notify,
     /// Wakes the counter saver (a stage restarted: its base changed).
     counters_changed: tokio::sync::Notify,
+    /// Side A, for messages.
+    source_desc: String,
 }
 
 /// The `/status` document (field names and meaning are a contract: see DESIGN/README).
@@ -431,6 +433,7 @@ impl CoordinatorState {
             state_file,
             replan: tokio::sync::Notify::new(),
             counters_changed: tokio::sync::Notify::new(),
+            source_desc: cfg.source.describe(),
         }))
     }
 
@@ -453,7 +456,16 @@ impl CoordinatorState {
     }
 
     /// Moves to role `to` (persisted first: a transition that cannot be persisted is refused).
-    pub fn set_role(&self, to: Role, reason: &str, force: bool) -> anyhow::Result<RoleState> {
+    /// Moves the pair to `to`. `force` allows steps off the cycle and a switch back before
+    /// the reverse copy caught up; neither lets side A be the source again while it was lost
+    /// and not recovered in this epoch — only `overwrite_with_stale_source` does, loudly.
+    pub fn set_role(
+        &self,
+        to: Role,
+        reason: &str,
+        force: bool,
+        overwrite_with_stale_source: bool,
+    ) -> anyhow::Result<RoleState> {
         let now = self.role_state();
         if now.role == to.as_str() {
             return Ok(now);
@@ -464,7 +476,7 @@ impl CoordinatorState {
                 anyhow::bail!("pipelines of the previous role are still stopping: {}", now.draining.join(", "));
             }
             if to == Role::Switchback && now.role == "recovering" && !now.caught_up {
-                anyhow::bail!("the reverse pipelines have not caught up yet (see /status; force overrides)");
+                anyhow::bail!("the reverse pipelines have not caught up yet (see /status)");
             }
         }
         {
@@ -475,6 +487,25 @@ impl CoordinatorState {
                     rec.role.as_str(),
                     to.as_str()
                 );
+            }
+            // The reverse copy caught up: A holds B's data, it may be the source again.
+            if rec.role == Role::Recovering && now.caught_up {
+                rec.recovered = true;
+            }
+            if rec.would_overwrite_with_stale_source(to) {
+                if !overwrite_with_stale_source {
+                    anyhow::bail!(
+                        "refused: {} to {} would make side A ({}) the source again, but A was lost and has not been \
+                         recovered in this epoch (no reverse pipeline caught up with B): its stale data would overwrite \
+                         B. Recover first (ferry-watcher recover, then switchback once caught up); to accept losing B's \
+                         writes, pass --overwrite-with-stale-source with a --reason",
+                        rec.role.as_str(),
+                        to.as_str(),
+                        self.source_desc
+                    );
+                }
+                error!(from = rec.role.as_str(), to = to.as_str(), reason = %reason, "the operator accepted overwriting the target with the stale source's data (--overwrite-with-stale-source)");
+                rec.recovered = true;
             }
             let next = rec.next(to, reason);
             if let Some(p) = &self.state_file {
@@ -856,7 +887,7 @@ impl Coordinator for CoordinatorSvc {
         let to = Role::parse(&req.role).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let reason = if req.reason.is_empty() { "requested" } else { req.reason.as_str() };
         self.state
-            .set_role(to, reason, req.force)
+            .set_role(to, reason, req.force, req.overwrite_with_stale_source)
             .map(Response::new)
             .map_err(|e| Status::failed_precondition(format!("{e:#}")))
     }

@@ -26,11 +26,15 @@ pub struct RoleRecord {
     pub epoch: u64,
     pub reason: String,
     pub since_ms: i64,
+    /// Side A was lost (fenced) and, in this epoch, the reverse pipelines caught up with B
+    /// (or the operator accepted overwriting B with A's stale data): A may be the source again.
+    #[serde(default)]
+    pub recovered: bool,
 }
 
 impl Default for RoleRecord {
     fn default() -> Self {
-        RoleRecord { role: Role::Forward, epoch: 0, reason: "start".into(), since_ms: now_ms() }
+        RoleRecord { role: Role::Forward, epoch: 0, reason: "start".into(), since_ms: now_ms(), recovered: false }
     }
 }
 
@@ -60,10 +64,19 @@ impl RoleRecord {
         Ok(())
     }
 
-    /// The record after moving to `to`: a new epoch when `to` runs pipelines.
+    /// The record after moving to `to`: a new epoch when `to` runs pipelines. `recovered`
+    /// holds until A is the source again, and starts over with each recovery.
     pub fn next(&self, to: Role, reason: &str) -> RoleRecord {
         let epoch = if to.direction().is_some() { self.epoch + 1 } else { self.epoch };
-        RoleRecord { role: to, epoch, reason: reason.to_string(), since_ms: now_ms() }
+        let recovered = self.recovered && !matches!(to, Role::Forward | Role::Recovering | Role::Fenced);
+        RoleRecord { role: to, epoch, reason: reason.to_string(), since_ms: now_ms(), recovered }
+    }
+
+    /// Whether moving to `to` makes side A the source again while it was lost and has not
+    /// been recovered: fenced or recovering (or a switch back not caught up) → switchback or
+    /// forward.
+    pub fn would_overwrite_with_stale_source(&self, to: Role) -> bool {
+        matches!(to, Role::Switchback | Role::Forward) && self.role != Role::Forward && !self.recovered
     }
 }
 
@@ -106,6 +119,22 @@ mod tests {
         for (from, to) in [(Forward, Recovering), (Fenced, Forward), (Recovering, Forward), (Forward, Switchback)] {
             assert!(!from.allows(to), "{from:?} -> {to:?}");
         }
+    }
+
+    #[test]
+    fn a_lost_source_is_the_source_again_only_once_recovered() {
+        let fenced = RoleRecord::default().next(Role::Fenced, "source lost");
+        assert!(fenced.would_overwrite_with_stale_source(Role::Switchback));
+        assert!(fenced.would_overwrite_with_stale_source(Role::Forward));
+        assert!(!fenced.would_overwrite_with_stale_source(Role::Recovering));
+        let mut rec = fenced.next(Role::Recovering, "source back");
+        assert!(!rec.recovered && rec.would_overwrite_with_stale_source(Role::Switchback));
+        rec.recovered = true;
+        let back = rec.next(Role::Switchback, "caught up");
+        assert!(back.recovered && !back.would_overwrite_with_stale_source(Role::Forward));
+        let fwd = back.next(Role::Forward, "reverse stopped");
+        assert!(!fwd.recovered && !fwd.would_overwrite_with_stale_source(Role::Forward));
+        assert!(!RoleRecord::default().would_overwrite_with_stale_source(Role::Switchback));
     }
 
     #[test]

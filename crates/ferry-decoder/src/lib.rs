@@ -190,9 +190,12 @@ async fn session(
     // Writer acks → reader. The first one also says which RDB version the target loads (it
     // arrives before the reader starts PSYNC, so before any RDB byte).
     let target_rdb = Arc::new(AtomicU32::new(0));
+    // The target holds an earlier copy of this pipeline: a full copy replaces it.
+    let earlier_copy = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let forward = {
         let cancel = cancel.clone();
         let target_rdb = target_rdb.clone();
+        let earlier_copy = earlier_copy.clone();
         let stats = stats.clone();
         tokio::spawn(async move {
             loop {
@@ -204,6 +207,9 @@ async fn session(
                     Ok(Some(ack)) => {
                         if ack.target_rdb_version != 0 {
                             target_rdb.store(ack.target_rdb_version, Relaxed);
+                        }
+                        if ack.checkpoint.is_some() {
+                            earlier_copy.store(ack.earlier_copy, Relaxed);
                         }
                         // What the other pipelines' migration barriers wait for.
                         stats.applied_offset.store(ack.applied_offset, Relaxed);
@@ -270,6 +276,15 @@ async fn session(
                             allow_newer_version: cfg.decoder.allow_newer_rdb,
                         };
                         let (btx, stats, filter) = (batch_tx.clone(), stats.clone(), filter.clone());
+                        // `existing_key` is about keys the target held before ferry: ferry's own
+                        // earlier copy of the pipeline (keys that may have changed since) is
+                        // always replaced.
+                        let policy = if earlier_copy.load(Relaxed) && policy != ExistingKey::Rewrite {
+                            info!(pipeline = %hello.pipeline_id, policy = ?policy, "a re-copy: the target's keys from ferry's earlier copy are replaced (existing_key applies to a first copy)");
+                            ExistingKey::Rewrite
+                        } else {
+                            policy
+                        };
                         let mut conv = RdbConverter::new(policy, 0);
                         conv.target_rdb_version = target_rdb.load(Relaxed);
                         let handle = tokio::task::spawn_blocking(move || parse_rdb(rx, btx, opts, conv, &stats, &filter));

@@ -57,6 +57,31 @@ impl Spool {
         }
     }
 
+    /// The spool file, in a directory of this process's own: the directory is created new
+    /// (mode 0700) and the file in it too (mode 0600), so neither can be something another
+    /// user put there (`spool_dir` may be shared, like /tmp), and what they hold — source
+    /// data — is this user's only. Both are removed at once, the open file staying usable:
+    /// nothing is left behind, even after a SIGKILL.
+    fn create_file(&self) -> anyhow::Result<std::fs::File> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = self.path.with_extension("d");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create the spool directory {}", dir.display()))?;
+        let file = dir.join("spool");
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .with_context(|| format!("cannot create the spool file {}", file.display()));
+        let _ = std::fs::remove_file(&file);
+        let _ = std::fs::remove_dir(&dir);
+        opened
+    }
+
     /// Bytes waiting on disk.
     pub fn disk_bytes(&self) -> u64 {
         let s = self.state.lock().unwrap();
@@ -79,19 +104,7 @@ impl Spool {
                 );
             }
             if s.file.is_none() {
-                // Created new (never a file or a link someone else put there: the directory may
-                // be shared, like /tmp) and readable by this user only: it holds source data.
-                use std::os::unix::fs::OpenOptionsExt;
-                let f = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&self.path)
-                    .with_context(|| format!("cannot create the spool file {}", self.path.display()))?;
-                // The file is only ours: unlink it now so nothing is left behind, even on SIGKILL.
-                let _ = std::fs::remove_file(&self.path);
-                s.file = Some(f);
+                s.file = Some(self.create_file()?);
             }
             let buf = frame.encode_length_delimited_to_vec();
             let pos = s.write_pos;
@@ -190,19 +203,21 @@ mod tests {
         let victim = dir.path().join("victim");
         std::fs::write(&victim, "keep me").unwrap();
         let s = Spool::new(Some(dir.path().to_path_buf()), "planted", 0, 1 << 20);
-        std::os::unix::fs::symlink(&victim, &s.path).unwrap();
+        std::os::unix::fs::symlink(&victim, s.path.with_extension("d")).unwrap();
         s.push(f(0)).unwrap();
         let e = format!("{:#}", s.push(f(1)).unwrap_err());
-        assert!(e.contains("cannot create the spool file") && e.contains("planted"), "{e}");
+        assert!(e.contains("cannot create the spool directory") && e.contains("planted"), "{e}");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
-        // Without the link: created with mode 0600 (then unlinked at once, so look while open).
-        std::fs::remove_file(&s.path).unwrap();
+        // Without the link: created with mode 0600 (then unlinked at once, so look while open),
+        // and nothing is left in the directory.
         let s = Spool::new(Some(dir.path().to_path_buf()), "private", 0, 1 << 20);
         s.push(f(0)).unwrap();
         s.push(f(1)).unwrap();
         let st = s.state.lock().unwrap();
         let mode = st.file.as_ref().unwrap().metadata().unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 2, "only the victim and the planted link: {left:?}");
     }
 
     #[test]

@@ -45,12 +45,24 @@ pub async fn get_role(coordinator: &str) -> anyhow::Result<RoleState> {
 
 /// Asks the coordinator to move to `role`.
 pub async fn set_role(coordinator: &str, role: Role, reason: &str, force: bool) -> anyhow::Result<RoleState> {
+    set_role_with(coordinator, role, reason, force, false).await
+}
+
+/// [`set_role`], also making side A the source again although it was lost and not
+/// recovered (`overwrite_with_stale_source`: its stale data overwrites the target).
+pub async fn set_role_with(
+    coordinator: &str,
+    role: Role,
+    reason: &str,
+    force: bool,
+    overwrite_with_stale_source: bool,
+) -> anyhow::Result<RoleState> {
     let mut c = CoordinatorClient::new(
         ferry_runtime::grpc_channel(coordinator)
             .await
             .with_context(|| format!("cannot reach the coordinator at {coordinator}"))?,
     );
-    let req = RoleRequest { role: role.as_str().into(), reason: reason.into(), force };
+    let req = RoleRequest { role: role.as_str().into(), reason: reason.into(), force, overwrite_with_stale_source };
     Ok(c.set_role(req).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner())
 }
 

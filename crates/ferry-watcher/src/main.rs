@@ -26,9 +26,15 @@ struct RoleArgs {
     /// Why, for the log and the status.
     #[arg(long, default_value = "operator")]
     reason: String,
-    /// Even off the cycle forward → fenced → recovering → switchback → forward.
+    /// Even off the cycle forward → fenced → recovering → switchback → forward. Never makes
+    /// a lost, unrecovered source the source again: see --overwrite-with-stale-source.
     #[arg(long)]
     force: bool,
+    /// DANGER: make the configured source the source again although it was lost and not
+    /// recovered in this epoch; its stale data overwrites the target and every write the
+    /// target took since is lost. Logged with --reason.
+    #[arg(long)]
+    overwrite_with_stale_source: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -53,7 +59,7 @@ enum Cmd {
     Recover(RoleArgs),
     /// Stop the reverse pipelines and go forward again (a full copy source → target). Move
     /// the writers back to the source first. Refused until the reverse copy has caught up
-    /// (`--force`: anyway; what it has not copied is lost).
+    /// (`--force` does not override that; `--overwrite-with-stale-source` does).
     Switchback(RoleArgs),
     /// Print the role, its epoch and why.
     Status {
@@ -100,15 +106,15 @@ fn main() -> std::process::ExitCode {
             }
             Cmd::Fence { common, reason } => {
                 let (_, coordinator, _) = common.start("ferry-watcher")?;
-                manual(&coordinator, Role::Fenced, &reason, false).await
+                manual(&coordinator, Role::Fenced, &reason, false, false).await
             }
-            Cmd::Recover(RoleArgs { common, reason, force }) => {
+            Cmd::Recover(RoleArgs { common, reason, force, overwrite_with_stale_source }) => {
                 let (_, coordinator, _) = common.start("ferry-watcher")?;
-                manual(&coordinator, Role::Recovering, &reason, force).await
+                manual(&coordinator, Role::Recovering, &reason, force, overwrite_with_stale_source).await
             }
-            Cmd::Switchback(RoleArgs { common, reason, force }) => {
+            Cmd::Switchback(RoleArgs { common, reason, force, overwrite_with_stale_source }) => {
                 let (cfg, coordinator, _) = common.start("ferry-watcher")?;
-                manual(&coordinator, Role::Switchback, &reason, force).await?;
+                manual(&coordinator, Role::Switchback, &reason, force, overwrite_with_stale_source).await?;
                 let s = ferry_watcher::finish_switchback(&cfg, &coordinator).await?;
                 println!("{}", ferry_watcher::describe(&s));
                 Ok(())
@@ -145,8 +151,8 @@ fn main() -> std::process::ExitCode {
 }
 
 /// A role change asked for by an operator.
-async fn manual(coordinator: &str, role: Role, reason: &str, force: bool) -> anyhow::Result<()> {
-    let s = ferry_watcher::set_role(coordinator, role, reason, force).await?;
+async fn manual(coordinator: &str, role: Role, reason: &str, force: bool, overwrite: bool) -> anyhow::Result<()> {
+    let s = ferry_watcher::set_role_with(coordinator, role, reason, force, overwrite).await?;
     println!("{}", ferry_watcher::describe(&s));
     Ok(())
 }

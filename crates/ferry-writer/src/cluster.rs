@@ -218,7 +218,9 @@ impl ClusterTarget {
     /// Keys of a command, by its key spec (`COMMAND GETKEYS` for commands with movable keys).
     async fn keys(&mut self, args: &[Bytes]) -> anyhow::Result<Vec<Bytes>> {
         let name = args[0].to_ascii_lowercase();
-        let Some(spec) = self.specs.get(&name).copied() else {
+        // A subcommand's own spec first (`xgroup|create`), then the command's.
+        let sub = args.get(1).map(|s| [&name[..], b"|", &s.to_ascii_lowercase()[..]].concat());
+        let Some(spec) = sub.and_then(|s| self.specs.get(&s)).or_else(|| self.specs.get(&name)).copied() else {
             bail!("the target does not know the command {}", printable(&args[0]).to_uppercase());
         };
         if spec.movable {
@@ -324,11 +326,26 @@ async fn load_map(t: &ferry_config::RedisConfig, c: &mut Connection) -> anyhow::
     Ok(map)
 }
 
+/// The key specs of every command the target knows, from its own `COMMAND` reply: each
+/// command's, and each subcommand's as `container|sub` (Redis 7+: `XGROUP CREATE` has its key
+/// at position 2, which the container `XGROUP`, keyless by its own spec, does not say).
 async fn load_specs(c: &mut Connection) -> anyhow::Result<HashMap<Vec<u8>, KeySpec>> {
     let Reply::Array(Some(cmds)) = c.call(&["COMMAND"]).await? else { bail!("bad reply to COMMAND") };
     let mut specs = HashMap::new();
+    add_specs(&mut specs, cmds);
+    Ok(specs)
+}
+
+/// Adds the specs of `COMMAND` reply entries (and of their subcommands) to `specs`.
+fn add_specs(specs: &mut HashMap<Vec<u8>, KeySpec>, cmds: Vec<Reply>) {
     for cmd in cmds {
-        let Reply::Array(Some(f)) = cmd else { continue };
+        let Reply::Array(Some(mut f)) = cmd else { continue };
+        // Entry 10 (Redis 7+): the subcommands, each an entry of the same shape.
+        if f.len() > 9
+            && let Reply::Array(Some(subs)) = std::mem::replace(&mut f[9], Reply::Array(None))
+        {
+            add_specs(specs, subs);
+        }
         let (
             Some(name),
             Some(Reply::Array(Some(flags))),
@@ -342,7 +359,6 @@ async fn load_specs(c: &mut Connection) -> anyhow::Result<HashMap<Vec<u8>, KeySp
         let movable = flags.iter().any(|fl| fl.as_bytes().is_some_and(|b| &b[..] == b"movablekeys"));
         specs.insert(name.to_ascii_lowercase(), KeySpec { first: *first, last: *last, step: *step, movable });
     }
-    Ok(specs)
 }
 
 fn split_commands(resp: &Bytes) -> anyhow::Result<Vec<Bytes>> {
@@ -373,7 +389,7 @@ pub(crate) async fn session(
     info!(target = %cfg.target.describe(), masters = ct.map.masters.len(), "connected to the target cluster");
     let checkpoint = ct.read_checkpoints().await.context("target cluster")?;
     let target_rdb_version = ct.rdb_version().await;
-    crate::hello_ack(&ack_tx, stats, checkpoint, target_rdb_version).await;
+    crate::hello_ack(&ack_tx, stats, checkpoint, target_rdb_version, ct.earlier_copy).await;
     let mut replid = String::new();
     // During a re-copy: the keys it writes and the source master it copies.
     let mut recopy: Option<(crate::stale::KeySet, String)> = None;
@@ -468,7 +484,7 @@ async fn apply(ct: &mut ClusterTarget, b: &Batch, replid: &str, stats: &Stats) -
                 Route::Slot(slot) => segment.push((i as u32, slot, piece)),
                 Route::All => {
                     apply_segment(ct, b, replid, stats, std::mem::take(&mut segment)).await?;
-                    apply_everywhere(ct, b, stats, i as u32, piece).await?;
+                    apply_everywhere(ct, b, replid, stats, i as u32, piece).await?;
                 }
             }
         }
@@ -476,18 +492,62 @@ async fn apply(ct: &mut ClusterTarget, b: &Batch, replid: &str, stats: &Stats) -
     apply_segment(ct, b, replid, stats, segment).await
 }
 
-/// A keyless command on every master (skipped on a master whose floor covers it).
-async fn apply_everywhere(ct: &mut ClusterTarget, b: &Batch, stats: &Stats, i: u32, cmd: Bytes) -> anyhow::Result<()> {
+/// A keyless command on every master, each time in one transaction with that master's floor
+/// at the command's offset: a retry (after an error on another master, a writer restart)
+/// skips the masters whose floor covers it, so the command never runs twice on a master.
+async fn apply_everywhere(
+    ct: &mut ClusterTarget,
+    b: &Batch,
+    replid: &str,
+    stats: &Stats,
+    i: u32,
+    cmd: Bytes,
+) -> anyhow::Result<()> {
     let check = ReplyCheck { batch: b, stats };
-    let offset = b.cmd_offsets.get(i as usize).copied();
-    for m in ct.map.masters.clone() {
-        if offset.is_some_and(|o| o <= ct.floor.get(&m).copied().unwrap_or(i64::MIN)) {
+    let offset = b.cmd_offsets.get(i as usize).copied().filter(|_| b.offset >= 0);
+    for (n, m) in ct.map.masters.clone().iter().enumerate() {
+        let Some(o) = offset else {
+            // The full copy (a function library): applied again with the whole copy.
+            let c = ct.conns.get_mut(m).ok_or_else(|| anyhow!("no connection to {m}"))?;
+            c.send_raw(&cmd).await.with_context(|| format!("target {m}"))?;
+            let r = c.read_reply().await.with_context(|| format!("target {m}"))?;
+            check.reply(i, &r)?;
+            continue;
+        };
+        if o <= ct.floor.get(m).copied().unwrap_or(i64::MIN) {
             continue;
         }
-        let c = ct.conns.get_mut(&m).ok_or_else(|| anyhow!("no connection to {m}"))?;
-        c.send_raw(&cmd).await.with_context(|| format!("target {m}"))?;
-        let r = c.read_reply().await.with_context(|| format!("target {m}"))?;
-        check.reply(i, &r)?;
+        let floor_key = ct.floor_key(n);
+        let mut blob = BytesMut::new();
+        encode_command_into(&mut blob, &[&b"MULTI"[..]]);
+        blob.extend_from_slice(&cmd);
+        let value = ferry_checkpoint::value(replid, o, o, 0);
+        encode_command_into(&mut blob, &[&b"SET"[..], floor_key.as_bytes(), value.as_bytes()]);
+        encode_command_into(&mut blob, &[&b"EXEC"[..]]);
+        let c = ct.conns.get_mut(m).ok_or_else(|| anyhow!("no connection to {m}"))?;
+        c.send_raw(&blob).await.with_context(|| format!("target {m}"))?;
+        let mut queued = Vec::with_capacity(3);
+        for _ in 0..3 {
+            queued.push(c.read_reply().await.with_context(|| format!("target {m}"))?);
+        }
+        match c.read_reply().await.with_context(|| format!("target {m}"))? {
+            Reply::Array(Some(items)) => {
+                if let Some(r) = items.first() {
+                    check.reply(i, r).map_err(crate::committed)?;
+                }
+                if let Some(e) = items.get(1).and_then(|r| r.first_error()) {
+                    bail!("target {m} refused the floor write: {}", printable(e));
+                }
+                ct.floor.insert(m.clone(), o);
+            }
+            // Nothing ran: the error is in the queued replies.
+            exec => {
+                let e = queued.iter().chain(std::iter::once(&exec)).find_map(|r| r.first_error());
+                let e = printable(e.unwrap_or(b"EXECABORT"));
+                stats.count_error(e.split(' ').next().unwrap_or("ERR"));
+                bail!("target {m} rejected {}: {e}", command_name_at(&b.resp, i as usize));
+            }
+        }
     }
     Ok(())
 }

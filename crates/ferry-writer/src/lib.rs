@@ -277,12 +277,18 @@ pub(crate) async fn hello_ack(
     stats: &Stats,
     checkpoint: Checkpoint,
     target_rdb_version: u32,
+    earlier_copy: bool,
 ) {
     if checkpoint.present {
         stats.applied_offset.store(checkpoint.offset, Relaxed);
     }
-    let ack =
-        Ack { applied_offset: checkpoint.offset, rdb_applied: false, checkpoint: Some(checkpoint), target_rdb_version };
+    let ack = Ack {
+        applied_offset: checkpoint.offset,
+        rdb_applied: false,
+        checkpoint: Some(checkpoint),
+        target_rdb_version,
+        earlier_copy,
+    };
     let _ = ack_tx.send(Ok(ack)).await;
     stats.clear_error();
 }
@@ -336,7 +342,7 @@ async fn session(
         info!(pipeline = %pipeline_id, replid = %checkpoint.replid, offset = checkpoint.offset, "checkpoint found on the target");
     }
     let target_rdb_version = ferry_redis::server_rdb_version(&mut conn).await;
-    hello_ack(&ack_tx, stats, checkpoint, target_rdb_version).await;
+    hello_ack(&ack_tx, stats, checkpoint, target_rdb_version, earlier_copy).await;
     let (mut rd, mut wr) = conn.into_split();
     let limit = cfg.writer.pipeline_count_limit;
     let sem = Arc::new(Semaphore::new(limit));
