@@ -237,12 +237,32 @@ impl Cluster {
                         conns.remove(&addr);
                         map = None;
                     }
+                    // Deliberate: a short pause every 20 writes paces the load, so it runs at
+                    // a steady rate beside ferry instead of taking the whole machine.
                     if n.is_multiple_of(20) {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                 }
                 n
             })
+        })
+    }
+
+    /// The sum of the `master_repl_offset` of the masters serving slots now. No pipeline
+    /// applies past its master's offset, so once the applied offsets of one pipeline per
+    /// master add up to this, every write made before this call is applied.
+    pub fn masters_offset(&self) -> i64 {
+        let map = self.slot_map().expect("slot map");
+        Self::block_on(async {
+            let mut sum = 0;
+            for m in &map.masters {
+                let mut c = Connection::connect(m, &Auth::default(), Duration::from_secs(5)).await.unwrap();
+                let info = c.call(&["INFO", "replication"]).await.unwrap();
+                sum += ferry_resp::replication::info_field(&info, "master_repl_offset")
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or_else(|| panic!("no master_repl_offset in the INFO of {m}"));
+            }
+            sum
         })
     }
 

@@ -199,6 +199,23 @@ impl Ferry {
             p["phase"] == "incremental" && p["applied_offset"].as_i64().unwrap_or(0) >= offset
         })
     }
+
+    /// Waits until `n` pipelines exist whose applied offsets add up to `offset` or more: with
+    /// a cluster source (one pipeline per master) and [`Cluster::masters_offset`], every write
+    /// made before that call is then applied.
+    pub fn wait_applied_total(&self, n: usize, offset: i64, timeout: Duration) {
+        let applied = || -> Option<i64> {
+            let s = self.status().ok()?;
+            let ps = s["pipelines"].as_array().filter(|ps| ps.len() == n)?;
+            Some(ps.iter().map(|p| p["applied_offset"].as_i64().unwrap_or(0)).sum())
+        };
+        assert!(
+            poll_until(timeout, || applied().is_some_and(|a| a >= offset)),
+            "{n} pipelines never applied {offset} bytes in all; last status: {:#}\nlogs:\n{}",
+            self.status().unwrap_or_default(),
+            self.logs()
+        );
+    }
 }
 
 impl Drop for Ferry {

@@ -5,7 +5,8 @@
 //! Layout: [`servers`] (one `redis-server`), [`sentinel`] and [`cluster`] (topologies),
 //! [`ferry`] (ferry's processes and their endpoints), [`data`] (filling and comparing
 //! servers), [`witnesses`] (counted write load), [`proxy`] (a TCP proxy that cuts and
-//! stalls links), [`module`] (a small Redis module), [`rng`] (seeded randomness).
+//! stalls links), [`module`] (a small Redis module), [`rng`] (seeded randomness), [`wait`]
+//! (polling a condition until it holds, instead of sleeping for a guessed time).
 
 pub mod cluster;
 pub mod data;
@@ -15,6 +16,7 @@ pub mod proxy;
 pub mod rng;
 pub mod sentinel;
 pub mod servers;
+pub mod wait;
 pub mod witnesses;
 
 pub use cluster::*;
@@ -23,4 +25,5 @@ pub use ferry::*;
 pub use rng::*;
 pub use sentinel::*;
 pub use servers::*;
+pub use wait::*;
 pub use witnesses::*;

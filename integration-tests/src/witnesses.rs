@@ -30,6 +30,8 @@ pub fn source_witnesses(
                     c5.call(&["RPUSH", &format!("witness:list:{}", n % 3), &n.to_string()]).await.unwrap();
                 }
                 n += 1;
+                // Deliberate: a short pause every 50 writes paces the load, so it runs at a
+                // steady rate beside ferry instead of taking the whole machine.
                 if n.is_multiple_of(50) {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -87,6 +89,7 @@ pub fn sentinel_witnesses(
                         conn = None;
                     }
                 }
+                // Deliberate: pacing, as above.
                 if n.is_multiple_of(20) {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ferry_resp::{Auth, Connection};
+use ferry_resp::{Auth, Connection, Reply};
 use integration_tests::*;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -48,6 +48,7 @@ fn cluster_target_full_copy_incremental_and_failover_exactly_once() {
                         c.call(&["EXEC"]).await.unwrap();
                     }
                     n += 1;
+                    // Deliberate: pacing, so the load runs at a steady rate beside ferry.
                     if n.is_multiple_of(20) {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
@@ -56,16 +57,30 @@ fn cluster_target_full_copy_incremental_and_failover_exactly_once() {
             })
         })
     };
-    std::thread::sleep(Duration::from_millis(700));
+    // The failover comes once ferry writes the slot that fails over.
+    wait_until("ferry to write witness:3:count on the cluster", Duration::from_secs(60), || {
+        cluster.call(&["EXISTS", "witness:3:count"]) == Reply::Integer(1)
+    });
     let slot = ferry_resp::cluster::key_slot(b"witness:3:count");
     cluster.failover_slot(slot);
-    std::thread::sleep(Duration::from_millis(700));
+    // The failover reaches the writer as a MOVED (see below) before the writer is killed.
+    let moved =
+        |logs: &str| logs.contains("re-routing commands after a redirection") || logs.contains("a floor's slot moved");
+    assert!(
+        poll_until(Duration::from_secs(60), || moved(&ferry.logs())),
+        "the failover caused no MOVED:\n{}",
+        ferry.logs()
+    );
     // The writer killed mid-stream: the next one resumes from the floors and skips, slot by
-    // slot, what the checkpoints cover.
+    // slot, what the checkpoints cover; the witnesses go on until it has taken over.
+    let writer_instance = |p: &serde_json::Value| p["stages"]["writer"]["instance"].as_str().map(str::to_string);
+    let old_writer = ferry.status().ok().and_then(|s| writer_instance(&s["pipelines"][0])).expect("the writer");
     let mut ferry = ferry;
     ferry.kill("ferry-writer");
     ferry.spawn("ferry-writer");
-    std::thread::sleep(Duration::from_millis(1000));
+    ferry.wait_for("the new writer incremental", Duration::from_secs(60), |p| {
+        p["phase"] == "incremental" && writer_instance(p).is_some_and(|w| w != old_writer)
+    });
     stop.store(true, Ordering::SeqCst);
     let n = writer.join().unwrap();
     assert!(n > 100, "only {n} writes");
@@ -75,10 +90,7 @@ fn cluster_target_full_copy_incremental_and_failover_exactly_once() {
     let logs = ferry.logs();
     // The failover reaches the writer as a MOVED on a command or on a floor write, whichever
     // comes first; both make it read the slot map again.
-    assert!(
-        logs.contains("re-routing commands after a redirection") || logs.contains("a floor's slot moved"),
-        "the failover caused no MOVED:\n{logs}"
-    );
+    assert!(moved(&logs), "the failover caused no MOVED:\n{logs}");
     compare_snapshots(&source_snapshot(), &cluster.snapshot(), 2000)
         .unwrap_or_else(|e| panic!("after the failover: {e}\n{}", ferry.logs()));
 }
@@ -106,18 +118,24 @@ fn cluster_source_one_pipeline_per_master_follows_a_failover() {
     let tgt = RedisServer::start(&[]);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = cluster.witness_writer(stop.clone());
-    std::thread::sleep(Duration::from_millis(300));
+    // The load under way before ferry starts: its full copies run during writes.
+    wait_until("the witness writes to begin", Duration::from_secs(30), || {
+        cluster.call(&["EXISTS", "witness:1"]) == Reply::Integer(1)
+    });
     let (cfg, status) =
         config_with_ports(&format!("[source]\n{}\n[target]\naddress = \"{}\"\n", cluster.toml(), tgt.addr()));
     let ferry = Ferry::start(&cfg, &status);
     ferry.wait_all("3 pipelines incremental", 3, Duration::from_secs(60), |p| p["phase"] == "incremental");
     let slot = ferry_resp::cluster::key_slot(b"witness:1");
     cluster.failover_slot(slot);
+    // Deliberate: writes go on for a while on the new master, so the pipeline follows the
+    // failover with writes in flight (no state marks "enough writes").
     std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::SeqCst);
     let n = writer.join().unwrap();
     assert!(n > 100, "only {n} writes");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Every write applied (a report from before the last writes would show a lag of 0 too).
+    ferry.wait_applied_total(3, cluster.masters_offset(), Duration::from_secs(90));
     let s = ferry.wait_all("caught up", 3, Duration::from_secs(60), |p| {
         p["phase"] == "incremental" && p["lag_bytes"] == 0 && p["error"].is_null()
     });
@@ -194,6 +212,8 @@ fn source_slot_migrations_and_a_new_master_keep_every_key_once() {
     cluster.migrate_slot_to(s5, &new);
     // And one back from the new master, so its pipeline exports as well as imports.
     cluster.migrate_slot(s5, 5000);
+    // Deliberate: writes go on for a while against the final topology (no state marks
+    // "enough writes").
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
     let n = writer.join().unwrap();
@@ -224,10 +244,18 @@ fn a_restarted_coordinator_after_a_slot_migration_leaves_no_master_unread() {
     // again; named after the first slots it sees now, shard-0 would be the second master's,
     // and two masters would start over with a full copy.
     cluster.migrate_slot(0, 5461);
+    // Deliberate: the running pipelines go on with the writes of the migrated slot for a
+    // while before the coordinator dies, so the restart comes after the migration has settled
+    // rather than in the middle of it; no single state marks the hand-over as done.
     std::thread::sleep(Duration::from_millis(2500));
     ferry.kill("ferry-coordinator");
     ferry.spawn("ferry-coordinator");
-    std::thread::sleep(Duration::from_secs(8));
+    // The new coordinator's three pipelines running, and every master read again: the writes
+    // made since it came up are applied while the load goes on.
+    ferry.wait_all("3 pipelines incremental under the new coordinator", 3, Duration::from_secs(60), |p| {
+        p["phase"] == "incremental" && p["error"].is_null()
+    });
+    ferry.wait_applied_total(3, cluster.masters_offset(), Duration::from_secs(90));
     stop.store(true, Ordering::SeqCst);
     let n = writer.join().unwrap();
     assert!(n > 100, "only {n} writes");

@@ -24,6 +24,9 @@ fn listen_of(cfg: &str, section: &str) -> String {
     rest[..rest.find('"').unwrap()].to_string()
 }
 
+/// Deliberate: a seeded random pause between `from` and `to` ms. The rounds place their
+/// faults at random moments of the write load (before a fault, how long it lasts, how long
+/// the writes go on after it): the time itself is what varies.
 fn sleep_ms(rng: &mut Rng, from: u64, to: u64) {
     std::thread::sleep(Duration::from_millis(from + rng.below(to - from)));
 }

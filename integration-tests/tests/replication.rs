@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use ferry_resp::replication::{PsyncReply, ReplEvent, ReplicaOptions, handshake};
 use ferry_resp::{Auth, Connection};
-use integration_tests::RedisServer;
+use integration_tests::{RedisServer, wait_until_async};
 
 async fn replicate(server: &RedisServer) {
     let mut c = server.connect().await.unwrap();
@@ -64,7 +64,12 @@ async fn replicate(server: &RedisServer) {
     assert!(seen >= 100, "saw {seen} commands");
     acker.ack(end).await.unwrap();
     // The master records our ACK.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until_async("the master to record our ACK", Duration::from_secs(10), || async move {
+        let Ok(mut c) = server.connect().await else { return false };
+        let Ok(info) = c.call(&["INFO", "replication"]).await else { return false };
+        info.as_bytes().is_some_and(|b| String::from_utf8_lossy(b).contains(&format!("offset={end}")))
+    })
+    .await;
     let info = c.call(&["INFO", "replication"]).await.unwrap();
     let text = String::from_utf8_lossy(info.as_bytes().unwrap()).to_string();
     assert!(text.contains(&format!("offset={end}")), "{text}");

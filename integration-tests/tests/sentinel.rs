@@ -55,6 +55,7 @@ fn sentinel_target_followed_through_failover_exactly_once() {
                     c.call(&["INCR", &format!("witness:{}:count", n % 7)]).await.unwrap();
                     c.call(&["RPUSH", &format!("witness:{}:list", n % 7), &n.to_string()]).await.unwrap();
                     n += 1;
+                    // Deliberate: pacing, so the load runs at a steady rate beside ferry.
                     if n.is_multiple_of(20) {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
@@ -63,6 +64,8 @@ fn sentinel_target_followed_through_failover_exactly_once() {
             })
         })
     };
+    // Deliberate: the failover comes after a while of writes, and writes go on for a while
+    // after it, so ferry meets it with writes in flight (no state marks "enough writes").
     std::thread::sleep(Duration::from_millis(500));
     let new_master = group.failover();
     std::thread::sleep(Duration::from_millis(1500));
@@ -91,6 +94,7 @@ fn sentinel_source_failover_continues_without_a_full_copy() {
     //    a planned switch-over does): ferry continues on the new master with PSYNC.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = sentinel_witnesses(group.sentinel_addrs(), group.name.clone(), stop.clone());
+    // Deliberate: a while of writes (counted below), not a state to wait for.
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
     assert!(writer.join().unwrap() > 50);
@@ -101,6 +105,7 @@ fn sentinel_source_failover_continues_without_a_full_copy() {
     let new_master = group.failover();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = sentinel_witnesses(group.sentinel_addrs(), group.name.clone(), stop.clone());
+    // Deliberate: a while of writes on the new master, for ferry to follow.
     std::thread::sleep(Duration::from_millis(800));
     stop.store(true, Ordering::SeqCst);
     writer.join().unwrap();
@@ -114,6 +119,7 @@ fn sentinel_source_failover_continues_without_a_full_copy() {
     //    checkpoint is past what the new master has) and ends equal to it.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = sentinel_witnesses(group.sentinel_addrs(), group.name.clone(), stop.clone());
+    // Deliberate: writes for a while before and after the failover, so it happens under load.
     std::thread::sleep(Duration::from_millis(300));
     let newer = group.failover();
     std::thread::sleep(Duration::from_millis(1000));

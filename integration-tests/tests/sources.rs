@@ -99,11 +99,15 @@ fn an_rdb_file_is_copied_once() {
     let s = wait_done(&ferry, 1);
     assert_eq!(s["pipelines"][0]["full_syncs"], 1, "{s:#}");
     assert_equal(&src, &tgt, &ferry);
-    // A restarted reader finds the copy in the target's checkpoint: no second copy.
+    // A restarted reader finds the copy in the target's checkpoint: no second copy. Done as
+    // the new reader reports it (the killed one's last report says done for a while too).
+    let old_reader = s["pipelines"][0]["stages"]["reader"]["instance"].clone();
+    assert!(old_reader.is_string(), "{s:#}");
     ferry.kill("ferry-reader");
     ferry.spawn("ferry-reader");
-    std::thread::sleep(Duration::from_secs(3));
-    let s = wait_done(&ferry, 1);
+    let s = ferry.wait_all("the restarted reader done", 1, Duration::from_secs(90), |p| {
+        p["phase"] == "done" && p["error"].is_null() && p["stages"]["reader"]["instance"] != old_reader
+    });
     assert_eq!(s["pipelines"][0]["full_syncs"], 1, "copied twice: {s:#}\n{}", ferry.logs());
 }
 

@@ -83,6 +83,8 @@ fn every_stage_killed_in_both_phases_cluster_to_cluster() {
     // copy is under way again for the next kill.
     for stage in KILL_ORDER {
         wait_full_copy(&ferry);
+        // Deliberate: the kill lands a little way into the copy, not at its first byte, and
+        // the stage stays dead for a moment before it starts again.
         std::thread::sleep(Duration::from_millis(300));
         ferry.kill(stage);
         std::thread::sleep(Duration::from_millis(200));
@@ -94,6 +96,8 @@ fn every_stage_killed_in_both_phases_cluster_to_cluster() {
     // counters survive the coordinator's restart too (it keeps them in the target).
     let (full, partial) = (sum(&s, "full_syncs"), sum(&s, "partial_resyncs"));
     for stage in KILL_ORDER {
+        // Deliberate: writes flow for a while between two kills, and the stage stays dead for
+        // a moment while they go on.
         std::thread::sleep(Duration::from_millis(400));
         ferry.kill(stage);
         std::thread::sleep(Duration::from_millis(300));
@@ -104,7 +108,9 @@ fn every_stage_killed_in_both_phases_cluster_to_cluster() {
     stop.store(true, Ordering::SeqCst);
     let n = writer.join().unwrap();
     assert!(n > 100, "only {n} witness writes");
-    std::thread::sleep(Duration::from_millis(500));
+    // Every write applied (a report from before the last writes would show a lag of 0 too):
+    // one pipeline per master, so their applied offsets add up to the masters' offsets.
+    ferry.wait_applied_total(3, src.masters_offset(), Duration::from_secs(120));
     let s = caught_up(&ferry, 0);
     assert_eq!(
         sum(&s, "full_syncs"),

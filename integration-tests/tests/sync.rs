@@ -53,6 +53,8 @@ async fn incremental_writes(c: &mut ferry_resp::Connection) -> anyhow::Result<()
     c.call(&["XADD", "stream:1", "*", "new", "entry"]).await?;
     c.call(&["XACK", "stream:1", "grp", "1-1"]).await?;
     c.call(&["FCALL", "ferry_echo", "0", "hi"]).await?;
+    // Deliberate: time passes, so inc:short-lived (PX 1) has run out before anything reads the
+    // source again; asking the source about the key would itself expire it (a lazy expiry).
     tokio::time::sleep(Duration::from_millis(20)).await;
     Ok(())
 }
@@ -258,6 +260,8 @@ fn killed_stages_resume_with_partial_resync_and_exact_witnesses() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = source_witnesses(src.addr(), 5, stop.clone());
     for stage in ["ferry-coordinator", "ferry-writer", "ferry-decoder", "ferry-reader"] {
+        // Deliberate: writes flow for a while before the kill, and the stage stays dead for a
+        // moment while they go on.
         std::thread::sleep(Duration::from_millis(400));
         ferry.kill(stage);
         std::thread::sleep(Duration::from_millis(300));
@@ -292,9 +296,24 @@ fn counters_survive_a_coordinator_restart_and_stages_that_died_meanwhile() {
     ferry.spawn("ferry-reader");
     let p = ferry.wait_for("a partial resync", Duration::from_secs(60), |p| p["partial_resyncs"] == 1);
     assert_eq!(p["full_syncs"], 1, "{p:#}");
-    // The coordinator saves the counters in the target every 2 s; the reader it heard from
-    // dies while it is away, and the new one starts counting from zero.
-    std::thread::sleep(Duration::from_millis(2500));
+    // The coordinator saves the counters in the target every 2 s: wait until they hold this
+    // reader (its instance, its partial resync). That reader dies while the coordinator is
+    // away, and the new one starts counting from zero.
+    let reader = p["stages"]["reader"]["instance"].as_str().expect("the reader's instance").to_string();
+    wait_until("the counters saved with the current reader", Duration::from_secs(30), || {
+        let saved = rt.block_on(async {
+            let mut c = tgt.connect().await.ok()?;
+            let r = c.call(&["GET", ferry_checkpoint::COUNTERS_KEY]).await.ok()?;
+            serde_json::from_slice::<serde_json::Value>(r.as_bytes()?).ok()
+        });
+        saved.and_then(|v| v.as_object().cloned()).is_some_and(|pipelines| {
+            pipelines.values().any(|stages| {
+                let r = &stages["reader"];
+                let partial = |c: &serde_json::Value| c["partial_resyncs"].as_u64().unwrap_or(0);
+                r["instance"] == reader && partial(&r["base"]) + partial(&r["last"]) >= 1
+            })
+        })
+    });
     ferry.kill("ferry-coordinator");
     ferry.kill("ferry-reader");
     ferry.spawn("ferry-reader");

@@ -40,6 +40,8 @@ fn sentinel_target_master_killed_and_writer_killed_many_times_exactly_once() {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = source_witnesses(src.addr(), 5, stop.clone());
     for round in 0..8 {
+        // Deliberate: seeded random moments of the write load for each fault, and a random
+        // time the writer stays dead: the timing is what the rounds vary.
         std::thread::sleep(Duration::from_millis(100 + rng.below(500)));
         if round == 3 {
             // The target master dies: what it had not replicated is lost, its checkpoint
@@ -52,6 +54,7 @@ fn sentinel_target_master_killed_and_writer_killed_many_times_exactly_once() {
         std::thread::sleep(Duration::from_millis(rng.below(200)));
         ferry.spawn("ferry-writer");
     }
+    // Deliberate: writes go on for a while after the last fault.
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
     let writes = writer.join().unwrap();
@@ -74,6 +77,7 @@ fn cluster_target_survives(what: &str, event: impl FnOnce(&mut Cluster, &mut Fer
     ferry.wait_caught_up(rt().block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
     let stop = Arc::new(AtomicBool::new(false));
     let writer = source_witnesses(src.addr(), 0, stop.clone());
+    // Deliberate: writes for a while before and after the event, so it happens under load.
     std::thread::sleep(Duration::from_millis(500));
     event(&mut cluster, &mut ferry);
     std::thread::sleep(Duration::from_millis(700));
