@@ -392,3 +392,181 @@ fn subcommand_keys_route_on_a_cluster_target_and_keyless_commands_run_once_per_m
         assert!(matches!(&list, Reply::Array(Some(l)) if l.len() == 1), "{} {list:?}", node.addr());
     }
 }
+
+/// A partition between the reader and the coordinator (a TCP proxy that refuses): the
+/// coordinator fences (side A lost), the applications write to B, and A — alive on the other
+/// side of the partition, still taking writes — must not land one more byte in B, whatever
+/// the reader believes. The fence is held by B itself: the coordinator writes the role's
+/// epoch there and closes ferry's writer connections into it; a writer session checks it
+/// before writing. The cut-off reader stops on its own once its plan goes unconfirmed.
+#[test]
+fn in_a_partition_a_fenced_source_never_writes_into_the_target() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let state = tempfile::tempdir().unwrap();
+    let (cfg, status) = config(&src, &tgt);
+    let cfg = cfg.replace(
+        "[coordinator]\n",
+        &format!("[coordinator]\nstate_file = \"{}\"\n", state.path().join("role.json").display()),
+    );
+    let grpc = cfg
+        .lines()
+        .skip_while(|l| *l != "[coordinator]")
+        .find_map(|l| l.strip_prefix("grpc_addr = \""))
+        .map(|a| a.trim_end_matches('"').to_string())
+        .unwrap();
+    let proxy = proxy::Proxy::start(&grpc);
+    let mut ferry = Ferry::start_without(&cfg, &status, "ferry-reader");
+    ferry.spawn_with("ferry-reader", &["--coordinator", &proxy.addr]);
+    ferry.wait_for("the first copy", Duration::from_secs(60), |p| p["phase"] == "incremental");
+
+    // A keeps taking writes throughout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = source_witnesses(src.addr(), 0, stop.clone());
+    let rt = rt();
+    let on_b = |key: &str| {
+        rt.block_on(async {
+            let v = tgt.connect().await.unwrap().call(&["GET", key]).await.unwrap();
+            v.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned())
+        })
+    };
+    wait_until("A's writes to reach B", Duration::from_secs(30), || on_b("witness:counter:0").is_some());
+
+    // The partition, then the fence.
+    proxy.refuse(true);
+    proxy.cut();
+    let (code, out) = watcher(&ferry, &["fence", "--reason", "A lost"]);
+    assert_eq!(code, 0, "{out}");
+    let frozen = on_b("witness:counter:0");
+    rt.block_on(async {
+        tgt.connect().await.unwrap().call(&["SET", "written-to-b", "after the fence"]).await.unwrap();
+    });
+    // A goes on writing for a while: nothing of it may reach B.
+    let before = rt.block_on(src.repl_offset()).unwrap();
+    wait_until("A to take more writes", Duration::from_secs(30), || {
+        rt.block_on(src.repl_offset()).unwrap() > before + 100_000
+    });
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        assert_eq!(on_b("witness:counter:0"), frozen, "a write from the fenced A landed in B\n{}", ferry.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(on_b("written-to-b").as_deref(), Some("after the fence"));
+    // The reader, cut off from the coordinator, stops its pipeline on its own.
+    wait_until("the cut-off reader to stop", Duration::from_secs(30), || {
+        ferry.logs().contains("the coordinator has not confirmed")
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.join().unwrap();
+}
+
+/// A coordinator restarted without its state file (lost, or an old copy) after a fence would
+/// start "forward" again and copy the stale side A over B; the fence B holds says the role
+/// moved on: the coordinator refuses to start, with exit code 2 and one line naming the file.
+#[test]
+fn a_coordinator_whose_state_file_is_missing_after_a_fence_refuses_to_start() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("role.json");
+    let (cfg, status) = config(&src, &tgt);
+    let cfg = cfg.replace("[coordinator]\n", &format!("[coordinator]\nstate_file = \"{}\"\n", file.display()));
+    let mut ferry = Ferry::start(&cfg, &status);
+    ferry.wait_for("the first copy", Duration::from_secs(60), |p| p["phase"] == "incremental");
+    let (code, out) = watcher(&ferry, &["fence", "--reason", "A lost"]);
+    assert_eq!(code, 0, "{out}");
+
+    ferry.kill("ferry-coordinator");
+    std::fs::remove_file(&file).unwrap();
+    let out = std::process::Command::new(bin_dir().join("ferry-coordinator"))
+        .arg("--config")
+        .arg(ferry.dir.path().join("ferry.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("coordinator.state_file") && text.contains("none 0"), "{text}");
+    // Nothing was copied into B meanwhile.
+    let role = rt().block_on(async {
+        let v = tgt.connect().await.unwrap().call(&["GET", &ferry_checkpoint::fence_key()]).await.unwrap();
+        v.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned())
+    });
+    assert_eq!(role.as_deref(), Some("none 0"));
+}
+
+/// A source command with an argument bigger than one message between ferry's processes
+/// (a 300 MB `SET`): before, the reader framed it and the decoder refused the frame, a session
+/// failing again and again for as long as the source's backlog held it. Now the reader stops
+/// at its header (one line naming the command, the key and the limit, the value never read
+/// into memory) and asks for a full copy, whose RDB carries the value in bounded chunks.
+#[test]
+fn a_source_command_too_big_for_one_message_goes_by_a_full_copy() {
+    // A backlog that holds the command: the stream could go on, and must not.
+    let src = RedisServer::start(&["--repl-backlog-size", "512mb"]);
+    let tgt = RedisServer::start(&[]);
+    let (cfg, status) = config(&src, &tgt);
+    let ferry = Ferry::start(&cfg, &status);
+    ferry.wait_for("the first copy", Duration::from_secs(60), |p| p["phase"] == "incremental");
+    rt().block_on(async {
+        let big = vec![b'v'; 300 * 1024 * 1024];
+        let mut c = src.connect().await.unwrap();
+        c.call_timeout(&[&b"SET"[..], b"huge:value", &big], Duration::from_secs(60)).await.unwrap();
+        c.call(&["SET", "after", "the big one"]).await.unwrap();
+    });
+    let offset = rt().block_on(src.repl_offset()).unwrap();
+    let p = ferry.wait_for("a full copy past the big command", Duration::from_secs(120), |p| {
+        p["full_syncs"] == 2 && p["phase"] == "incremental" && p["applied_offset"].as_i64() >= Some(offset)
+    });
+    assert!(p["errors_by_kind"]["COMMAND_TOO_LARGE"].as_u64() >= Some(1), "{p:#}");
+    let logs = ferry.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("SET on key \"huge:value\"") && l.contains("314572800 bytes")),
+        "no line naming the command, the key and its size:\n{logs}"
+    );
+    rt().block_on(async {
+        let mut t = tgt.connect().await.unwrap();
+        assert_eq!(t.call(&["STRLEN", "huge:value"]).await.unwrap(), Reply::Integer(300 * 1024 * 1024));
+        let after = t.call(&["GET", "after"]).await.unwrap();
+        assert_eq!(after.as_bytes().map(|b| b.to_vec()), Some(b"the big one".to_vec()));
+    });
+}
+
+/// A source transaction of 200,000 commands reaches the target exactly (one batch: it is far
+/// below what the decoder holds of one transaction; bigger ones go in parts, see the
+/// decoder's unit tests).
+#[test]
+fn a_200k_command_transaction_arrives_exactly() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let (cfg, status) = config(&src, &tgt);
+    let ferry = Ferry::start(&cfg, &status);
+    ferry.wait_for("the first copy", Duration::from_secs(60), |p| p["phase"] == "incremental");
+    let n = 200_000;
+    rt().block_on(async {
+        let mut blob = bytes::BytesMut::new();
+        ferry_resp::encode_command_into(&mut blob, &[&b"MULTI"[..]]);
+        for i in 0..n {
+            ferry_resp::encode_command_into(&mut blob, &[&b"INCR"[..], format!("tx:{}", i % 100).as_bytes()]);
+        }
+        ferry_resp::encode_command_into(&mut blob, &[&b"EXEC"[..]]);
+        let mut c = src.connect().await.unwrap();
+        c.send_raw(&blob).await.unwrap();
+        for _ in 0..n + 1 {
+            c.read_reply().await.unwrap();
+        }
+        let exec = c.read_reply().await.unwrap();
+        assert!(matches!(&exec, Reply::Array(Some(r)) if r.len() == n), "EXEC: {:?}", exec.first_error());
+    });
+    let offset = rt().block_on(src.repl_offset()).unwrap();
+    let p = ferry.wait_caught_up(offset, Duration::from_secs(120));
+    assert!(p["error"].is_null(), "{p:#}");
+    rt().block_on(async {
+        let mut t = tgt.connect().await.unwrap();
+        for i in [0, 42, 99] {
+            let v = t.call(&["GET", &format!("tx:{i}")]).await.unwrap();
+            assert_eq!(v.as_bytes().map(|b| b.to_vec()), Some(b"2000".to_vec()), "tx:{i}");
+        }
+        let (mut a, mut b) = (src.connect().await.unwrap(), tgt.connect().await.unwrap());
+        compare(&mut a, &mut b, 2000).await.unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
+    });
+}

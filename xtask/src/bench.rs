@@ -53,6 +53,9 @@ struct HugeOpts {
     list_bytes: u64,
     string_bytes: u64,
     hash_fields: u64,
+    /// A bitmap made with one `SETBIT` at its last bit: almost all zeros, so the RDB holds it
+    /// LZF-compressed to a few MB (decompressed a chunk at a time, never whole).
+    bitmap_bytes: u64,
 }
 
 impl EnvOpts {
@@ -76,6 +79,7 @@ impl EnvOpts {
                 list_bytes: (num("FERRY_BENCH_HUGE_LIST_MB", if quick { 20.0 } else { 500.0 })? * 1e6) as u64,
                 string_bytes: (num("FERRY_BENCH_HUGE_STRING_MB", if quick { 5.0 } else { 50.0 })? * 1e6) as u64,
                 hash_fields: num("FERRY_BENCH_HUGE_HASH_FIELDS", if quick { 100_000.0 } else { 10_000_000.0 })? as u64,
+                bitmap_bytes: (num("FERRY_BENCH_HUGE_BITMAP_MB", if quick { 32.0 } else { 512.0 })? * 1e6) as u64,
             },
         })
     }
@@ -218,7 +222,9 @@ async fn fill_huge(c: &mut Connection, h: &HugeOpts) -> anyhow::Result<()> {
             pending = 0;
         }
     }
-    flush(c, &mut buf, pending).await
+    let last_bit = (h.bitmap_bytes * 8).saturating_sub(1).to_string();
+    ferry_resp::encode_command_into(&mut buf, &[&b"SETBIT"[..], b"huge:bitmap", last_bit.as_bytes(), b"1"]);
+    flush(c, &mut buf, pending + 1).await
 }
 
 /// The huge-key phase: a native replica and ferry copy a source holding only the huge keys;
@@ -233,7 +239,7 @@ fn huge_keys(rt: &tokio::runtime::Runtime, bins: &Path, dir: &Path, h: &HugeOpts
     let run_dir = dir.join("huge-keys");
     std::fs::create_dir_all(&run_dir)?;
     let (ferry, secs, details) = ferry_full_copy(bins, &src, &run_dir)?;
-    let sizes = [("LLEN", "huge:list"), ("STRLEN", "huge:string"), ("HLEN", "huge:hash")];
+    let sizes = [("LLEN", "huge:list"), ("STRLEN", "huge:string"), ("HLEN", "huge:hash"), ("STRLEN", "huge:bitmap")];
     let equal = rt.block_on(async {
         let (mut a, mut b) = (src.connect().await?, ferry.tgt.connect().await?);
         let mut out = serde_json::Map::new();
@@ -251,6 +257,7 @@ fn huge_keys(rt: &tokio::runtime::Runtime, bins: &Path, dir: &Path, h: &HugeOpts
         "list_mb": h.list_bytes as f64 / 1e6,
         "string_mb": h.string_bytes as f64 / 1e6,
         "hash_fields": h.hash_fields,
+        "bitmap_mb": h.bitmap_bytes as f64 / 1e6,
         "source_used_memory": used,
         "native_replica_full_sync_s": native,
         "ferry_full_copy_s": secs,
@@ -893,10 +900,11 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
     println!();
     let h = &result["huge_keys"];
     println!(
-        "| huge keys: a {:.0} MB list, a {:.0} MB string, a hash of {} fields ({}) | time | ferry / this |",
+        "| huge keys: a {:.0} MB list, a {:.0} MB string, a hash of {} fields, a {:.0} MB SETBIT bitmap ({}) | time | ferry / this |",
         h["list_mb"].as_f64().unwrap_or(0.0),
         h["string_mb"].as_f64().unwrap_or(0.0),
         h["hash_fields"],
+        h["bitmap_mb"].as_f64().unwrap_or(0.0),
         h["source_used_memory"].as_str().unwrap_or("")
     );
     println!("|---|---|---|");

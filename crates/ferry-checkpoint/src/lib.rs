@@ -7,6 +7,9 @@
 //!   `ferry:checkpoint:floor:{<tag>}:<pipeline>`: the floor of one master;
 //! - `ferry:checkpoint:stop:<pipeline>`: why a pipeline must not go on (a command the
 //!   target rejected inside the `EXEC` that also moved the checkpoint past it);
+//! - `ferry:checkpoint:fence` (a cluster: `ferry:checkpoint:fence:{<tag>}`, one per slot):
+//!   which writers may write into this side — the role's direction and epoch
+//!   ([`fence_value`], [`parse_fence`]);
 //! - `ferry:checkpoint:counters`: the coordinator's `/status` counters;
 //! - `ferry:tmp:{<tag>}:<key>`: a big value being built before it is renamed into place.
 //!
@@ -36,6 +39,61 @@ pub const RECOPY_MARKER: &str = "recopy";
 
 const FLOOR: &str = "floor:";
 const STOP: &str = "stop:";
+const FENCE: &str = "fence";
+
+/// The fence of a standalone or Sentinel-managed side (db 0).
+pub fn fence_key() -> String {
+    format!("{PREFIX}{FENCE}")
+}
+
+/// A cluster side's fence on the master serving the slot of `tag`.
+pub fn fence_slot_key(tag: &str) -> String {
+    format!("{PREFIX}{FENCE}:{{{tag}}}")
+}
+
+/// Which writers a side accepts: those of `epoch` writing in direction `writer`
+/// (`Some(false)`: forward, `Some(true)`: reverse), or none (`None`: fenced).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub writer: Option<bool>,
+    pub epoch: u64,
+}
+
+impl Fence {
+    /// Whether this fence was set after `other`: a later epoch, or within one epoch the
+    /// fencing (`none`) that ends the epoch's writing.
+    pub fn supersedes(&self, other: Fence) -> bool {
+        (self.epoch, self.writer.is_none()) > (other.epoch, other.writer.is_none())
+    }
+
+    /// Whether a writer of a pipeline of `epoch` and direction `reverse` may write.
+    pub fn admits(&self, epoch: u64, reverse: bool) -> bool {
+        epoch > self.epoch || (epoch == self.epoch && self.writer == Some(reverse))
+    }
+}
+
+/// The value of a fence key: `"forward <epoch>"`, `"reverse <epoch>"` or `"none <epoch>"`.
+pub fn fence_value(f: Fence) -> String {
+    let who = match f.writer {
+        Some(false) => "forward",
+        Some(true) => "reverse",
+        None => "none",
+    };
+    format!("{who} {}", f.epoch)
+}
+
+/// Parses a [`fence_value`]; `None` when malformed.
+pub fn parse_fence(v: &[u8]) -> Option<Fence> {
+    let text = std::str::from_utf8(v).ok()?;
+    let (who, epoch) = text.split_once(' ')?;
+    let writer = match who {
+        "forward" => Some(false),
+        "reverse" => Some(true),
+        "none" => None,
+        _ => return None,
+    };
+    Some(Fence { writer, epoch: epoch.parse().ok()? })
+}
 
 /// Whether `key` is one of ferry's own keys.
 pub fn is_own_key(key: &[u8]) -> bool {
@@ -74,6 +132,9 @@ pub fn is_floor_key(key: &[u8]) -> bool {
 /// `ferry:checkpoint:floor:{<tag>}:<id>`.
 pub fn pipeline_of_key(key: &[u8]) -> Option<&str> {
     let rest = key.strip_prefix(PREFIX.as_bytes())?;
+    if rest.starts_with(FENCE.as_bytes()) || key == COUNTERS_KEY.as_bytes() {
+        return None;
+    }
     let rest = rest.strip_prefix(FLOOR.as_bytes()).or_else(|| rest.strip_prefix(STOP.as_bytes())).unwrap_or(rest);
     let rest = match rest.strip_prefix(b"{") {
         Some(tagged) => {
@@ -123,6 +184,22 @@ mod tests {
         assert_eq!(pipeline_of_key(b"user:1"), None);
         assert!(is_floor_key(floor_key("a1", "p").as_bytes()) && !is_floor_key(slot_key("a1", "p").as_bytes()));
         assert_eq!(pipeline_of_key(stop_key("127.0.0.1:6379").as_bytes()), Some("127.0.0.1:6379"));
+        assert_eq!(pipeline_of_key(fence_key().as_bytes()), None);
+        assert_eq!(pipeline_of_key(fence_slot_key("a1").as_bytes()), None);
+        assert_eq!(pipeline_of_key(COUNTERS_KEY.as_bytes()), None);
+    }
+
+    #[test]
+    fn fences_admit_their_epoch_and_direction_and_later_epochs() {
+        let fenced = Fence { writer: None, epoch: 2 };
+        assert_eq!(parse_fence(fence_value(fenced).as_bytes()), Some(fenced));
+        assert!(!fenced.admits(2, false) && !fenced.admits(1, false) && fenced.admits(3, true));
+        let reverse = Fence { writer: Some(true), epoch: 3 };
+        assert_eq!(parse_fence(b"reverse 3"), Some(reverse));
+        assert!(reverse.admits(3, true) && !reverse.admits(3, false) && !reverse.admits(2, true));
+        assert_eq!(parse_fence(b"garbage"), None);
+        let forward = Fence { writer: Some(false), epoch: 2 };
+        assert!(fenced.supersedes(forward) && !forward.supersedes(fenced) && reverse.supersedes(fenced));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The coordinator: hands out assignments, collects the stages' reports, serves the
 //! status API (`GET /status`, `GET /metrics`, `GET /healthz`).
 
+pub mod fence;
 pub mod role;
 
 use std::collections::BTreeMap;
@@ -542,8 +543,40 @@ impl CoordinatorState {
     async fn plan_loop(self: Arc<Self>, cfg: Config, cancel: CancellationToken) {
         let mut backoff = ferry_runtime::Backoff::new();
         let mut planned_for: Option<RoleRecord> = None;
+        let mut fenced_for: Option<RoleRecord> = None;
+        let mut fence_warned = false;
         loop {
             let rec = self.role.lock().unwrap().clone();
+            // The sides hold the role's fences before any pipeline of it is planned. A side that
+            // holds a later fence stops this coordinator; one that cannot be written now (down,
+            // refusing writes) is fenced again and again until it can: the fence it holds
+            // still keeps out every writer older than this role, and it refuses the writers'
+            // writes just as well.
+            if fenced_for.as_ref() != Some(&rec) {
+                match fence::ensure(&cfg, &rec).await {
+                    Ok(()) => {
+                        fenced_for = Some(rec.clone());
+                        fence_warned = false;
+                    }
+                    Err(e) if e.downcast_ref::<fence::LaterEpoch>().is_some() => {
+                        let msg = format!("{e:#}");
+                        warn!(error = %msg, "this coordinator's role is stale: planning nothing");
+                        *self.plan_error.lock().unwrap() = Some(msg);
+                        self.plans.lock().unwrap().clear();
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff.next_delay()) => {}
+                            _ = self.replan.notified() => {}
+                            _ = cancel.cancelled() => return,
+                        }
+                        continue;
+                    }
+                    Err(e) if !fence_warned => {
+                        warn!(error = %format!("{e:#}"), "cannot put the role's fences on the sides yet, retrying");
+                        fence_warned = true;
+                    }
+                    Err(e) => debug!(error = %format!("{e:#}"), "fencing failed again"),
+                }
+            }
             let same_role = planned_for.as_ref() == Some(&rec);
             let old = if same_role { self.plans.lock().unwrap().clone() } else { Vec::new() };
             let result = match rec.role.direction() {
@@ -564,7 +597,7 @@ impl CoordinatorState {
                     }
                     *self.plan_error.lock().unwrap() = None;
                     self.planned.store(true, std::sync::atomic::Ordering::SeqCst);
-                    planned_for = Some(rec);
+                    planned_for = Some(rec.clone());
                     backoff = ferry_runtime::Backoff::new();
                     false
                 }
@@ -583,7 +616,7 @@ impl CoordinatorState {
                     true
                 }
             };
-            let delay = if retry {
+            let delay = if retry || fenced_for.as_ref() != Some(&rec) {
                 backoff.next_delay()
             } else if source_kind == Some(ferry_config::DeploymentType::Cluster) {
                 TOPOLOGY_POLL
@@ -840,6 +873,7 @@ impl CoordinatorState {
 
 struct CoordinatorSvc {
     state: Arc<CoordinatorState>,
+    cfg: Config,
 }
 
 #[tonic::async_trait]
@@ -886,10 +920,20 @@ impl Coordinator for CoordinatorSvc {
         let req = req.into_inner();
         let to = Role::parse(&req.role).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let reason = if req.reason.is_empty() { "requested" } else { req.reason.as_str() };
-        self.state
+        let state = self
+            .state
             .set_role(to, reason, req.force, req.overwrite_with_stale_source)
-            .map(Response::new)
-            .map_err(|e| Status::failed_precondition(format!("{e:#}")))
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        // The fences in place before the caller hears back (the planner retries them too).
+        let rec = self.state.role.lock().unwrap().clone();
+        match tokio::time::timeout(Duration::from_secs(10), fence::ensure(&self.cfg, &rec)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %format!("{e:#}"), "the role changed, but its fences are not in place yet: retrying")
+            }
+            Err(_) => warn!("the role changed, but its fences are not in place after 10 s: retrying"),
+        }
+        Ok(Response::new(state))
     }
 
     async fn report(&self, req: Request<StatusReport>) -> Result<Response<ReportReply>, Status> {
@@ -926,6 +970,16 @@ fn assignment(p: &PipelinePlan, downstream: String) -> Assignment {
 /// Runs the coordinator until `cancel` fires.
 pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let state = CoordinatorState::new(&cfg)?;
+    // A target fenced at a later epoch than the state file says: this coordinator's role is
+    // stale and it must not act (bounded: a target down now is checked again by the planner).
+    let rec = state.role.lock().unwrap().clone();
+    let ours = fence::fences_of(&rec).0;
+    if let Ok(Ok(Some(f))) = tokio::time::timeout(Duration::from_secs(5), fence::read(&cfg.target)).await
+        && f.supersedes(ours)
+    {
+        let later = fence::LaterEpoch { side: cfg.target.describe(), fence: f, ours };
+        return Err(ferry_config::ConfigError::field("coordinator.state_file", later).into());
+    }
     let grpc_addr: std::net::SocketAddr = cfg
         .coordinator
         .grpc_addr
@@ -949,7 +1003,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
         .with_state(state.clone());
     let http = axum::serve(http_listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned());
     let grpc = ferry_runtime::grpc_server()?
-        .add_service(CoordinatorServer::new(CoordinatorSvc { state }))
+        .add_service(CoordinatorServer::new(CoordinatorSvc { state, cfg: cfg.clone() }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
             cancel.clone().cancelled_owned(),

@@ -18,6 +18,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 pub use ferry_runtime::Role;
+pub use ferry_runtime::model::{base_in_epoch, base_of, pipeline_id};
 
 /// What is persisted: the role, its epoch, why and when it began.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,29 +79,6 @@ impl RoleRecord {
     pub fn would_overwrite_with_stale_source(&self, to: Role) -> bool {
         matches!(to, Role::Switchback | Role::Forward) && self.role != Role::Forward && !self.recovered
     }
-}
-
-/// The id of a pipeline: its base name (`standalone address`, `sentinel-<name>`,
-/// `shard-<slot>`), `reverse-` in front for the reverse direction, `@<epoch>` after it from
-/// the first swap on (epoch 0 keeps the plain names of a deployment that never swapped).
-pub fn pipeline_id(base: &str, epoch: u64, reverse: bool) -> String {
-    let dir = if reverse { "reverse-" } else { "" };
-    if epoch == 0 { format!("{dir}{base}") } else { format!("{dir}{base}@{epoch}") }
-}
-
-/// The base name of `id` when it is a pipeline id of `epoch` and direction `reverse`.
-pub fn base_in_epoch(id: &str, epoch: u64, reverse: bool) -> Option<&str> {
-    let rest = if reverse { id.strip_prefix("reverse-")? } else { id };
-    if rest.starts_with("reverse-") {
-        return None;
-    }
-    let base = if epoch == 0 { rest } else { rest.strip_suffix(&format!("@{epoch}") as &str)? };
-    (pipeline_id(base, epoch, reverse) == id && !base.contains('@')).then_some(base)
-}
-
-/// The id without its epoch (what a sidecar reader names with `--pipeline`).
-pub fn base_of(id: &str) -> &str {
-    id.rsplit_once('@').map(|(b, _)| b).unwrap_or(id)
 }
 
 #[cfg(test)]

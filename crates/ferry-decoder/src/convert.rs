@@ -137,6 +137,11 @@ impl BatchBuilder {
         self.module_restores.push(self.count - 1);
     }
 
+    /// Bytes of RESP added so far.
+    pub fn len(&self) -> usize {
+        self.resp.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }

@@ -74,7 +74,7 @@ pub async fn run(
     info!(%listen, "decoder listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     ferry_runtime::grpc_server()?
-        .add_service(DecoderServer::new(svc).max_decoding_message_size(256 * 1024 * 1024))
+        .add_service(DecoderServer::new(svc).max_decoding_message_size(ferry_runtime::grpc::MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned())
         .await
         .context("decoder gRPC server")?;
@@ -171,8 +171,8 @@ async fn session(
         .await
         .with_context(|| format!("cannot reach the writer at {writer_url}"))?;
     let mut client = WriterClient::new(channel)
-        .max_decoding_message_size(256 * 1024 * 1024)
-        .max_encoding_message_size(1024 * 1024 * 1024);
+        .max_decoding_message_size(ferry_runtime::grpc::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(ferry_runtime::grpc::MAX_MESSAGE_BYTES);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(8);
     batch_tx
         .send(Batch {
@@ -325,9 +325,18 @@ async fn session(
                     } else {
                         tracing::Span::none()
                     };
-                    if let Some(mut batch) = span.in_scope(|| cmds.frame(&c.data, &c.lens, c.end_offset, &edits))? {
+                    let splits = cmds.splits;
+                    let batches = span.in_scope(|| cmds.frame(&c.data, &c.lens, c.end_offset, &edits))?;
+                    if cmds.splits > splits {
+                        stats.count_error("TRANSACTION_SPLIT");
+                    }
+                    for mut batch in batches {
                         batch.traceparent = ferry_runtime::telemetry::traceparent(&span);
-                        batch_tx.send(batch).instrument(span).await.map_err(|_| anyhow!("the writer stream is closed"))?;
+                        batch_tx
+                            .send(batch)
+                            .instrument(span.clone())
+                            .await
+                            .map_err(|_| anyhow!("the writer stream is closed"))?;
                     }
                 }
             }
@@ -341,11 +350,22 @@ async fn session(
     result
 }
 
+/// The most of one source transaction (`MULTI` … `EXEC`) the decoder holds to apply it in
+/// one batch, atomically. A bigger one is applied in parts of about this size, each with its
+/// checkpoint (so a restart resumes inside it without applying anything twice): memory stays
+/// bounded, and the target sees such a transaction's parts one after the other.
+const MAX_TRANSACTION_BYTES: usize = 64 * 1024 * 1024;
+
 /// State of the command stream: the selected db, an open `MULTI`, and where the last data
 /// command ended (the resume point stored with checkpoints).
 struct CommandState {
     db: u64,
     in_multi: bool,
+    /// The open transaction was split already (warned once).
+    split: bool,
+    /// Parts flushed out of transactions so far.
+    splits: u64,
+    max_transaction: usize,
     builder: BatchBuilder,
     data_offset: i64,
     /// The SOURCE db of the last data command (resume bookkeeping; never remapped).
@@ -365,6 +385,9 @@ impl CommandState {
         CommandState {
             db: 0,
             in_multi: false,
+            split: false,
+            splits: 0,
+            max_transaction: MAX_TRANSACTION_BYTES,
             builder: BatchBuilder::new(BATCH_BYTES, u32::MAX),
             data_offset: 0,
             data_db: 0,
@@ -372,15 +395,18 @@ impl CommandState {
         }
     }
 
-    /// Adds one frame of commands; returns a batch unless a `MULTI` is still open. `edits`
-    /// replace (or drop, `None`) commands by their index in the frame; offsets stay the source's.
+    /// Adds one frame of commands; returns its batches: one, or none while a `MULTI` is
+    /// still open (more than one when an open transaction passes [`MAX_TRANSACTION_BYTES`]).
+    /// `edits` replace (or drop, `None`) commands by their index in the frame; offsets stay
+    /// the source's.
     fn frame(
         &mut self,
         data: &Bytes,
         lens: &[u32],
         end_offset: i64,
         edits: &[(usize, Option<Bytes>)],
-    ) -> anyhow::Result<Option<Batch>> {
+    ) -> anyhow::Result<Vec<Batch>> {
+        let mut out = Vec::new();
         let frame_start = end_offset - data.len() as i64;
         self.builder.set_base_offset(frame_start);
         let mut pos = 0usize;
@@ -426,6 +452,7 @@ impl CommandState {
                 // The writer applies every batch in its own MULTI/EXEC (with the checkpoint),
                 // so a source transaction stays atomic as long as it is not split.
                 self.in_multi = true;
+                self.split = false;
             } else if name.eq_ignore_ascii_case(b"EXEC") {
                 self.in_multi = false;
             } else {
@@ -441,15 +468,32 @@ impl CommandState {
                 }
                 self.data_offset = frame_start + pos as i64;
                 self.data_db = self.db;
+                if self.in_multi && self.builder.len() >= self.max_transaction {
+                    if !self.split {
+                        warn!(
+                            limit_bytes = self.max_transaction,
+                            "a source transaction is bigger than the decoder holds: it is applied in parts, each with its checkpoint (not atomically on the target)"
+                        );
+                        self.split = true;
+                    }
+                    // Up to the last command added: a checkpoint there resumes inside the
+                    // transaction, after it.
+                    self.splits += 1;
+                    let mut part = self.builder.take(self.data_offset, false);
+                    part.resume_offset = self.data_offset;
+                    part.resume_db = self.data_db as i64;
+                    out.push(part);
+                }
             }
         }
         if self.in_multi {
-            return Ok(None);
+            return Ok(out);
         }
         let mut batch = self.builder.take(end_offset, false);
         batch.resume_offset = self.data_offset;
         batch.resume_db = self.data_db as i64;
-        Ok(Some(batch))
+        out.push(batch);
+        Ok(out)
     }
 }
 
@@ -547,16 +591,46 @@ mod tests {
     }
 
     #[test]
+    fn a_transaction_bigger_than_the_limit_goes_in_parts_each_with_its_checkpoint() {
+        let mut st = CommandState::new();
+        st.max_transaction = 100;
+        let mut parts = vec![cmd(&["MULTI"])];
+        parts.extend((0..10).map(|i| cmd(&["INCR", &format!("counter:{i}")])));
+        parts.push(cmd(&["EXEC"]));
+        let data: Bytes = parts.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>().into();
+        let lens: Vec<u32> = parts.iter().map(|p| p.len() as u32).collect();
+        let end = 1000 + data.len() as i64;
+        let batches = st.frame(&data, &lens, end, &[]).unwrap();
+        assert!(batches.len() > 2, "{}", batches.len());
+        assert_eq!(batches.iter().map(|b| b.commands).sum::<u32>(), 10);
+        // Each part ends at its last command: a checkpoint there resumes right after it.
+        let mut cmd_end = 1000 + parts[0].len() as i64;
+        let ends: Vec<i64> = parts[1..11]
+            .iter()
+            .map(|p| {
+                cmd_end += p.len() as i64;
+                cmd_end
+            })
+            .collect();
+        for b in &batches[..batches.len() - 1] {
+            assert!(ends.contains(&b.offset) && b.resume_offset == b.offset, "{} {}", b.offset, b.resume_offset);
+            assert!(b.resp.len() <= 100 + 40, "{}", b.resp.len());
+        }
+        assert_eq!(batches.last().unwrap().offset, end);
+        assert_eq!(st.splits as usize, batches.len() - 1);
+    }
+
+    #[test]
     fn multi_exec_stays_in_one_batch_and_ping_is_dropped() {
         let mut st = CommandState::new();
         let parts = [cmd(&["PING"]), cmd(&["MULTI"]), cmd(&["INCR", "a"])];
         let data: Bytes = parts.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>().into();
         let lens: Vec<u32> = parts.iter().map(|p| p.len() as u32).collect();
-        assert!(st.frame(&data, &lens, 100, &[]).unwrap().is_none());
+        assert!(st.frame(&data, &lens, 100, &[]).unwrap().is_empty());
         let parts = [cmd(&["EXEC"]), cmd(&["SELECT", "2"]), cmd(&["SET", "k", "v"])];
         let data: Bytes = parts.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>().into();
         let lens: Vec<u32> = parts.iter().map(|p| p.len() as u32).collect();
-        let batch = st.frame(&data, &lens, 200, &[]).unwrap().unwrap();
+        let batch = st.frame(&data, &lens, 200, &[]).unwrap().pop().unwrap();
         // SELECT 0, INCR, SELECT 2, SET: MULTI/EXEC dropped, the batch is applied atomically.
         assert_eq!(batch.count, 4);
         assert_eq!(batch.commands, 2);
@@ -564,7 +638,7 @@ mod tests {
         // The SET ends the frame: the resume point is the frame's end, in db 2.
         assert_eq!((batch.resume_offset, batch.resume_db), (200, 2));
         assert_eq!(st.db, 2);
-        let next = st.frame(&cmd(&["DEL", "k"]), &[cmd(&["DEL", "k"]).len() as u32], 300, &[]).unwrap().unwrap();
+        let next = st.frame(&cmd(&["DEL", "k"]), &[cmd(&["DEL", "k"]).len() as u32], 300, &[]).unwrap().pop().unwrap();
         assert!(next.resp.starts_with(&cmd(&["SELECT", "2"])));
     }
 
@@ -584,7 +658,7 @@ mod tests {
         ];
         let data: Bytes = parts.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>().into();
         let lens: Vec<u32> = parts.iter().map(|p| p.len() as u32).collect();
-        let batch = st.frame(&data, &lens, 1000, &[]).unwrap().unwrap();
+        let batch = st.frame(&data, &lens, 1000, &[]).unwrap().pop().unwrap();
         let expect: Vec<u8> = [cmd(&["SELECT", "0"]), cmd(&["SET", "a", "1"]), cmd(&["DEL", "b"])]
             .iter()
             .flat_map(|b| b.to_vec())
@@ -611,7 +685,7 @@ mod tests {
         let data: Bytes = parts.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>().into();
         let lens: Vec<u32> = parts.iter().map(|p| p.len() as u32).collect();
         let end = 1000 + data.len() as i64;
-        let batch = st.frame(&data, &lens, end, &[]).unwrap().unwrap();
+        let batch = st.frame(&data, &lens, end, &[]).unwrap().pop().unwrap();
         assert!(batch.resp.starts_with(&cmd(&["SELECT", "5"])));
         assert_eq!(batch.commands, 1, "PUBLISH and PING are not forwarded");
         assert_eq!(batch.cmd_offsets, vec![1000, 1000 + parts[0].len() as i64]);

@@ -84,6 +84,8 @@ enum Kind {
     StrRaw(u64),
     /// String already in memory (int/LZF/short), position of the next chunk.
     Buf(Bytes, usize),
+    /// LZF string bigger than a chunk, decompressed a chunk at a time.
+    Lzf(Box<crate::lzf::LzfStream>),
     /// List/set of length-prefixed strings.
     Strings(u64),
     ZSet {
@@ -133,6 +135,7 @@ impl ValueState {
         match &self.kind {
             Kind::StrRaw(n) | Kind::Strings(n) | Kind::Hash(n) | Kind::Stream(n) => *n == 0,
             Kind::Buf(b, p) => *p >= b.len(),
+            Kind::Lzf(s) => s.done(),
             Kind::ZSet { left, .. } | Kind::HashMeta { left, .. } | Kind::Quicklist { left, .. } => *left == 0,
             Kind::Blob => true,
         }
@@ -489,6 +492,22 @@ impl<R: Read> Parser<R> {
                 let k = match self.read_len()? {
                     Len::Len(n) if n as u128 <= chunk as u128 => Kind::Buf(Bytes::from(self.src.read_vec(n)?), 0),
                     Len::Len(n) => Kind::StrRaw(n),
+                    // A compressed string bigger than a chunk is never whole in memory.
+                    Len::Enc(3) => {
+                        let clen = self.read_length()?;
+                        let len = self.read_length()?;
+                        let len =
+                            usize::try_from(len).map_err(|_| ErrorKind::Corrupt("LZF length too large".into()))?;
+                        if len <= chunk {
+                            let data = self.src.read_vec(clen)?;
+                            Kind::Buf(
+                                crate::lzf::decompress(&data, len).map(Bytes::from).map_err(ErrorKind::Corrupt)?,
+                                0,
+                            )
+                        } else {
+                            Kind::Lzf(Box::new(crate::lzf::LzfStream::new(clen, len)))
+                        }
+                    }
                     Len::Enc(e) => Kind::Buf(self.read_encoded_string(e)?, 0),
                 };
                 (k, AccKind::Str)
@@ -625,6 +644,22 @@ impl<R: Read> Parser<R> {
                 let n = (*left).min(chunk as u64);
                 *left -= n;
                 Ok(Some(Elem::B(Bytes::from(self.src.read_vec(n)?))))
+            }
+            Kind::Lzf(s) => {
+                let src = &mut self.src;
+                let mut failed = None;
+                let part = s.next_part(chunk, |n| {
+                    src.read_vec(n).map_err(|e| {
+                        let msg = e.to_string();
+                        failed = Some(e);
+                        msg
+                    })
+                });
+                match (part, failed) {
+                    (_, Some(e)) => Err(e),
+                    (Ok(p), None) => Ok(p.map(|p| Elem::B(Bytes::from(p)))),
+                    (Err(e), None) => Err(ErrorKind::Corrupt(e)),
+                }
             }
             Kind::Buf(b, pos) => {
                 if *pos >= b.len() {

@@ -97,14 +97,28 @@ impl AckPolicy {
 /// retried at once; sessions that fail sooner back off (up to 5 s).
 const HEALTHY_SESSION: Duration = Duration::from_secs(2);
 
+/// The largest argument of a source command the reader takes: `reader.proto_max_bulk_len`,
+/// at most what one message between ferry's processes holds. A bigger one stops the session
+/// with an error naming the command, the key and the limit.
+fn max_command_bytes(cfg: &Config) -> usize {
+    (cfg.reader.proto_max_bulk_len as usize).min(ferry_runtime::grpc::MAX_COMMAND_BYTES)
+}
+
 /// How often the reader asks the coordinator for the plan: a role swap stops the
 /// pipelines of the old role within about this long.
 const PLAN_POLL: Duration = Duration::from_millis(500);
 
+/// How long the running pipelines go on while the coordinator does not answer: then they
+/// stop, since a reader cut off from its coordinator cannot know whether its role still
+/// holds, and start again once the coordinator confirms the plan. (The sides' fences stop
+/// its writes sooner; this stops it from reading and retrying against them.)
+const PLAN_CONFIRM: Duration = Duration::from_secs(10);
+
 /// Runs the reader until `cancel` fires: one replication session loop per pipeline it
 /// serves (all of the plan, or the one given with `--pipeline`). The plan is asked for
 /// again and again: pipelines that leave it (a role swap) are stopped, new ones started.
-/// While the coordinator cannot be reached, the running pipelines go on.
+/// While the coordinator cannot be reached, the running pipelines go on for
+/// [`PLAN_CONFIRM`], then stop until it answers again.
 pub async fn run(
     cfg: Config,
     coordinator: String,
@@ -118,10 +132,12 @@ pub async fn run(
     type Running = (CancellationToken, tokio::sync::watch::Sender<String>);
     let mut running: std::collections::HashMap<String, Running> = std::collections::HashMap::new();
     let mut warned = false;
+    let mut confirmed = std::time::Instant::now();
     loop {
         match ferry_runtime::plan_once(&coordinator, "reader", pipeline.as_deref()).await {
             Ok(assignments) => {
                 warned = false;
+                confirmed = std::time::Instant::now();
                 running.retain(|id, (token, _)| {
                     let keep = assignments.iter().any(|a| a.pipeline_id == *id);
                     if !keep {
@@ -143,11 +159,22 @@ pub async fn run(
                     tasks.spawn(run_pipeline(cfg.clone(), coordinator.clone(), a, planned_rx, token));
                 }
             }
-            Err(e) if !warned => {
-                warn!(coordinator = %coordinator, error = %e, "waiting for the coordinator");
-                warned = true;
+            Err(e) => {
+                if !warned {
+                    warn!(coordinator = %coordinator, error = %e, "waiting for the coordinator");
+                    warned = true;
+                }
+                if !running.is_empty() && confirmed.elapsed() >= PLAN_CONFIRM {
+                    warn!(
+                        coordinator = %coordinator,
+                        seconds = PLAN_CONFIRM.as_secs(),
+                        "the coordinator has not confirmed the plan: stopping the pipelines until it answers"
+                    );
+                    for (_, (token, _)) in running.drain() {
+                        token.cancel();
+                    }
+                }
             }
-            Err(_) => {}
         }
         if !ferry_runtime::sleep_or_cancel(PLAN_POLL, &cancel).await {
             break;
@@ -193,6 +220,7 @@ async fn run_pipeline(
     let decoder = ferry_runtime::grpc_url(&assignment.downstream_address);
     let mut backoff = Backoff::new();
     let mut last_leader = assignment.source_address.clone();
+    let mut force_full = false;
     while !cancel.is_cancelled() {
         let started = std::time::Instant::now();
         let applied_before = stats.applied_offset.load(std::sync::atomic::Ordering::Relaxed);
@@ -205,12 +233,19 @@ async fn run_pipeline(
             decoder: &decoder,
             stats: &stats,
             planned: &planned,
+            force_full: std::mem::take(&mut force_full),
         };
         match session.run(&cancel, &mut last_leader, &mut slot).await {
             Ok(()) => break,
             Err(e) => {
                 let msg = format!("{e:#}");
                 error!(source = %source, error = %msg, "replication session failed");
+                if is_command_too_large(&e) {
+                    // The stream cannot carry it; a full copy carries the value in chunks.
+                    warn!(source = %source, "the next session makes a full copy, which carries big values in bounded chunks");
+                    stats.count_error("COMMAND_TOO_LARGE");
+                    force_full = true;
+                }
                 stats.set_error(&msg);
                 stats.set_phase(Phase::Failed);
                 // Sessions that keep failing soon after they start without the target
@@ -251,6 +286,19 @@ struct Session<'a> {
     stats: &'a Arc<Stats>,
     /// The leader the coordinator plans this pipeline on.
     planned: &'a tokio::sync::watch::Receiver<String>,
+    /// Ask for a full copy whatever the target's checkpoint (the stream held a command too
+    /// big to carry: the copy carries its value in bounded chunks instead).
+    force_full: bool,
+}
+
+/// Whether `e` is a source command bigger than the reader takes ([`max_command_bytes`]).
+fn is_command_too_large(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<ferry_resp::RespError>(),
+            Some(ferry_resp::RespError::Frame { source: ferry_resp::FrameError::CommandTooLarge { .. }, .. })
+        )
+    })
 }
 
 /// Resolves with the planned leader of a cluster pipeline when it has differed from
@@ -315,13 +363,13 @@ impl Session<'_> {
         }
         let opts = ReplicaOptions {
             listening_port: self.cfg.reader.listening_port,
-            max_bulk: self.cfg.reader.proto_max_bulk_len as usize,
+            max_bulk: max_command_bytes(self.cfg),
             timeout: Duration::from_secs(60),
         };
         let Downstream { tx, mut acks, checkpoint, _close } = self.open_downstream().await?;
         // Resume after the last data command: what followed it changed nothing, and a promoted
         // replica may never have received it.
-        let psync = checkpoint.as_ref().map(|c| (c.replid.as_str(), c.resume_offset + 1));
+        let psync = checkpoint.as_ref().filter(|_| !self.force_full).map(|c| (c.replid.as_str(), c.resume_offset + 1));
         let requested = psync.map(|(_, o)| o).unwrap_or(-1);
         let (mut repl, mut acker, reply) = handshake(conn, psync, &opts)
             .instrument(tracing::info_span!("psync", pipeline = %self.pipeline_id, source = %self.source, master = %addr, requested_offset = requested))
@@ -603,7 +651,9 @@ impl Session<'_> {
         let channel = ferry_runtime::grpc_channel(self.decoder)
             .await
             .with_context(|| format!("cannot reach the decoder at {}", self.decoder))?;
-        let mut client = DecoderClient::new(channel);
+        let mut client = DecoderClient::new(channel)
+            .max_encoding_message_size(ferry_runtime::grpc::MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(ferry_runtime::grpc::MAX_MESSAGE_BYTES);
         // The reader never waits for the downstream: frames wait in memory, then on disk.
         let spool_dir = Some(self.cfg.reader.spool_dir.clone()).filter(|d| !d.is_empty()).map(std::path::PathBuf::from);
         let spool = Arc::new(Spool::new(
@@ -694,7 +744,7 @@ impl Session<'_> {
         self.start_copy(&tx, &src.identity, from, full, db)?;
         // The files are read on a blocking thread, a few frames ahead.
         let (ftx, mut frx) = mpsc::channel::<anyhow::Result<frame::Kind>>(4);
-        let max_bulk = self.cfg.reader.proto_max_bulk_len as usize;
+        let max_bulk = max_command_bytes(self.cfg);
         let producer = {
             let src = src.clone();
             tokio::task::spawn_blocking(move || {

@@ -288,3 +288,30 @@ pub async fn watch_sentinel(
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+/// Closes every client connection of the node `c` is connected to whose name `matches`
+/// (`CLIENT LIST TYPE normal`, then `CLIENT KILL ID`), except `c` itself. Returns how many.
+/// Once it returns, none of those connections can run another command: whatever they still
+/// had on its way is discarded.
+pub async fn kill_clients(c: &mut ferry_resp::Connection, matches: impl Fn(&str) -> bool) -> anyhow::Result<usize> {
+    let me = match c.call(&["CLIENT", "ID"]).await? {
+        ferry_resp::Reply::Integer(id) => id,
+        other => anyhow::bail!("unexpected reply to CLIENT ID: {other:?}"),
+    };
+    let list = c.call(&["CLIENT", "LIST", "TYPE", "normal"]).await?;
+    let text = String::from_utf8_lossy(list.as_bytes().map(|b| &b[..]).unwrap_or_default()).into_owned();
+    let mut killed = 0;
+    for line in text.lines() {
+        let field = |k: &str| line.split(' ').find_map(|f| f.strip_prefix(k)).unwrap_or_default();
+        let id: i64 = field("id=").parse().unwrap_or(-1);
+        if id >= 0 && id != me && matches(field("name=")) {
+            // Gone already (it ended by itself meanwhile) is as good as killed.
+            let _ = c.call(&["CLIENT", "KILL", "ID", &id.to_string()]).await?;
+            killed += 1;
+        }
+    }
+    Ok(killed)
+}
+
+/// The name prefix of the connections ferry's writers write through (`CLIENT SETNAME`).
+pub const WRITER_CLIENT_PREFIX: &str = "ferry-writer:";

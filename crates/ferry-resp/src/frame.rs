@@ -60,6 +60,13 @@ pub enum FrameError {
     BadInteger,
     #[error("malformed RESP: bulk length {0} exceeds the limit of {1} bytes (proto-max-bulk-len)")]
     TooLarge(i64, usize),
+    /// A command of the replication stream with an argument bigger than the reader takes.
+    #[error(
+        "the source's command {command} on key {key} has an argument of {len} bytes, more than the {limit} bytes \
+         ferry takes in one command (reader.proto_max_bulk_len, at most the size of a message between ferry's \
+         processes): it cannot be copied"
+    )]
+    CommandTooLarge { command: String, key: String, len: i64, limit: usize },
     #[error("malformed RESP: missing CRLF after a bulk string")]
     MissingCrlf,
     #[error("malformed RESP: nesting deeper than {MAX_DEPTH}")]
@@ -309,6 +316,23 @@ pub fn parse_command(cmd: &Bytes) -> Result<Vec<Bytes>, FrameError> {
 }
 
 /// The first argument (the command name) of a whole command, without parsing the rest.
+/// The name and the first argument (the key, for most commands) of the command at the start
+/// of `buf`, as far as they are there: to name a command that cannot be read whole.
+pub fn command_head(buf: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+    let name = command_name(buf);
+    let key = name.and_then(|n| {
+        // After `$<len>\r\n<name>\r\n`.
+        let start = n.as_ptr() as usize - buf.as_ptr() as usize + n.len() + 2;
+        if buf.get(start) != Some(&b'$') {
+            return None;
+        }
+        let cr = find_crlf(buf, start + 1)?;
+        let len = usize::try_from(parse_int(&buf[start + 1..cr]).ok()?).ok()?;
+        buf.get(cr + 2..cr + 2 + len)
+    });
+    (name, key)
+}
+
 pub fn command_name(cmd: &[u8]) -> Option<&[u8]> {
     let cr = find_crlf(cmd, 0)?;
     let pos = cr + 2;
@@ -333,6 +357,9 @@ mod tests {
         }
         assert_eq!(scan_command(full, 100), Ok(Some(full.len())));
         assert_eq!(command_name(full), Some(&b"GET"[..]));
+        assert_eq!(command_head(full), (Some(&b"GET"[..]), Some(&b"k"[..])));
+        assert_eq!(command_head(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$999\r\nxx"), (Some(&b"SET"[..]), Some(&b"k"[..])));
+        assert_eq!(command_head(b"*3\r\n$3\r\nSET\r\n$5\r\nk"), (Some(&b"SET"[..]), None));
         let args = parse_command(&Bytes::from_static(full)).unwrap();
         assert_eq!(args, vec![Bytes::from_static(b"GET"), Bytes::from_static(b"k")]);
     }

@@ -297,6 +297,17 @@ impl ReplStream {
                             pos += n;
                         }
                         Ok(None) => break,
+                        Err(FrameError::TooLarge(len, limit)) => {
+                            let (name, key) = crate::frame::command_head(&buf[pos..]);
+                            let show = |b: Option<&[u8]>| b.map(crate::conn::printable).unwrap_or_else(|| "?".into());
+                            let e = FrameError::CommandTooLarge {
+                                command: show(name).to_uppercase(),
+                                key: format!("{:?}", show(key)),
+                                len,
+                                limit,
+                            };
+                            return Err(self.frame_err(e));
+                        }
                         Err(e) => return Err(self.frame_err(e)),
                     }
                 }

@@ -5,6 +5,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+/// The largest message between ferry's processes, the same on every link (a frame of the
+/// source's stream, a batch for the target): a bigger one would be refused by the receiver.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The largest single argument of a source command the reader takes: it travels in one
+/// message, with room for the frame around it.
+pub const MAX_COMMAND_BYTES: usize = MAX_MESSAGE_BYTES - 1024 * 1024;
+
 /// `host:port` → `http://host:port`, or `https://` when the links are TLS (`[grpc]`).
 /// A scheme given with the address follows the config too (`http://` with TLS set cannot work).
 pub fn grpc_url(addr: &str) -> String {

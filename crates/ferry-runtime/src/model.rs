@@ -1,5 +1,6 @@
-//! The vocabulary the processes share: the role of a deployment pair and the phase of a
-//! pipeline, as types (their names are what `/status`, `/metrics` and the gRPC reports say).
+//! The vocabulary the processes share: the role of a deployment pair, the phase of a
+//! pipeline, as types (their names are what `/status`, `/metrics` and the gRPC reports say),
+//! and the ids of pipelines, which carry the role's epoch and direction.
 
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
@@ -126,6 +127,36 @@ impl std::fmt::Display for Phase {
     }
 }
 
+/// The id of a pipeline: its base name (`standalone address`, `sentinel-<name>`,
+/// `shard-<slot>`), `reverse-` in front for the reverse direction, `@<epoch>` after it from
+/// the first swap on (epoch 0 keeps the plain names of a deployment that never swapped).
+pub fn pipeline_id(base: &str, epoch: u64, reverse: bool) -> String {
+    let dir = if reverse { "reverse-" } else { "" };
+    if epoch == 0 { format!("{dir}{base}") } else { format!("{dir}{base}@{epoch}") }
+}
+
+/// The base name of `id` when it is a pipeline id of `epoch` and direction `reverse`.
+pub fn base_in_epoch(id: &str, epoch: u64, reverse: bool) -> Option<&str> {
+    let rest = if reverse { id.strip_prefix("reverse-")? } else { id };
+    if rest.starts_with("reverse-") {
+        return None;
+    }
+    let base = if epoch == 0 { rest } else { rest.strip_suffix(&format!("@{epoch}") as &str)? };
+    (pipeline_id(base, epoch, reverse) == id && !base.contains('@')).then_some(base)
+}
+
+/// The id without its epoch (what a sidecar reader names with `--pipeline`).
+pub fn base_of(id: &str) -> &str {
+    id.rsplit_once('@').map(|(b, _)| b).unwrap_or(id)
+}
+
+/// The epoch a pipeline id carries ([`pipeline_id`]: `@<epoch>` from the first swap on; none
+/// is epoch 0), and whether it is a reverse pipeline.
+pub fn epoch_of(id: &str) -> (u64, bool) {
+    let epoch = id.rsplit_once('@').and_then(|(_, e)| e.parse().ok()).unwrap_or(0);
+    (epoch, id.starts_with("reverse-"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +168,12 @@ mod tests {
             assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{}\"", p.as_str()));
         }
         assert_eq!(Phase::parse("draining"), None);
+    }
+
+    #[test]
+    fn pipeline_ids_carry_their_epoch_and_direction() {
+        assert_eq!(epoch_of(&pipeline_id("127.0.0.1:6379", 0, false)), (0, false));
+        assert_eq!(epoch_of(&pipeline_id("shard-0", 3, false)), (3, false));
+        assert_eq!(epoch_of(&pipeline_id("sentinel-b", 1, true)), (1, true));
     }
 }

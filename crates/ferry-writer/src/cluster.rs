@@ -94,8 +94,12 @@ impl ClusterTarget {
         for m in self.map.masters.clone() {
             if !self.conns.contains_key(&m) {
                 let mut c = ferry_redis::connect_node(&self.cfg, &m, Duration::from_secs(10)).await?;
-                // Before any checkpoint of this master is read or written by this session.
-                crate::take_over(&mut c, &self.pipeline_id, &self.stats).await?;
+                // Before any checkpoint of this master is read or written by this session. The
+                // fence is kept for every slot: any slot the master serves tells it.
+                let n = self.map.master_index(&m).ok_or_else(|| anyhow!("{m} is not a master"))?;
+                let slot = self.map.a_slot_of(n).unwrap_or(0);
+                let fence = ferry_checkpoint::fence_slot_key(&slot_tags()[slot as usize]);
+                crate::take_over(&mut c, &self.pipeline_id, &self.stats, &fence).await?;
                 self.conns.insert(m, c);
             }
         }

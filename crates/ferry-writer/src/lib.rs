@@ -59,7 +59,7 @@ pub async fn run(
     info!(%listen, target = %assignment.target, "writer listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     ferry_runtime::grpc_server()?
-        .add_service(WriterServer::new(svc).max_decoding_message_size(1024 * 1024 * 1024))
+        .add_service(WriterServer::new(svc).max_decoding_message_size(ferry_runtime::grpc::MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned())
         .await
         .context("writer gRPC server")?;
@@ -174,7 +174,7 @@ async fn record_stop(cfg: &Config, pipeline_id: &str, why: &str) -> anyhow::Resu
 /// session at a time writes a pipeline, and a new one finds the older ones' by it.
 fn client_name(pipeline_id: &str) -> String {
     let safe: String = pipeline_id.chars().map(|c| if c.is_ascii_graphic() { c } else { '_' }).collect();
-    format!("ferry-writer:{safe}")
+    format!("{}{safe}", ferry_redis::WRITER_CLIENT_PREFIX)
 }
 
 /// Makes `c` the only connection of `pipeline_id` on its node: names it, and kills any other
@@ -183,33 +183,21 @@ fn client_name(pipeline_id: &str) -> String {
 /// Once killed, none of them can run, so the checkpoint read after this is final: a batch
 /// applied after it was read would be applied a second time by this session.
 ///
+/// Then checks the side's fence (`fence_key` on this node, see [`check_fence`]) on the same
+/// connection.
+///
 /// A node that refuses `CLIENT LIST`/`CLIENT KILL` (an ACL without `@admin`, a managed
 /// service that disables them) is logged and counted (`CLIENT_KILL_REFUSED`): the session
 /// goes on without that protection.
-pub(crate) async fn take_over(c: &mut Connection, pipeline_id: &str, stats: &Stats) -> anyhow::Result<()> {
+pub(crate) async fn take_over(
+    c: &mut Connection,
+    pipeline_id: &str,
+    stats: &Stats,
+    fence_key: &str,
+) -> anyhow::Result<()> {
     let name = client_name(pipeline_id);
     c.call(&["CLIENT", "SETNAME", &name]).await.context("target")?;
-    let res: anyhow::Result<usize> = async {
-        let me = match c.call(&["CLIENT", "ID"]).await? {
-            Reply::Integer(id) => id,
-            other => bail!("unexpected reply to CLIENT ID: {other:?}"),
-        };
-        let list = c.call(&["CLIENT", "LIST", "TYPE", "normal"]).await?;
-        let text = String::from_utf8_lossy(list.as_bytes().map(|b| &b[..]).unwrap_or_default()).into_owned();
-        let mut killed = 0;
-        for line in text.lines() {
-            let field = |k: &str| line.split(' ').find_map(|f| f.strip_prefix(k)).unwrap_or_default();
-            let id: i64 = field("id=").parse().unwrap_or(-1);
-            if field("name=") == name && id != me && id >= 0 {
-                // Gone already (it ended by itself meanwhile) is as good as killed.
-                let _ = c.call(&["CLIENT", "KILL", "ID", &id.to_string()]).await?;
-                killed += 1;
-            }
-        }
-        Ok(killed)
-    }
-    .await;
-    match res {
+    match ferry_redis::kill_clients(c, |n| n == name).await {
         Ok(0) => {}
         Ok(n) => {
             info!(pipeline = %pipeline_id, connections = n, "closed an older session's connections to the target before reading the checkpoint")
@@ -218,6 +206,26 @@ pub(crate) async fn take_over(c: &mut Connection, pipeline_id: &str, stats: &Sta
             stats.count_error("CLIENT_KILL_REFUSED");
             warn!(pipeline = %pipeline_id, error = %format!("{e:#}"), "cannot close older sessions' connections (CLIENT LIST/KILL refused): a batch an older session still had queued could be applied twice");
         }
+    }
+    check_fence(c, pipeline_id, fence_key).await
+}
+
+/// Refuses to write into a side whose fence does not admit this pipeline's epoch and
+/// direction ([`ferry_checkpoint::Fence`]): the coordinator fenced it (a role swap), so
+/// whatever this process believes, its role is over. Checked on the connection the batches
+/// then go through, after it is named: a fence set later comes with the connection's kill.
+async fn check_fence(c: &mut Connection, pipeline_id: &str, fence_key: &str) -> anyhow::Result<()> {
+    let (epoch, reverse) = ferry_runtime::model::epoch_of(pipeline_id);
+    let v = c.call(&["GET", fence_key]).await.context("target")?;
+    if let Some(f) = v.as_bytes().and_then(|v| ferry_checkpoint::parse_fence(v))
+        && !f.admits(epoch, reverse)
+    {
+        bail!(
+            "the target is fenced ({}): pipeline {pipeline_id} (epoch {epoch}, {}) may not write into it; the role \
+             changed (see /status of the coordinator)",
+            ferry_checkpoint::fence_value(f),
+            if reverse { "reverse" } else { "forward" }
+        );
     }
     Ok(())
 }
@@ -336,7 +344,7 @@ async fn session(
     // The session opens with a hello: answer with the checkpoint the target holds.
     let pipeline_id = hello.pipeline_id.clone();
     let ckpt_key = Bytes::from(ferry_checkpoint::key(&pipeline_id));
-    take_over(&mut conn, &pipeline_id, stats).await?;
+    take_over(&mut conn, &pipeline_id, stats, &ferry_checkpoint::fence_key()).await?;
     let (checkpoint, mut earlier_copy) = read_checkpoint(&mut conn, &pipeline_id).await?;
     if checkpoint.present {
         info!(pipeline = %pipeline_id, replid = %checkpoint.replid, offset = checkpoint.offset, "checkpoint found on the target");

@@ -41,11 +41,24 @@ pub const RECOPY_MARKER: &str = "recopy";
 /// Most keys deleted per `DEL`.
 const DEL_BATCH: usize = 500;
 
-/// Hashes of the `(target db, key)` pairs a full copy wrote.
-#[derive(Default)]
+/// Keys a [`KeySet`] remembers at most (about 32 MiB of hashes). Past that it forgets them,
+/// and the clean-up asks the source about every key of the keyspace instead: as correct, and
+/// the writer's memory stays bounded whatever the number of keys.
+pub const KEYSET_LIMIT: usize = 2_000_000;
+
+/// Hashes of the `(target db, key)` pairs a full copy wrote, up to a limit.
 pub struct KeySet {
     set: HashSet<u64>,
     db: i64,
+    limit: usize,
+    /// More keys than `limit` were written: none is remembered.
+    overflowed: bool,
+}
+
+impl Default for KeySet {
+    fn default() -> Self {
+        Self::with_limit(KEYSET_LIMIT)
+    }
 }
 
 fn key_hash(db: i64, key: &[u8]) -> u64 {
@@ -56,6 +69,10 @@ fn key_hash(db: i64, key: &[u8]) -> u64 {
 }
 
 impl KeySet {
+    pub fn with_limit(limit: usize) -> Self {
+        KeySet { set: HashSet::new(), db: 0, limit, overflowed: false }
+    }
+
     /// Notes the keys of the commands in `resp` (RESP commands, `SELECT` changing the db).
     pub fn note(&mut self, resp: &Bytes) -> anyhow::Result<()> {
         let mut pos = 0;
@@ -69,8 +86,19 @@ impl KeySet {
                 self.db = args.get(1).and_then(|a| std::str::from_utf8(a).ok()?.parse().ok()).unwrap_or(0);
                 continue;
             }
+            if self.overflowed {
+                continue;
+            }
             for i in ferry_filter::key_indexes(&upper, &args) {
                 self.set.insert(key_hash(self.db, &args[i]));
+            }
+            if self.set.len() > self.limit {
+                warn!(
+                    limit = self.limit,
+                    "the re-copy wrote more keys than the clean-up remembers: it will ask the source about every key of the target instead"
+                );
+                self.overflowed = true;
+                self.set = HashSet::new();
             }
         }
         Ok(())
@@ -84,8 +112,9 @@ impl KeySet {
         self.set.is_empty()
     }
 
+    /// Whether the copy wrote `key` in `db`; always false once overflowed (the source is asked).
     fn contains(&self, db: i64, key: &[u8]) -> bool {
-        self.set.contains(&key_hash(db, key))
+        !self.overflowed && self.set.contains(&key_hash(db, key))
     }
 }
 
@@ -329,6 +358,21 @@ mod tests {
         assert!(set.contains(3, b"a") && set.contains(3, b"b") && set.contains(0, b"c"));
         assert!(!set.contains(0, b"a") && !set.contains(3, b"c") && !set.contains(3, b"x"));
         assert!(set.note(&Bytes::from_static(b"*2\r\n$3\r\nDEL")).is_err());
+    }
+
+    #[test]
+    fn past_its_limit_the_key_set_forgets_every_key_so_the_source_is_asked() {
+        let mut set = KeySet::with_limit(3);
+        let mut resp = bytes::BytesMut::new();
+        for k in ["a", "b", "c"] {
+            ferry_resp::encode_command_into(&mut resp, &[&b"SET"[..], k.as_bytes(), b"1"]);
+        }
+        set.note(&resp.split().freeze()).unwrap();
+        assert!(set.contains(0, b"a") && !set.overflowed);
+        ferry_resp::encode_command_into(&mut resp, &[&b"SET"[..], b"d", b"1"]);
+        set.note(&resp.freeze()).unwrap();
+        assert!(set.overflowed && set.set.capacity() == 0);
+        assert!(!set.contains(0, b"a") && !set.contains(0, b"d"));
     }
 
     #[test]
