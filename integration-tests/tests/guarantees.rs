@@ -570,3 +570,133 @@ fn a_200k_command_transaction_arrives_exactly() {
         compare(&mut a, &mut b, 2000).await.unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
     });
 }
+
+/// A cluster source replicates `FLUSHALL` from the one master it ran on, and function
+/// commands from every master they ran on. One master's `FLUSHALL` must empty only that
+/// master's keys on the target (before, it emptied the whole target: every other pipeline's
+/// keys and checkpoints); a library loaded or deleted on every master is applied as often
+/// without failing (before, the second `FUNCTION LOAD` stopped its pipeline with "already
+/// exists").
+#[test]
+fn a_cluster_source_masters_flushall_and_functions_apply_to_what_they_own() {
+    let cluster = Cluster::start(3, 0);
+    let tgt = RedisServer::start(&[]);
+    for i in 0..300 {
+        cluster.call(&["SET", &format!("k:{i}"), &i.to_string()]);
+    }
+    let (cfg, status) =
+        config_with_ports(&format!("[source]\n{}\n[target]\naddress = \"{}\"\n", cluster.toml(), tgt.addr()));
+    let ferry = Ferry::start(&cfg, &status);
+    ferry.wait_all("every master copied", 3, Duration::from_secs(60), |p| p["phase"] == "incremental");
+    let masters: Vec<String> = cluster.slot_map().unwrap().masters;
+    let on_master = |addr: &str, args: &[&str]| {
+        rt().block_on(async {
+            let mut c = ferry_resp::Connection::connect(addr, &ferry_resp::Auth::default(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            c.call(args).await.unwrap()
+        })
+    };
+    let lib = |name: &str| format!("#!lua name={name}\nredis.register_function('{name}_f', function() return 1 end)");
+    for m in &masters {
+        on_master(m, &["FUNCTION", "LOAD", &lib("first")]);
+        on_master(m, &["FUNCTION", "LOAD", &lib("second")]);
+        on_master(m, &["FUNCTION", "DELETE", "first"]);
+    }
+    on_master(&masters[0], &["FLUSHALL"]);
+    for i in 300..330 {
+        cluster.call(&["SET", &format!("k:{i}"), "after"]);
+    }
+    let offset = cluster.masters_offset();
+    ferry.wait_applied_total(3, offset, Duration::from_secs(60));
+    let doc = ferry.wait_all("every pipeline incremental", 3, Duration::from_secs(60), |p| {
+        p["phase"] == "incremental" && p["error"].is_null()
+    });
+    compare_snapshots(
+        &cluster.snapshot(),
+        &rt().block_on(async { snapshot(&mut tgt.connect().await.unwrap()).await.unwrap() }),
+        2000,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{doc:#}\n{}", ferry.logs()));
+    let libs = rt().block_on(async { tgt.connect().await.unwrap().call(&["FUNCTION", "LIST"]).await.unwrap() });
+    let text = format!("{libs:?}");
+    assert!(text.contains("second") && !text.contains("\"first\""), "{text}");
+}
+
+/// Two coordinators started on one pair: the second stands by (no plan, role changes
+/// refused, `standby` in its `/status` naming the first) while the first holds the lease in
+/// the target, and takes over once the first is gone.
+#[test]
+fn a_second_coordinator_on_the_same_pair_stands_by_until_the_first_is_gone() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let (cfg, status) = config(&src, &tgt);
+    let mut ferry = Ferry::start(&cfg, &status);
+    ferry.wait_for("the first copy", Duration::from_secs(60), |p| p["phase"] == "incremental");
+
+    // The same pair, the second coordinator's own listeners.
+    let line = |key: &str| cfg.lines().find(|l| l.starts_with(key)).unwrap().to_string();
+    let (second_status, second_grpc) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let second_cfg = cfg
+        .replace(&line("status_addr = "), &format!("status_addr = \"{second_status}\""))
+        .replace(&line("grpc_addr = "), &format!("grpc_addr = \"{second_grpc}\""));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ferry.toml"), &second_cfg).unwrap();
+    let log = std::fs::File::create(dir.path().join("second.log")).unwrap();
+    let mut second = std::process::Command::new(bin_dir().join("ferry-coordinator"))
+        .arg("--config")
+        .arg(dir.path().join("ferry.toml"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let status_of =
+        |addr: &str| http_get(addr, "/status").ok().and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok());
+    wait_until("the second coordinator to answer, standing by", Duration::from_secs(30), || {
+        status_of(&second_status)
+            .is_some_and(|s| s["standby"].as_str().is_some_and(|w| w.contains("another coordinator")))
+    });
+    let s = status_of(&second_status).unwrap();
+    assert_eq!(s["pipelines"].as_array().map(Vec::len), Some(0), "{s:#}");
+    assert!(status_of(&status).unwrap()["standby"].is_null());
+    let out = std::process::Command::new(bin_dir().join("ferry-watcher"))
+        .args(["fence", "--coordinator", &second_grpc, "--config"])
+        .arg(dir.path().join("ferry.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a standby coordinator took a role change");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not act on the pair"));
+
+    // The first one dies: the second takes over once its lease ends.
+    ferry.kill("ferry-coordinator");
+    wait_until("the second coordinator to take over", Duration::from_secs(60), || {
+        status_of(&second_status)
+            .is_some_and(|s| s["standby"].is_null() && s["pipelines"].as_array().is_some_and(|p| p.len() == 1))
+    });
+    let _ = second.kill();
+    let _ = second.wait();
+}
+
+/// A listener that cannot be bound (another run holds the port) stops the process at once
+/// with exit code 2 and one line naming the address and the key to change: starting it again
+/// and again (as a supervisor does on exit code 1) cannot help.
+#[test]
+fn a_port_in_use_is_a_configuration_error_naming_the_key() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let (cfg, _) = config(&src, &tgt);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let line = cfg.lines().find(|l| l.starts_with("grpc_addr = ")).unwrap().to_string();
+    let cfg = cfg.replace(&line, &format!("grpc_addr = \"{addr}\""));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ferry.toml"), cfg).unwrap();
+    let out = std::process::Command::new(bin_dir().join("ferry-coordinator"))
+        .arg("--config")
+        .arg(dir.path().join("ferry.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("coordinator.grpc_addr") && err.contains(&addr) && err.trim().lines().count() == 1, "{err}");
+}

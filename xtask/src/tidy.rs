@@ -20,7 +20,11 @@ const SPAWNS: &[(&str, usize, &str)] = &[
     ("crates/ferry-runtime/src/lifecycle.rs", 1, "the signal watcher ends with the token it cancels"),
     ("crates/ferry-reader/src/lib.rs", 2, "the ACK task and the ACK tracker of a session, awaited when it ends"),
     ("crates/ferry-decoder/src/lib.rs", 1, "the ACK forwarder of a session, awaited when it ends"),
-    ("crates/ferry-coordinator/src/lib.rs", 2, "the planner and the counter saver, awaited on shutdown"),
+    (
+        "crates/ferry-coordinator/src/lib.rs",
+        3,
+        "the lease keeper, the planner and the counter saver, awaited on shutdown",
+    ),
     ("xtask/src/bench.rs", 2, "the bench's load and poller, joined before it reports"),
 ];
 

@@ -11,6 +11,7 @@
 //!   which writers may write into this side — the role's direction and epoch
 //!   ([`fence_value`], [`parse_fence`]);
 //! - `ferry:checkpoint:counters`: the coordinator's `/status` counters;
+//! - `ferry:checkpoint:coordinator`: the lease of the coordinator that acts on the pair;
 //! - `ferry:tmp:{<tag>}:<key>`: a big value being built before it is renamed into place.
 //!
 //! Every key under these prefixes is ferry's own ([`is_own_key`]): never copied to another
@@ -33,6 +34,9 @@ pub const SCAN_PATTERN: &str = "ferry:checkpoint:*";
 
 /// Where the coordinator keeps the pipelines' `/status` counters.
 pub const COUNTERS_KEY: &str = "ferry:checkpoint:counters";
+
+/// The lease of the coordinator that acts on the pair (its instance name, with a TTL).
+pub const COORDINATOR_LEASE_KEY: &str = "ferry:checkpoint:coordinator";
 
 /// The value a checkpoint key holds while a re-copy of its pipeline runs.
 pub const RECOPY_MARKER: &str = "recopy";
@@ -132,7 +136,7 @@ pub fn is_floor_key(key: &[u8]) -> bool {
 /// `ferry:checkpoint:floor:{<tag>}:<id>`.
 pub fn pipeline_of_key(key: &[u8]) -> Option<&str> {
     let rest = key.strip_prefix(PREFIX.as_bytes())?;
-    if rest.starts_with(FENCE.as_bytes()) || key == COUNTERS_KEY.as_bytes() {
+    if rest.starts_with(FENCE.as_bytes()) || key == COUNTERS_KEY.as_bytes() || key == COORDINATOR_LEASE_KEY.as_bytes() {
         return None;
     }
     let rest = rest.strip_prefix(FLOOR.as_bytes()).or_else(|| rest.strip_prefix(STOP.as_bytes())).unwrap_or(rest);

@@ -105,6 +105,10 @@ pub struct GrpcConfig {
     /// connected to (an IP is checked as an IP SAN).
     #[serde(default)]
     pub tls_server_name: String,
+    /// Accept plaintext links between ferry's processes on addresses other than loopback
+    /// (without it, a process refuses to start that way). Logged loudly, shown in `/status`.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 impl GrpcConfig {

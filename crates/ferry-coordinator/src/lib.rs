@@ -2,6 +2,7 @@
 //! status API (`GET /status`, `GET /metrics`, `GET /healthz`).
 
 pub mod fence;
+pub mod lease;
 pub mod role;
 
 use std::collections::BTreeMap;
@@ -153,15 +154,20 @@ async fn counters_io(
 
 /// A connection to the master of `side` that holds [`ferry_checkpoint::COUNTERS_KEY`] (db 0).
 async fn counters_conn(side: &ferry_config::RedisConfig) -> anyhow::Result<ferry_resp::Connection> {
+    key_conn(side, ferry_checkpoint::COUNTERS_KEY).await
+}
+
+/// A connection to the node of `side` that serves `key` (db 0).
+pub(crate) async fn key_conn(side: &ferry_config::RedisConfig, key: &str) -> anyhow::Result<ferry_resp::Connection> {
     let addr = match side.kind {
         ferry_config::DeploymentType::Cluster => {
             let map = ferry_redis::cluster_map(side, &[]).await?;
             let n = map
-                .node_of(ferry_resp::cluster::key_slot(ferry_checkpoint::COUNTERS_KEY.as_bytes()))
-                .ok_or_else(|| anyhow::anyhow!("no master serves the counters' slot"))?;
+                .node_of(ferry_resp::cluster::key_slot(key.as_bytes()))
+                .ok_or_else(|| anyhow::anyhow!("no master serves the slot of {key}"))?;
             map.masters[n].clone()
         }
-        ferry_config::DeploymentType::File => anyhow::bail!("a file has no counters"),
+        ferry_config::DeploymentType::File => anyhow::bail!("a file holds none of ferry's keys"),
         _ => ferry_redis::resolve(side).await?,
     };
     let mut c = ferry_redis::connect_node(side, &addr, Duration::from_secs(5)).await?;
@@ -352,6 +358,11 @@ pub struct CoordinatorState {
     counters_changed: tokio::sync::Notify,
     /// Side A, for messages.
     source_desc: String,
+    /// This coordinator holds the pair's lease (see [`lease`]): it plans and changes roles.
+    active: std::sync::atomic::AtomicBool,
+    /// Why it does not (another coordinator holds the lease, the target cannot be reached).
+    standby: Mutex<Option<String>>,
+    insecure_links: bool,
 }
 
 /// The `/status` document (field names and meaning are a contract: see DESIGN/README).
@@ -365,6 +376,11 @@ pub struct StatusDoc {
     pub role_since_ms: i64,
     /// Pipelines of an earlier role whose readers still report (they are stopping).
     pub draining: Vec<String>,
+    /// Null when this coordinator acts on the pair; otherwise why it stands by (another
+    /// coordinator holds the lease).
+    pub standby: Option<String>,
+    /// The links between ferry's processes are plaintext off loopback (`[grpc] insecure`).
+    pub insecure_links: bool,
     pub pipelines: Vec<PipelineStatus>,
 }
 
@@ -435,6 +451,9 @@ impl CoordinatorState {
             replan: tokio::sync::Notify::new(),
             counters_changed: tokio::sync::Notify::new(),
             source_desc: cfg.source.describe(),
+            active: std::sync::atomic::AtomicBool::new(false),
+            standby: Mutex::new(Some("taking the lease".into())),
+            insecure_links: cfg.grpc.insecure && !cfg.grpc.tls(),
         }))
     }
 
@@ -536,6 +555,54 @@ impl CoordinatorState {
         Status::unavailable(format!("no pipeline planned yet: {why}"))
     }
 
+    /// Takes and renews the pair's lease until `cancel` ([`lease`]); without it (another
+    /// coordinator holds it, or the target has not answered for a lease's time) this
+    /// coordinator stands by: it plans nothing and refuses role changes.
+    async fn lease_loop(self: Arc<Self>, cfg: Config, cancel: CancellationToken) {
+        let me = ferry_runtime::instance_name();
+        let mut held_at: Option<Instant> = None;
+        loop {
+            let standby = match lease::hold(&cfg.target, &me).await {
+                Ok(None) => {
+                    held_at = Some(Instant::now());
+                    None
+                }
+                Ok(Some(holder)) => {
+                    held_at = None;
+                    Some(format!("another coordinator ({holder}) acts on this pair: standing by until its lease ends"))
+                }
+                // The target does not answer: the lease stays ours until it would have expired.
+                Err(e) if held_at.is_some_and(|t| t.elapsed() < lease::TTL) => {
+                    debug!(error = %format!("{e:#}"), "cannot renew the lease now");
+                    None
+                }
+                Err(e) => Some(format!("cannot take the lease on {}: {e:#}", cfg.target.describe())),
+            };
+            let was = self.active.swap(standby.is_none(), std::sync::atomic::Ordering::SeqCst);
+            match (&standby, was) {
+                (None, false) => {
+                    info!(instance = %me, "this coordinator holds the lease: acting on the pair");
+                    self.replan.notify_one();
+                }
+                (Some(why), true) => {
+                    warn!(reason = %why, "this coordinator lost the lease: standing by");
+                    self.plans.lock().unwrap().clear();
+                }
+                (Some(why), false) if self.standby.lock().unwrap().as_deref() != Some(why) => {
+                    info!(reason = %why, "standing by")
+                }
+                _ => {}
+            }
+            *self.standby.lock().unwrap() = standby;
+            if !ferry_runtime::sleep_or_cancel(lease::RENEW, &cancel).await {
+                if held_at.is_some() {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), lease::release(&cfg.target, &me)).await;
+                }
+                return;
+            }
+        }
+    }
+
     /// Plans the pipelines of the current role: discovers the topology of the side that is
     /// the source in that role (retrying until it succeeds), then waits for a role change;
     /// a cluster source's topology is looked at again every [`TOPOLOGY_POLL`], and the plan
@@ -546,6 +613,18 @@ impl CoordinatorState {
         let mut fenced_for: Option<RoleRecord> = None;
         let mut fence_warned = false;
         loop {
+            // A coordinator standing by plans nothing (another one acts on the pair).
+            if !self.active.load(std::sync::atomic::Ordering::SeqCst) {
+                self.plans.lock().unwrap().clear();
+                planned_for = None;
+                fenced_for = None;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = self.replan.notified() => {}
+                    _ = cancel.cancelled() => return,
+                }
+                continue;
+            }
             let rec = self.role.lock().unwrap().clone();
             // The sides hold the role's fences before any pipeline of it is planned. A side that
             // holds a later fence stops this coordinator; one that cannot be written now (down,
@@ -866,6 +945,8 @@ impl CoordinatorState {
             role_reason: rec.reason,
             role_since_ms: rec.since_ms,
             draining,
+            standby: self.standby.lock().unwrap().clone(),
+            insecure_links: self.insecure_links,
             pipelines,
         }
     }
@@ -920,6 +1001,9 @@ impl Coordinator for CoordinatorSvc {
         let req = req.into_inner();
         let to = Role::parse(&req.role).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let reason = if req.reason.is_empty() { "requested" } else { req.reason.as_str() };
+        if let Some(why) = self.state.standby.lock().unwrap().clone() {
+            return Err(Status::failed_precondition(format!("this coordinator does not act on the pair: {why}")));
+        }
         let state = self
             .state
             .set_role(to, reason, req.force, req.overwrite_with_stale_source)
@@ -970,6 +1054,13 @@ fn assignment(p: &PipelinePlan, downstream: String) -> Assignment {
 /// Runs the coordinator until `cancel` fires.
 pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let state = CoordinatorState::new(&cfg)?;
+    let grpc_addr: std::net::SocketAddr = cfg
+        .coordinator
+        .grpc_addr
+        .parse()
+        .with_context(|| format!("coordinator.grpc_addr {:?}", cfg.coordinator.grpc_addr))?;
+    let grpc_listener = ferry_runtime::grpc::listen(&grpc_addr.to_string(), "coordinator.grpc_addr").await?;
+    let http_listener = ferry_runtime::grpc::listen(&cfg.coordinator.status_addr, "coordinator.status_addr").await?;
     // A target fenced at a later epoch than the state file says: this coordinator's role is
     // stale and it must not act (bounded: a target down now is checked again by the planner).
     let rec = state.role.lock().unwrap().clone();
@@ -980,20 +1071,11 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
         let later = fence::LaterEpoch { side: cfg.target.describe(), fence: f, ours };
         return Err(ferry_config::ConfigError::field("coordinator.state_file", later).into());
     }
-    let grpc_addr: std::net::SocketAddr = cfg
-        .coordinator
-        .grpc_addr
-        .parse()
-        .with_context(|| format!("coordinator.grpc_addr {:?}", cfg.coordinator.grpc_addr))?;
-    let grpc_listener =
-        tokio::net::TcpListener::bind(&grpc_addr).await.with_context(|| format!("cannot listen on {grpc_addr}"))?;
-    let http_listener = tokio::net::TcpListener::bind(&cfg.coordinator.status_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.coordinator.status_addr))?;
     info!(status = %cfg.coordinator.status_addr, grpc = %grpc_addr, "coordinator listening");
     // The counters an earlier coordinator saved, before any status is served (bounded: a
     // target that does not answer now is asked again by the saver).
     let _ = tokio::time::timeout(Duration::from_secs(3), state.restore_counters_from(&cfg, &mut None)).await;
+    let lease = tokio::spawn(state.clone().lease_loop(cfg.clone(), cancel.clone()));
     let planner = tokio::spawn(state.clone().plan_loop(cfg.clone(), cancel.clone()));
     let counters = tokio::spawn(state.clone().counters_loop(cfg.clone(), cancel.clone()));
     let app = axum::Router::new()
@@ -1009,6 +1091,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
             cancel.clone().cancelled_owned(),
         );
     let (h, g) = tokio::join!(http, grpc);
+    let _ = lease.await;
     let _ = planner.await;
     let _ = counters.await;
     if let Err(e) = &h {

@@ -13,7 +13,6 @@
 pub mod convert;
 pub mod migration;
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
@@ -25,18 +24,17 @@ use ferry_proto::decoder_server::{Decoder, DecoderServer};
 use ferry_proto::writer_client::WriterClient;
 use ferry_proto::{Ack, Batch, Frame, frame};
 use ferry_rdb::{Event, Parser, ParserOptions};
-use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{Instrument, error, info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::convert::{BatchBuilder, RdbConverter};
 use crate::migration::{Edits, MigrationGuard};
 use ferry_filter::{Decision, Filter};
-use ferry_runtime::{Phase, Stats};
+use ferry_runtime::Stats;
 
 /// Largest batch built by the decoder.
 const BATCH_BYTES: usize = 1024 * 1024;
@@ -53,8 +51,7 @@ pub async fn run(
         cfg.decoder.listen.parse().with_context(|| format!("decoder.listen {:?}", cfg.decoder.listen))?;
     // A bad regex or group is a configuration error (exit code 2), found before serving.
     let filter = Arc::new(Filter::new(&cfg.filter)?);
-    let listener =
-        tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = ferry_runtime::grpc::listen(&listen.to_string(), "decoder.listen").await?;
     // /healthz answers from now on, also while the coordinator is away.
     let tasks = TaskTracker::new();
     tasks.spawn(ferry_runtime::metrics::serve(cfg.decoder.metrics_addr.clone(), "decoder", cancel.clone()));
@@ -92,13 +89,11 @@ struct DecoderSvc {
     tasks: TaskTracker,
 }
 
-type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl Decoder for DecoderSvc {
-    type SyncStream = AckStream;
+    type SyncStream = ferry_runtime::grpc::AckStream;
 
-    async fn sync(&self, req: Request<Streaming<Frame>>) -> Result<Response<AckStream>, Status> {
+    async fn sync(&self, req: Request<Streaming<Frame>>) -> Result<Response<ferry_runtime::grpc::AckStream>, Status> {
         let mut frames = req.into_inner();
         let (ack_tx, ack_rx) = mpsc::channel(64);
         let cfg = self.cfg.clone();
@@ -119,29 +114,17 @@ impl Decoder for DecoderSvc {
                     return;
                 }
             };
-            let (stats, session_cancel) = sessions.begin(&hello.pipeline_id);
-            let _ = stats.filter_stats.set(filter.stats.clone());
-            stats.set_phase(Phase::Running);
-            let res =
-                session(&cfg, &writer, &stats, &filter, &sessions, hello, frames, ack_tx.clone(), &session_cancel)
-                    .await;
-            // A newer session of the pipeline (or the shutdown) cancelled this one: the
-            // statistics are the newer session's now.
-            let superseded = session_cancel.is_cancelled();
-            session_cancel.cancel();
-            if let Err(e) = res {
-                let msg = format!("{e:#}");
-                error!(error = %msg, "decoder session failed");
-                if !superseded {
-                    stats.set_error(&msg);
-                }
-                let _ = ack_tx.send(Err(ferry_runtime::to_status(&msg))).await;
-            }
-            if !superseded {
-                stats.set_phase(Phase::Idle);
-            }
+            let id = hello.pipeline_id.clone();
+            let upstream = ack_tx.clone();
+            let all = sessions.clone();
+            sessions
+                .run(&id, "decoder", &upstream, |stats, cancel| async move {
+                    let _ = stats.filter_stats.set(filter.stats.clone());
+                    session(&cfg, &writer, &stats, &filter, &all, hello, frames, ack_tx, &cancel).await
+                })
+                .await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
+        Ok(ferry_runtime::grpc::ack_stream(ack_rx))
     }
 }
 
@@ -192,6 +175,8 @@ async fn session(
     let target_rdb = Arc::new(AtomicU32::new(0));
     // The target holds an earlier copy of this pipeline: a full copy replaces it.
     let earlier_copy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Told to the reader when the stream cannot go on as it is (a full copy instead).
+    let full_copy_tx = ack_tx.clone();
     let forward = {
         let cancel = cancel.clone();
         let target_rdb = target_rdb.clone();
@@ -238,6 +223,7 @@ async fn session(
     let mut rdb: Option<(mpsc::Sender<Bytes>, tokio::task::JoinHandle<anyhow::Result<()>>)> = None;
     let mut cmds = CommandState::new();
     cmds.filter = filter.clone();
+    cmds.cluster_source = cfg.source.kind == ferry_config::DeploymentType::Cluster;
     // A cluster source: keys migrating between its masters (see `migration`).
     let mut guard: Option<MigrationGuard> = None;
     let result: anyhow::Result<()> = async {
@@ -326,7 +312,16 @@ async fn session(
                         tracing::Span::none()
                     };
                     let splits = cmds.splits;
-                    let batches = span.in_scope(|| cmds.frame(&c.data, &c.lens, c.end_offset, &edits))?;
+                    let batches = match span.in_scope(|| cmds.frame(&c.data, &c.lens, c.end_offset, &edits)) {
+                        Ok(b) => b,
+                        Err(e) if e.downcast_ref::<FullCopyNeeded>().is_some() => {
+                            warn!(pipeline = %hello.pipeline_id, reason = %e, "the stream cannot go on as it is: a full copy replaces it");
+                            let ack = Ack { full_copy_needed: e.to_string(), ..Default::default() };
+                            let _ = full_copy_tx.send(Ok(ack)).await;
+                            return Ok(());
+                        }
+                        Err(e) => return Err(e),
+                    };
                     if cmds.splits > splits {
                         stats.count_error("TRANSACTION_SPLIT");
                     }
@@ -356,9 +351,45 @@ async fn session(
 /// bounded, and the target sees such a transaction's parts one after the other.
 const MAX_TRANSACTION_BYTES: usize = 64 * 1024 * 1024;
 
+/// A command the stream cannot carry to the target as it is: the session ends and the reader
+/// makes a full copy instead (see `Ack.full_copy_needed`).
+#[derive(Debug)]
+struct FullCopyNeeded(String);
+
+impl std::fmt::Display for FullCopyNeeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FullCopyNeeded {}
+
+/// `FUNCTION LOAD` and `FUNCTION RESTORE` made idempotent (`REPLACE`): the source ran them, so
+/// the library is the source's now whatever the target held; on a cluster source every master
+/// that ran one replicates it, and each pipeline applies it.
+fn idempotent_function(cmd: &Bytes) -> Option<Bytes> {
+    let args = ferry_resp::parse_command(cmd).ok()?;
+    let sub = args.get(1)?.to_ascii_uppercase();
+    let has = |w: &[u8]| args.iter().skip(2).any(|a| a.eq_ignore_ascii_case(w));
+    let rewritten: Vec<&[u8]> = match &sub[..] {
+        b"LOAD" if !has(b"REPLACE") => {
+            let mut v: Vec<&[u8]> = vec![&args[0], &args[1], b"REPLACE"];
+            v.extend(args[2..].iter().map(|a| &a[..]));
+            v
+        }
+        b"RESTORE" if args.len() >= 3 && !has(b"REPLACE") && !has(b"FLUSH") => {
+            vec![&args[0], &args[1], &args[2], b"REPLACE"]
+        }
+        _ => return None,
+    };
+    Some(ferry_resp::encode_command(&rewritten))
+}
+
 /// State of the command stream: the selected db, an open `MULTI`, and where the last data
 /// command ended (the resume point stored with checkpoints).
 struct CommandState {
+    /// The source is a cluster: one master's `FLUSHALL` empties only that master.
+    cluster_source: bool,
     db: u64,
     in_multi: bool,
     /// The open transaction was split already (warned once).
@@ -383,6 +414,7 @@ fn is_non_data(name: &[u8]) -> bool {
 impl CommandState {
     fn new() -> Self {
         CommandState {
+            cluster_source: false,
             db: 0,
             in_multi: false,
             split: false,
@@ -461,11 +493,26 @@ impl CommandState {
                     // Another pipeline's checkpoint on this source: not data to copy.
                     continue;
                 }
-                match self.filter.command(self.db, &whole)? {
-                    Decision::Forward => self.builder.push_raw(target, cmd, true, frame_start + pos as i64),
-                    Decision::Rewrite(c) => self.builder.push_raw(target, &c, true, frame_start + pos as i64),
+                let whole = match self.filter.command(self.db, &whole)? {
+                    Decision::Forward => whole.clone(),
+                    Decision::Rewrite(c) => c,
                     Decision::Drop => continue,
+                };
+                if self.cluster_source
+                    && (name.eq_ignore_ascii_case(b"FLUSHALL") || name.eq_ignore_ascii_case(b"FLUSHDB"))
+                {
+                    let name = String::from_utf8_lossy(name).to_uppercase();
+                    return Err(anyhow::Error::new(FullCopyNeeded(format!(
+                        "the source master ran {name}, which on a cluster empties only that master: the target gets \
+                         a re-copy of this master instead (its clean-up removes what the master no longer holds)"
+                    ))));
                 }
+                let whole = if name.eq_ignore_ascii_case(b"FUNCTION") {
+                    idempotent_function(&whole).unwrap_or(whole)
+                } else {
+                    whole
+                };
+                self.builder.push_raw(target, &whole, true, frame_start + pos as i64);
                 self.data_offset = frame_start + pos as i64;
                 self.data_db = self.db;
                 if self.in_multi && self.builder.len() >= self.max_transaction {

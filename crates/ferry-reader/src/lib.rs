@@ -240,7 +240,9 @@ async fn run_pipeline(
             Err(e) => {
                 let msg = format!("{e:#}");
                 error!(source = %source, error = %msg, "replication session failed");
-                if is_command_too_large(&e) {
+                if e.downcast_ref::<FullCopyNeeded>().is_some() {
+                    force_full = true;
+                } else if is_command_too_large(&e) {
                     // The stream cannot carry it; a full copy carries the value in chunks.
                     warn!(source = %source, "the next session makes a full copy, which carries big values in bounded chunks");
                     stats.count_error("COMMAND_TOO_LARGE");
@@ -290,6 +292,19 @@ struct Session<'a> {
     /// big to carry: the copy carries its value in bounded chunks instead).
     force_full: bool,
 }
+
+/// The decoder met something the stream cannot carry as it is (a cluster source master's
+/// `FLUSHALL`): the next session makes a full copy instead.
+#[derive(Debug)]
+struct FullCopyNeeded(String);
+
+impl std::fmt::Display for FullCopyNeeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a full copy is needed: {}", self.0)
+    }
+}
+
+impl std::error::Error for FullCopyNeeded {}
 
 /// Whether `e` is a source command bigger than the reader takes ([`max_command_bytes`]).
 fn is_command_too_large(e: &anyhow::Error) -> bool {
@@ -477,6 +492,9 @@ impl Session<'_> {
                         return Err(anyhow!("the coordinator plans this pipeline on {to}, not {addr}"));
                     }
                     ack = acks.message() => match ack {
+                        Ok(Some(ack)) if !ack.full_copy_needed.is_empty() => {
+                            return Err(anyhow::Error::new(FullCopyNeeded(ack.full_copy_needed)));
+                        }
                         Ok(Some(ack)) => {
                             stats.applied(ack.applied_offset);
                             if ack.rdb_applied { stats.rdb_applied.store(true, Relaxed); }

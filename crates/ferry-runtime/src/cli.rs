@@ -28,7 +28,9 @@ impl CommonArgs {
         crate::logging::init_logging(&cfg.log, &cfg.telemetry, service)?;
         crate::telemetry::init_metrics(&cfg.telemetry, service)?;
         crate::grpc::init_grpc_tls(&cfg.grpc)?;
-        let coordinator = crate::grpc::grpc_url(self.coordinator.as_deref().unwrap_or(&cfg.coordinator.grpc_addr));
+        let peer = self.coordinator.as_deref().unwrap_or(&cfg.coordinator.grpc_addr);
+        crate::grpc::check_plaintext(&cfg, peer)?;
+        let coordinator = crate::grpc::grpc_url(peer);
         let cancel = CancellationToken::new();
         crate::lifecycle::cancel_on_signal(cancel.clone());
         Ok((cfg, coordinator, cancel))

@@ -13,6 +13,70 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// message, with room for the frame around it.
 pub const MAX_COMMAND_BYTES: usize = MAX_MESSAGE_BYTES - 1024 * 1024;
 
+/// Whether `addr` (`host:port`, `[v6]:port`, or a URL) is on this host's loopback.
+pub fn is_loopback(addr: &str) -> bool {
+    let a = addr.rsplit("://").next().unwrap_or(addr);
+    let host = a.rsplit_once(':').map(|(h, _)| h).unwrap_or(a).trim_matches(['[', ']']);
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses plaintext links between ferry's processes off loopback: without `[grpc]` TLS,
+/// every listener and peer address of the configuration (and `coordinator`, the one this
+/// process talks to) must be loopback, unless `[grpc] insecure = true` says otherwise (then
+/// a loud warning). Anyone who reaches a plaintext writer could send any command to a side.
+pub fn check_plaintext(cfg: &ferry_config::Config, coordinator: &str) -> anyhow::Result<()> {
+    if cfg.grpc.tls() {
+        return Ok(());
+    }
+    let addrs = [
+        ("coordinator.grpc_addr", cfg.coordinator.grpc_addr.as_str()),
+        ("decoder.listen", cfg.decoder.listen.as_str()),
+        ("decoder.advertise", cfg.decoder.advertise.as_str()),
+        ("writer.listen", cfg.writer.listen.as_str()),
+        ("writer.advertise", cfg.writer.advertise.as_str()),
+        ("--coordinator", coordinator),
+    ];
+    let Some((key, addr)) = addrs.into_iter().find(|(_, a)| !a.is_empty() && !is_loopback(a)) else { return Ok(()) };
+    if cfg.grpc.insecure {
+        tracing::warn!(
+            key,
+            addr,
+            "INSECURE: the links between ferry's processes are plaintext and unauthenticated off loopback ([grpc] insecure = true): anyone who reaches them can write into either side"
+        );
+        return Ok(());
+    }
+    Err(ferry_config::ConfigError::field(
+        key,
+        format!(
+            "{addr} is not loopback and the links between ferry's processes are not TLS: set [grpc] tls_ca_file, \
+             tls_cert_file and tls_key_file (see the README's security model), or [grpc] insecure = true to accept \
+             plaintext"
+        ),
+    )
+    .into())
+}
+
+/// The stream of acknowledgements a decoder or writer session sends upstream.
+pub type AckStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ferry_proto::Ack, tonic::Status>> + Send>>;
+
+/// The response of a decoder or writer session: the acknowledgements sent on the channel
+/// whose receiver is `rx`.
+pub fn ack_stream(
+    rx: tokio::sync::mpsc::Receiver<Result<ferry_proto::Ack, tonic::Status>>,
+) -> tonic::Response<AckStream> {
+    tonic::Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+/// Binds a listener of this process; an address that cannot be bound (in use, not this
+/// host's) is a configuration error (exit code 2) naming the address and the key to change:
+/// starting the process again cannot help.
+pub async fn listen(addr: &str, key: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        ferry_config::ConfigError::field(key, format!("cannot listen on {addr}: {e} (set {key} to a free address)"))
+            .into()
+    })
+}
+
 /// `host:port` → `http://host:port`, or `https://` when the links are TLS (`[grpc]`).
 /// A scheme given with the address follows the config too (`http://` with TLS set cannot work).
 pub fn grpc_url(addr: &str) -> String {
@@ -87,4 +151,31 @@ pub fn grpc_server() -> anyhow::Result<tonic::transport::Server> {
 /// Maps any error to a gRPC status (one place, so messages stay consistent).
 pub fn to_status(e: impl std::fmt::Display) -> tonic::Status {
     tonic::Status::internal(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_off_loopback_is_refused_unless_insecure_is_said() {
+        for a in ["127.0.0.1:7702", "localhost:1", "[::1]:5", "http://127.0.0.1:7702"] {
+            assert!(is_loopback(a), "{a}");
+        }
+        for a in ["0.0.0.0:7711", "10.0.0.5:7712", "[::]:1", "https://ferry-writer:7712"] {
+            assert!(!is_loopback(a), "{a}");
+        }
+        let mut cfg = ferry_config::Config::default();
+        assert!(check_plaintext(&cfg, "127.0.0.1:7702").is_ok());
+        cfg.writer.listen = "0.0.0.0:7712".into();
+        let e = check_plaintext(&cfg, "127.0.0.1:7702").unwrap_err();
+        assert!(e.chain().any(|c| c.downcast_ref::<ferry_config::ConfigError>().is_some()));
+        let msg = format!("{e:#}");
+        assert!(msg.contains("writer.listen") && msg.contains("insecure = true") && !msg.contains('\n'), "{msg}");
+        cfg.grpc.insecure = true;
+        assert!(check_plaintext(&cfg, "127.0.0.1:7702").is_ok());
+        cfg.grpc.insecure = false;
+        cfg.grpc.tls_ca_file = "/ca.pem".into();
+        assert!(check_plaintext(&cfg, "10.0.0.1:7702").is_ok());
+    }
 }

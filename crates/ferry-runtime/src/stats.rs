@@ -10,7 +10,7 @@ use std::time::Duration;
 use ferry_proto::StatusReport;
 use ferry_proto::coordinator_client::CoordinatorClient;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, error};
 
 use crate::grpc::grpc_channel;
 use crate::lifecycle::instance_name;
@@ -187,6 +187,37 @@ impl Sessions {
     /// The statistics of every pipeline seen.
     pub fn all(&self) -> Vec<Arc<Stats>> {
         self.inner.lock().unwrap().values().map(|(s, _)| s.clone()).collect()
+    }
+
+    /// Runs one session of `pipeline_id` ([`Sessions::begin`]): its statistics say running,
+    /// then idle; a failure goes to the log, to the statistics (unless a newer session of
+    /// the pipeline superseded this one: they are the newer one's now) and upstream as a
+    /// gRPC status on `upstream`.
+    pub async fn run<Fut>(
+        &self,
+        pipeline_id: &str,
+        process: &str,
+        upstream: &tokio::sync::mpsc::Sender<Result<ferry_proto::Ack, tonic::Status>>,
+        session: impl FnOnce(Arc<Stats>, CancellationToken) -> Fut,
+    ) where
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
+        let (stats, cancel) = self.begin(pipeline_id);
+        stats.set_phase(Phase::Running);
+        let res = session(stats.clone(), cancel.clone()).await;
+        let superseded = cancel.is_cancelled();
+        cancel.cancel();
+        if let Err(e) = res {
+            let msg = format!("{e:#}");
+            error!(error = %msg, pipeline = %pipeline_id, "{process} session failed");
+            if !superseded {
+                stats.set_error(&msg);
+            }
+            let _ = upstream.send(Err(crate::grpc::to_status(&msg))).await;
+        }
+        if !superseded {
+            stats.set_phase(Phase::Idle);
+        }
     }
 
     /// Starts a session of `pipeline_id`: its statistics and a cancellation token.

@@ -11,7 +11,6 @@
 pub mod cluster;
 pub mod stale;
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -22,15 +21,13 @@ use ferry_proto::writer_server::{Writer, WriterServer};
 use ferry_proto::{Ack, Batch, Checkpoint};
 use ferry_resp::conn::printable;
 use ferry_resp::{Connection, Reply, encode_command_into};
-use futures::Stream;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, info, warn};
 
-use ferry_runtime::{Phase, Stats};
+use ferry_runtime::Stats;
 
 /// Runs the writer service until `cancel` fires.
 pub async fn run(
@@ -41,8 +38,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let listen: std::net::SocketAddr =
         cfg.writer.listen.parse().with_context(|| format!("writer.listen {:?}", cfg.writer.listen))?;
-    let listener =
-        tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = ferry_runtime::grpc::listen(&listen.to_string(), "writer.listen").await?;
     // /healthz answers from now on, also while the coordinator is away.
     let tasks = TaskTracker::new();
     tasks.spawn(ferry_runtime::metrics::serve(cfg.writer.metrics_addr.clone(), "writer", cancel.clone()));
@@ -75,13 +71,11 @@ struct WriterSvc {
     tasks: TaskTracker,
 }
 
-type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl Writer for WriterSvc {
-    type ApplyStream = AckStream;
+    type ApplyStream = ferry_runtime::grpc::AckStream;
 
-    async fn apply(&self, req: Request<Streaming<Batch>>) -> Result<Response<AckStream>, Status> {
+    async fn apply(&self, req: Request<Streaming<Batch>>) -> Result<Response<ferry_runtime::grpc::AckStream>, Status> {
         let mut batches = req.into_inner();
         let (ack_tx, ack_rx) = mpsc::channel(64);
         let cfg = self.cfg.clone();
@@ -101,35 +95,27 @@ impl Writer for WriterSvc {
                     return;
                 }
             };
-            let hello_pipeline = hello.pipeline_id.clone();
-            let (stats, session_cancel) = sessions.begin(&hello.pipeline_id);
-            stats.set_phase(Phase::Running);
-            stats.rdb_applied.store(false, Relaxed);
-            let res = session(&cfg, &stats, hello, batches, ack_tx.clone(), &session_cancel).await;
-            // A newer session of the pipeline (or the shutdown) cancelled this one: the
-            // statistics are the newer session's now.
-            let superseded = session_cancel.is_cancelled();
-            session_cancel.cancel();
-            if let Err(e) = res {
-                if let Some(failure) = e.downcast_ref::<Committed>() {
-                    // Recorded on the target before anything else can run: no later session of
-                    // the pipeline goes on past the command that failed.
-                    if let Err(re) = record_stop(&cfg, &hello_pipeline, &failure.0).await {
-                        error!(error = %format!("{re:#}"), "cannot record the pipeline's stop on the target");
+            let id = hello.pipeline_id.clone();
+            let pipeline = id.clone();
+            let upstream = ack_tx.clone();
+            sessions
+                .run(&id, "writer", &upstream, |stats, cancel| async move {
+                    stats.rdb_applied.store(false, Relaxed);
+                    let res = session(&cfg, &stats, hello, batches, ack_tx, &cancel).await;
+                    if let Err(e) = &res
+                        && let Some(failure) = e.downcast_ref::<Committed>()
+                    {
+                        // Recorded on the target before anything else can run: no later session of
+                        // the pipeline goes on past the command that failed.
+                        if let Err(re) = record_stop(&cfg, &pipeline, &failure.0).await {
+                            error!(error = %format!("{re:#}"), "cannot record the pipeline's stop on the target");
+                        }
                     }
-                }
-                let msg = format!("{e:#}");
-                error!(error = %msg, "writer session failed");
-                if !superseded {
-                    stats.set_error(&msg);
-                }
-                let _ = ack_tx.send(Err(ferry_runtime::to_status(&msg))).await;
-            }
-            if !superseded {
-                stats.set_phase(Phase::Idle);
-            }
+                    res
+                })
+                .await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
+        Ok(ferry_runtime::grpc::ack_stream(ack_rx))
     }
 }
 
@@ -296,6 +282,7 @@ pub(crate) async fn hello_ack(
         checkpoint: Some(checkpoint),
         target_rdb_version,
         earlier_copy,
+        full_copy_needed: String::new(),
     };
     let _ = ack_tx.send(Ok(ack)).await;
     stats.clear_error();
@@ -544,8 +531,13 @@ pub(crate) struct ReplyCheck<'a> {
 impl ReplyCheck<'_> {
     pub fn reply(&self, i: u32, reply: &Reply) -> anyhow::Result<()> {
         let b = self.batch;
+        // Only the target's "cannot load this" counts as a module skip (Redis answers a module
+        // type it does not know with "Bad data format"); OOM, READONLY, NOREPLICAS... are
+        // errors like any other.
         if let Some(err) = reply.first_error()
             && b.module_restores.binary_search(&i).is_ok()
+            && (err.starts_with(b"ERR Bad data format")
+                || String::from_utf8_lossy(err).to_lowercase().contains("module"))
         {
             // The target has no module that can load this type: skip the key, loudly.
             self.stats.modules_skipped.fetch_add(1, Relaxed);
@@ -570,6 +562,15 @@ impl ReplyCheck<'_> {
             }
         }
         let Some(err) = reply.first_error() else { return Ok(()) };
+        // A library a cluster source's other masters deleted first (each master that ran the
+        // DELETE replicates it): already what the source holds.
+        if err.starts_with(b"ERR Library not found")
+            && nth_command(&b.resp, i as usize).is_some_and(|a| {
+                a.len() > 1 && a[0].eq_ignore_ascii_case(b"FUNCTION") && a[1].eq_ignore_ascii_case(b"DELETE")
+            })
+        {
+            return Ok(());
+        }
         let kind = printable(err.split(|c| *c == b' ').next().unwrap_or(b"ERR"));
         self.stats.count_error(&kind);
         if kind == "NOREPLICAS" {
