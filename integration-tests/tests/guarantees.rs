@@ -700,3 +700,30 @@ fn a_port_in_use_is_a_configuration_error_naming_the_key() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("coordinator.grpc_addr") && err.contains(&addr) && err.trim().lines().count() == 1, "{err}");
 }
+
+/// Two runs on one machine: a reader of run B pointed at run A's coordinator is refused, with
+/// an error naming both deployments, instead of taking A's pipelines (and failing against a
+/// source that is not its own).
+#[test]
+fn a_stage_of_another_deployment_is_refused_naming_both() {
+    let (src_a, tgt_a) = (RedisServer::start(&[]), RedisServer::start(&[]));
+    let (src_b, tgt_b) = (RedisServer::start(&[]), RedisServer::start(&[]));
+    let (cfg_a, status_a) = config(&src_a, &tgt_a);
+    let ferry_a = Ferry::start(&cfg_a, &status_a);
+    ferry_a.wait_for("run A's first copy", Duration::from_secs(60), |p| p["phase"] == "incremental");
+    let grpc_a =
+        cfg_a.lines().find_map(|l| l.strip_prefix("grpc_addr = \"")).unwrap().trim_end_matches('"').to_string();
+    let (cfg_b, status_b) = config(&src_b, &tgt_b);
+    let mut ferry_b = Ferry::start_without(&cfg_b, &status_b, "ferry-reader");
+    ferry_b.spawn_with("ferry-reader", &["--coordinator", &grpc_a]);
+    wait_until("run B's reader to be refused", Duration::from_secs(30), || {
+        ferry_b.logs().lines().any(|l| l.contains("ferry-reader") && l.contains("belongs to deployment"))
+    });
+    let logs = ferry_b.logs();
+    let line = logs.lines().find(|l| l.contains("belongs to deployment")).unwrap();
+    assert_eq!(line.matches("deployment ferry-").count() + line.matches("to ferry-").count(), 2, "{line}");
+    // Run A goes on unharmed: one pipeline, its own.
+    let doc = ferry_a.status().unwrap();
+    assert_eq!(doc["pipelines"].as_array().map(Vec::len), Some(1), "{doc:#}");
+    assert_eq!(doc["pipelines"][0]["source"], src_a.addr().as_str(), "{doc:#}");
+}

@@ -403,6 +403,10 @@ pub struct CoordinatorConfig {
     /// Required by `ferry-watcher run`; empty: the coordinator always starts forward.
     #[serde(default)]
     pub state_file: String,
+    /// The name of this deployment, carried by every hello and report so that processes of
+    /// two deployments never join each other; default: derived from the two sides.
+    #[serde(default)]
+    pub name: String,
 }
 
 impl Default for CoordinatorConfig {
@@ -411,6 +415,7 @@ impl Default for CoordinatorConfig {
             status_addr: default_status_addr(),
             grpc_addr: default_coordinator_grpc(),
             state_file: String::new(),
+            name: String::new(),
         }
     }
 }
@@ -710,6 +715,18 @@ impl Config {
         c
     }
 
+    /// The deployment these processes form: `[coordinator] name`, or a name derived from the
+    /// two sides (the same for every process that reads this configuration).
+    pub fn deployment(&self) -> String {
+        if !self.coordinator.name.is_empty() {
+            return self.coordinator.name.clone();
+        }
+        // FNV-1a: stable across builds, unlike the standard library's hasher.
+        let text = format!("{} -> {}", self.source.describe(), self.target.describe());
+        let h = text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+        format!("ferry-{h:016x}")
+    }
+
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let name = path.display().to_string();
@@ -724,9 +741,10 @@ impl Config {
 
     /// Parses the text of a config file; `name` is used in error messages.
     pub fn parse(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let text = &expand_env(text, name)?;
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1).unwrap_or(0);
-            let message = e.message().replace('\n', " ").trim().to_string();
+            let message = redact_values(&e.message().replace('\n', " ")).trim().to_string();
             ConfigError::Parse { path: name.to_string(), line, message }
         })?;
         cfg.resolve_env(name)?;
@@ -888,9 +906,97 @@ fn check_host_port(addr: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Replaces every string value written `"${NAME}"` (the whole value, in any section, array or
+/// inline table) with the environment variable `NAME`, as a TOML string, so that any secret
+/// or address can come from the environment; an unset variable is an error naming its line.
+/// Lines are kept, so later errors still name the right line.
+fn expand_env(text: &str, name: &str) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        loop {
+            // Not inside a comment: a `#` before the value ends what is read.
+            let Some(at) = rest.find("\"${").filter(|at| !rest[..*at].contains('#')) else {
+                out.push_str(rest);
+                break;
+            };
+            let after = &rest[at + 3..];
+            let end = after.find('}').filter(|e| after[e + 1..].starts_with('"'));
+            let var = end
+                .map(|e| &after[..e])
+                .filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+            let (Some(end), Some(var)) = (end, var) else {
+                out.push_str(&rest[..at + 3]);
+                rest = after;
+                continue;
+            };
+            let value = std::env::var(var).map_err(|_| ConfigError::Parse {
+                path: name.to_string(),
+                line: n + 1,
+                message: format!("environment variable {var} is not set"),
+            })?;
+            out.push_str(&rest[..at]);
+            out.push('"');
+            for c in value.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            rest = &after[end + 2..];
+        }
+    }
+    Ok(out)
+}
+
+/// A parse error's message without the value it quotes (`invalid type: integer \`12345\``):
+/// a password written unquoted must not reach a log.
+fn redact_values(message: &str) -> String {
+    let mut out = message.to_string();
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(at) = out.find(prefix) {
+            let rest = &out[at + prefix.len()..];
+            // `<kind> <quoted literal>, expected ...`: keep the kind, drop the literal.
+            if let Some(space) = rest.find(' ')
+                && let Some(comma) = rest.find(", expected")
+                && space < comma
+            {
+                out = format!("{}{}{}", &out[..at + prefix.len()], &rest[..space], &rest[comma..]);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_values_anywhere_and_no_value_in_errors() {
+        // SAFETY: this test is the only one touching these variables.
+        unsafe {
+            std::env::set_var("FERRY_TEST_ENV_ADDR", "10.1.2.3:6379");
+            std::env::set_var("FERRY_TEST_ENV_SENTINEL", "10.0.0.9:26379");
+            std::env::set_var("FERRY_TEST_ENV_QUOTE", "a\"b\\c");
+        }
+        let c = Config::parse(
+            "[source]\ntype = \"sentinel\"\nmaster_name = \"${FERRY_TEST_ENV_QUOTE}\"\nsentinels = [\"${FERRY_TEST_ENV_SENTINEL}\"]\n\
+             [target]\naddress = \"${FERRY_TEST_ENV_ADDR}\" # \"${NOT_EXPANDED_IN_A_COMMENT}\"\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(c.target.address, "10.1.2.3:6379");
+        assert_eq!(c.source.sentinels, vec!["10.0.0.9:26379".to_string()]);
+        assert_eq!(c.source.master_name, "a\"b\\c");
+        let e = Config::parse("[target]\n\naddress = \"${FERRY_TEST_ENV_UNSET}\"\n", "f").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("FERRY_TEST_ENV_UNSET"), "{e}");
+        let e = Config::parse("[source]\npassword = 918273645\n", "f").unwrap_err().to_string();
+        assert!(!e.contains("918273645") && e.contains("line 2") && e.contains("expected"), "{e}");
+    }
 
     #[test]
     fn defaults_work() {

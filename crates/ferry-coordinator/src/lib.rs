@@ -961,6 +961,7 @@ struct CoordinatorSvc {
 impl Coordinator for CoordinatorSvc {
     async fn assign(&self, req: Request<AssignRequest>) -> Result<Response<Assignment>, Status> {
         let req = req.into_inner();
+        ferry_runtime::grpc::check_deployment(&req.deployment, &format!("{} {}", req.role, req.instance))?;
         if self.state.plans.lock().unwrap().is_empty() {
             return Err(self.state.not_ready());
         }
@@ -979,6 +980,7 @@ impl Coordinator for CoordinatorSvc {
 
     async fn plan(&self, req: Request<AssignRequest>) -> Result<Response<PlanReply>, Status> {
         let req = req.into_inner();
+        ferry_runtime::grpc::check_deployment(&req.deployment, &format!("{} {}", req.role, req.instance))?;
         if !self.state.planned.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(self.state.not_ready());
         }
@@ -1022,6 +1024,7 @@ impl Coordinator for CoordinatorSvc {
 
     async fn report(&self, req: Request<StatusReport>) -> Result<Response<ReportReply>, Status> {
         let r = req.into_inner();
+        ferry_runtime::grpc::check_deployment(&r.deployment, &format!("{} {}", r.role, r.instance))?;
         let key = (r.pipeline_id.clone(), r.role.clone());
         let mut reports = self.state.reports.lock().unwrap();
         let restarted = match reports.by_stage.get(&key) {

@@ -171,6 +171,7 @@ impl BatchBuilder {
             module_restores: std::mem::take(&mut self.module_restores),
             reverse: false,
             traceparent: String::new(),
+            deployment: String::new(),
         };
         self.count = 0;
         self.keys = 0;

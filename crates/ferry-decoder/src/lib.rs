@@ -102,7 +102,14 @@ impl Decoder for DecoderSvc {
         let filter = self.filter.clone();
         self.tasks.spawn(async move {
             let hello = match frames.message().await {
-                Ok(Some(Frame { kind: Some(frame::Kind::Hello(h)) })) => h,
+                Ok(Some(Frame { kind: Some(frame::Kind::Hello(h)) })) => {
+                    if let Err(s) = ferry_runtime::grpc::check_deployment(&h.deployment, "the reader") {
+                        warn!(error = %s.message(), "refusing a reader of another deployment");
+                        let _ = ack_tx.send(Err(s)).await;
+                        return;
+                    }
+                    h
+                }
                 Ok(None) => return,
                 Ok(Some(_)) => {
                     let _ =
@@ -163,6 +170,7 @@ async fn session(
             pipeline_id: hello.pipeline_id.clone(),
             offset: -1,
             reverse: hello.reverse,
+            deployment: ferry_runtime::grpc::deployment(),
             ..Default::default()
         })
         .await

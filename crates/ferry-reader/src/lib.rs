@@ -683,7 +683,11 @@ impl Session<'_> {
         let close = CloseOnDrop(spool.clone());
         let rx = futures::stream::unfold((spool.clone(), self.stats.clone()), next_frame);
         let hello = Frame {
-            kind: Some(frame::Kind::Hello(Hello { pipeline_id: self.pipeline_id.to_string(), reverse: self.reverse })),
+            kind: Some(frame::Kind::Hello(Hello {
+                pipeline_id: self.pipeline_id.to_string(),
+                reverse: self.reverse,
+                deployment: ferry_runtime::grpc::deployment(),
+            })),
         };
         spool.push(hello)?;
         let mut acks = client.sync(rx).await.context("decoder refused the stream")?.into_inner();

@@ -30,6 +30,7 @@ impl CommonArgs {
         crate::grpc::init_grpc_tls(&cfg.grpc)?;
         let peer = self.coordinator.as_deref().unwrap_or(&cfg.coordinator.grpc_addr);
         crate::grpc::check_plaintext(&cfg, peer)?;
+        crate::grpc::init_deployment(cfg.deployment());
         let coordinator = crate::grpc::grpc_url(peer);
         let cancel = CancellationToken::new();
         crate::lifecycle::cancel_on_signal(cancel.clone());

@@ -35,6 +35,7 @@ pub async fn plan(
             role: role.into(),
             instance: instance_name(),
             pipeline_id: pipeline.unwrap_or_default().into(),
+            deployment: crate::grpc::deployment(),
         };
         let res = async {
             let mut client = CoordinatorClient::new(grpc_channel(coordinator).await.map_err(|e| format!("{e:#}"))?);
@@ -74,6 +75,7 @@ pub async fn plan_once(coordinator: &str, role: &str, pipeline: Option<&str>) ->
         role: role.into(),
         instance: instance_name(),
         pipeline_id: pipeline.unwrap_or_default().into(),
+        deployment: crate::grpc::deployment(),
     };
     let mut client = CoordinatorClient::new(grpc_channel(coordinator).await.map_err(|e| format!("{e:#}"))?);
     client.plan(req).await.map(|r| r.into_inner().pipelines).map_err(|s| s.message().to_string())

@@ -67,6 +67,32 @@ pub fn ack_stream(
     tonic::Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
+/// The deployment this process belongs to (`Config::deployment`), set once at start.
+static DEPLOYMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets this process's deployment (the first call wins).
+pub fn init_deployment(name: String) {
+    let _ = DEPLOYMENT.set(name);
+}
+
+/// This process's deployment ("" before [`init_deployment`]).
+pub fn deployment() -> String {
+    DEPLOYMENT.get().cloned().unwrap_or_default()
+}
+
+/// Refuses a peer of another deployment (`theirs` empty: the peer did not say): two runs on
+/// one machine, or a stage pointed at the wrong coordinator, never join each other.
+pub fn check_deployment(theirs: &str, peer: &str) -> Result<(), tonic::Status> {
+    let mine = deployment();
+    if theirs.is_empty() || mine.is_empty() || theirs == mine {
+        return Ok(());
+    }
+    Err(tonic::Status::permission_denied(format!(
+        "{peer} belongs to deployment {theirs}, this process to {mine}: check the addresses it was given \
+         (--coordinator, coordinator.grpc_addr, decoder/writer listen and advertise) or [coordinator] name"
+    )))
+}
+
 /// Binds a listener of this process; an address that cannot be bound (in use, not this
 /// host's) is a configuration error (exit code 2) naming the address and the key to change:
 /// starting the process again cannot help.

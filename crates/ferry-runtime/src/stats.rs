@@ -124,6 +124,7 @@ impl Stats {
             db_map_collisions: self.filter_stats.get().map(|f| f.db_map_collisions.load(Relaxed)).unwrap_or(0),
             lag_ms: self.lag().as_millis() as u64,
             stale_keys_removed: self.stale_keys_removed.load(Relaxed),
+            deployment: crate::grpc::deployment(),
         }
     }
 }
@@ -171,7 +172,8 @@ pub struct Sessions {
     coordinator: String,
     tasks: tokio_util::task::TaskTracker,
     cancel: CancellationToken,
-    inner: Mutex<std::collections::HashMap<String, (Arc<Stats>, CancellationToken)>>,
+    inner: Mutex<std::collections::HashMap<String, Entry>>,
+    forget_idle: Duration,
 }
 
 impl Sessions {
@@ -181,12 +183,19 @@ impl Sessions {
         tasks: tokio_util::task::TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
-        Sessions { role, coordinator, tasks, cancel, inner: Mutex::new(std::collections::HashMap::new()) }
+        Sessions {
+            role,
+            coordinator,
+            tasks,
+            cancel,
+            inner: Mutex::new(std::collections::HashMap::new()),
+            forget_idle: FORGET_IDLE,
+        }
     }
 
     /// The statistics of every pipeline seen.
     pub fn all(&self) -> Vec<Arc<Stats>> {
-        self.inner.lock().unwrap().values().map(|(s, _)| s.clone()).collect()
+        self.inner.lock().unwrap().values().map(|e| e.stats.clone()).collect()
     }
 
     /// Runs one session of `pipeline_id` ([`Sessions::begin`]): its statistics say running,
@@ -207,6 +216,9 @@ impl Sessions {
         let res = session(stats.clone(), cancel.clone()).await;
         let superseded = cancel.is_cancelled();
         cancel.cancel();
+        if !superseded {
+            self.ended(pipeline_id);
+        }
         if let Err(e) = res {
             let msg = format!("{e:#}");
             error!(error = %msg, pipeline = %pipeline_id, "{process} session failed");
@@ -224,30 +236,87 @@ impl Sessions {
     pub fn begin(&self, pipeline_id: &str) -> (Arc<Stats>, CancellationToken) {
         let token = self.cancel.child_token();
         let mut inner = self.inner.lock().unwrap();
+        // Pipelines without a session for a long while (gone from the plan, or never real)
+        // are forgotten, their report task ended: what a stage holds stays bounded.
+        inner.retain(|_, e| {
+            let keep = !e.session.is_cancelled() || e.ended.lock().unwrap().elapsed() < self.forget_idle;
+            if !keep {
+                e.reports.cancel();
+            }
+            keep
+        });
         match inner.get_mut(pipeline_id) {
-            Some((stats, old)) => {
-                old.cancel();
-                *old = token.clone();
-                (stats.clone(), token)
+            Some(e) => {
+                e.session.cancel();
+                e.session = token.clone();
+                (e.stats.clone(), token)
             }
             None => {
                 let stats = Stats::new(Phase::Idle);
+                let reports = self.cancel.child_token();
                 self.tasks.spawn(report_loop(
                     self.coordinator.clone(),
                     pipeline_id.to_string(),
                     self.role,
                     stats.clone(),
-                    self.cancel.clone(),
+                    reports.clone(),
                 ));
-                inner.insert(pipeline_id.to_string(), (stats.clone(), token.clone()));
+                let ended = Mutex::new(std::time::Instant::now());
+                inner.insert(
+                    pipeline_id.to_string(),
+                    Entry { stats: stats.clone(), session: token.clone(), reports, ended },
+                );
                 (stats, token)
             }
         }
     }
+
+    /// A session of `pipeline_id` ended now (see [`FORGET_IDLE`]).
+    fn ended(&self, pipeline_id: &str) {
+        if let Some(e) = self.inner.lock().unwrap().get(pipeline_id) {
+            *e.ended.lock().unwrap() = std::time::Instant::now();
+        }
+    }
+}
+
+/// How long a stage keeps a pipeline with no session (its statistics and report task).
+pub const FORGET_IDLE: Duration = Duration::from_secs(600);
+
+/// One pipeline a stage serves.
+struct Entry {
+    stats: Arc<Stats>,
+    /// The running session's token (cancelled: no session runs).
+    session: CancellationToken,
+    /// Ends the pipeline's report task.
+    reports: CancellationToken,
+    /// When its last session ended.
+    ended: Mutex<std::time::Instant>,
 }
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn pipelines_without_a_session_for_long_are_forgotten_with_their_report_task() {
+        let tasks = tokio_util::task::TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let mut sessions = Sessions::new("writer", "http://127.0.0.1:1".into(), tasks.clone(), cancel.clone());
+        sessions.forget_idle = Duration::from_millis(20);
+        let (_, a) = sessions.begin("never-real");
+        a.cancel();
+        sessions.ended("never-real");
+        let (_, b) = sessions.begin("live");
+        assert_eq!(sessions.all().len(), 2, "a pipeline idle for less than the limit is kept");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let (_, _c) = sessions.begin("another");
+        assert_eq!(sessions.all().len(), 2, "the idle one is forgotten, the running one kept");
+        assert!(sessions.inner.lock().unwrap().contains_key("live"));
+        b.cancel();
+        cancel.cancel();
+        tasks.close();
+        // Every report task ends (the forgotten one's already had).
+        tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.unwrap();
+    }
 
     #[test]
     fn lag_in_time_is_the_age_of_the_oldest_write_not_applied() {

@@ -82,7 +82,14 @@ impl Writer for WriterSvc {
         let sessions = self.sessions.clone();
         self.tasks.spawn(async move {
             let hello = match batches.message().await {
-                Ok(Some(b)) if b.hello => b,
+                Ok(Some(b)) if b.hello => {
+                    if let Err(s) = ferry_runtime::grpc::check_deployment(&b.deployment, "the decoder") {
+                        warn!(error = %s.message(), "refusing a decoder of another deployment");
+                        let _ = ack_tx.send(Err(s)).await;
+                        return;
+                    }
+                    b
+                }
                 Ok(None) => return,
                 Ok(Some(_)) => {
                     let _ = ack_tx
