@@ -9,6 +9,38 @@ use std::time::{Duration, Instant};
 use crate::*;
 use anyhow::{Context, anyhow, bail};
 
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The `cargo` running us, for a nested build or test run in the workspace root, without the
+/// variables Cargo set for this process (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...): build
+/// scripts track some of them (ring's tracks `CARGO_MANIFEST_DIR`), so with them each nested
+/// build compiled the dependencies, and ferry, again after the user's own `cargo build`.
+pub fn cargo_command() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        if let Some(k) = key.to_str()
+            && (k.starts_with("CARGO_PKG_")
+                || matches!(
+                    k,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
+                ))
+        {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
 /// Directory holding the ferry binaries: `FERRY_BIN_DIR`, or the workspace's target dir
 /// after a `cargo build --bins` (run once per test process).
 pub fn bin_dir() -> PathBuf {
@@ -17,10 +49,8 @@ pub fn bin_dir() -> PathBuf {
         if let Ok(d) = std::env::var("FERRY_BIN_DIR") {
             return PathBuf::from(d);
         }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(&root)
+        let root = workspace_root();
+        let status = cargo_command()
             // The whole workspace's binaries, as `cargo build --workspace` and `cargo xtask up`
             // build them: the same feature set, so no build compiles ferry again after another.
             .args(["build", "--quiet", "--workspace", "--bins"])

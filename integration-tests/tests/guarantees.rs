@@ -14,6 +14,12 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
+/// [`config`] with `coordinator.state_file` in `dir` (role swaps keep their role there).
+fn config_with_state(src: &RedisServer, tgt: &RedisServer, file: &std::path::Path) -> (String, String) {
+    let (cfg, status) = config(src, tgt);
+    (cfg.replace("[coordinator]\n", &format!("[coordinator]\nstate_file = \"{}\"\n", file.display())), status)
+}
+
 fn config(src: &RedisServer, tgt: &RedisServer) -> (String, String) {
     config_with_ports(&format!(
         "[source]\ntype = \"standalone\"\naddress = \"{}\"\n[target]\ntype = \"standalone\"\naddress = \"{}\"\n",
@@ -250,11 +256,7 @@ fn force_never_makes_a_lost_unrecovered_source_the_source_again() {
     let src = RedisServer::start(&[]);
     let tgt = RedisServer::start(&[]);
     let state = tempfile::tempdir().unwrap();
-    let (cfg, status) = config(&src, &tgt);
-    let cfg = cfg.replace(
-        "[coordinator]\n",
-        &format!("[coordinator]\nstate_file = \"{}\"\n", state.path().join("role.json").display()),
-    );
+    let (cfg, status) = config_with_state(&src, &tgt, &state.path().join("role.json"));
     let ferry = Ferry::start(&cfg, &status);
     ferry.wait_for("the first copy", Duration::from_secs(60), |p| p["phase"] == "incremental");
 
@@ -404,11 +406,7 @@ fn in_a_partition_a_fenced_source_never_writes_into_the_target() {
     let src = RedisServer::start(&[]);
     let tgt = RedisServer::start(&[]);
     let state = tempfile::tempdir().unwrap();
-    let (cfg, status) = config(&src, &tgt);
-    let cfg = cfg.replace(
-        "[coordinator]\n",
-        &format!("[coordinator]\nstate_file = \"{}\"\n", state.path().join("role.json").display()),
-    );
+    let (cfg, status) = config_with_state(&src, &tgt, &state.path().join("role.json"));
     let grpc = cfg
         .lines()
         .skip_while(|l| *l != "[coordinator]")
@@ -469,8 +467,7 @@ fn a_coordinator_whose_state_file_is_missing_after_a_fence_refuses_to_start() {
     let tgt = RedisServer::start(&[]);
     let state = tempfile::tempdir().unwrap();
     let file = state.path().join("role.json");
-    let (cfg, status) = config(&src, &tgt);
-    let cfg = cfg.replace("[coordinator]\n", &format!("[coordinator]\nstate_file = \"{}\"\n", file.display()));
+    let (cfg, status) = config_with_state(&src, &tgt, &file);
     let mut ferry = Ferry::start(&cfg, &status);
     ferry.wait_for("the first copy", Duration::from_secs(60), |p| p["phase"] == "incremental");
     let (code, out) = watcher(&ferry, &["fence", "--reason", "A lost"]);

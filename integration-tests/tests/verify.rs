@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_config::{DeploymentType, RedisConfig};
@@ -17,25 +17,9 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-/// The `ferry-verify` binary, built once per test process (or from `FERRY_BIN_DIR`).
+/// The `ferry-verify` binary (built with the others, see [`bin_dir`]).
 fn verify_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(d) = std::env::var("FERRY_BIN_DIR") {
-            return PathBuf::from(d).join("ferry-verify");
-        }
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(&root)
-            .args(["build", "--quiet", "-p", "ferry-verify"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build -p ferry-verify failed");
-        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
-        target.join("debug").join("ferry-verify")
-    })
-    .clone()
+    bin_dir().join("ferry-verify")
 }
 
 fn run_bin(args: &[&str]) -> Output {

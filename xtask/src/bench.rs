@@ -271,8 +271,7 @@ fn huge_keys(rt: &tokio::runtime::Runtime, bins: &Path, dir: &Path, h: &HugeOpts
 /// source's dump (against `redis-check-rdb`, Redis's own loader, on the same file) and RESP
 /// framing on the data set's RESP file.
 fn micro(bins: &Path, rdb: &Path, resp: &Path, release: bool) -> anyhow::Result<serde_json::Value> {
-    let st = Command::new(crate::cargo())
-        .current_dir(crate::root())
+    let st = integration_tests::cargo_command()
         .args(["build", "--quiet", "-p", "ferry-rdb", "-p", "ferry-resp", "--examples"])
         .args(release.then_some("--release"))
         .status()

@@ -123,18 +123,14 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
-}
-
 const BINS: [&str; 4] = ["ferry-coordinator", "ferry-writer", "ferry-decoder", "ferry-reader"];
 
 fn build(release: bool) -> anyhow::Result<PathBuf> {
-    let mut cmd = Command::new(cargo());
+    let mut cmd = integration_tests::cargo_command();
     // The whole workspace, as `cargo build --workspace` does: building only the four packages
     // (`-p ...`) unifies the dependencies' features differently, so each kind of build would
     // compile ferry's crates again after the other.
-    cmd.current_dir(root()).args(["build", "--workspace", "--bins"]);
+    cmd.args(["build", "--workspace", "--bins"]);
     if release {
         cmd.arg("--release");
     }
@@ -382,9 +378,8 @@ fn status(config: Option<&Path>) -> anyhow::Result<()> {
 
 fn soak(rounds: u32, repeats: u32, seed: Option<u64>) -> anyhow::Result<()> {
     let run = |test: &str, filter: &str, rounds: u32, seed: Option<u64>| -> anyhow::Result<()> {
-        let mut cmd = Command::new(cargo());
-        cmd.current_dir(root())
-            .args(["test", "-p", "integration-tests", "--test", test, filter, "--", "--nocapture"])
+        let mut cmd = integration_tests::cargo_command();
+        cmd.args(["test", "-p", "integration-tests", "--test", test, filter, "--", "--nocapture"])
             .env("FERRY_FAULT_ROUNDS", rounds.to_string());
         if let Some(s) = seed {
             cmd.env("FERRY_TEST_SEED", s.to_string());
@@ -404,7 +399,7 @@ fn soak(rounds: u32, repeats: u32, seed: Option<u64>) -> anyhow::Result<()> {
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {
-    let st = Command::new(cargo()).current_dir(root()).args(["test", "--workspace"]).args(args).status()?;
+    let st = integration_tests::cargo_command().args(["test", "--workspace"]).args(args).status()?;
     if !st.success() {
         bail!("tests failed");
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ferry_checkpoint::COORDINATOR_LEASE_KEY;
 use ferry_config::RedisConfig;
-use ferry_resp::{Reply, RespError};
+use ferry_resp::{Connection, Reply, RespError};
 
 /// How long a lease lasts without being renewed.
 pub const TTL: Duration = Duration::from_secs(10);
@@ -19,13 +19,24 @@ pub const TTL: Duration = Duration::from_secs(10);
 pub const RENEW: Duration = Duration::from_secs(3);
 
 /// Takes or renews the lease for `me` in one step: `Ok(None)` when `me` holds it now,
-/// `Ok(Some(holder))` when another coordinator does.
-pub async fn hold(side: &RedisConfig, me: &str) -> anyhow::Result<Option<String>> {
+/// `Ok(Some(holder))` when another coordinator does. `conn` is kept between calls (dropped
+/// on an error, opened again next time).
+pub async fn hold(side: &RedisConfig, me: &str, conn: &mut Option<Connection>) -> anyhow::Result<Option<String>> {
+    if conn.is_none() {
+        *conn = Some(crate::key_conn(side, COORDINATOR_LEASE_KEY).await?);
+    }
+    let res = hold_on(conn.as_mut().expect("opened above"), me).await;
+    if res.is_err() {
+        *conn = None;
+    }
+    res
+}
+
+async fn hold_on(c: &mut Connection, me: &str) -> anyhow::Result<Option<String>> {
     // Takes the lease when it is free, `me`'s, or `ARGV[3]`'s (a holder known to be gone).
     const SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
         if v == false or v == ARGV[1] or v == ARGV[3] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return false end \
         return v";
-    let mut c = crate::key_conn(side, COORDINATOR_LEASE_KEY).await?;
     let ttl = TTL.as_millis().to_string();
     let mut gone = String::new();
     for _ in 0..2 {

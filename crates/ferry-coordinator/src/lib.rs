@@ -561,8 +561,9 @@ impl CoordinatorState {
     async fn lease_loop(self: Arc<Self>, cfg: Config, cancel: CancellationToken) {
         let me = ferry_runtime::instance_name();
         let mut held_at: Option<Instant> = None;
+        let mut conn = None;
         loop {
-            let standby = match lease::hold(&cfg.target, &me).await {
+            let standby = match lease::hold(&cfg.target, &me, &mut conn).await {
                 Ok(None) => {
                     held_at = Some(Instant::now());
                     None

@@ -34,7 +34,7 @@ use tracing::{Instrument, info, warn};
 use crate::convert::{BatchBuilder, RdbConverter};
 use crate::migration::{Edits, MigrationGuard};
 use ferry_filter::{Decision, Filter};
-use ferry_runtime::Stats;
+use ferry_runtime::{FullCopyNeeded, Stats};
 
 /// Largest batch built by the decoder.
 const BATCH_BYTES: usize = 1024 * 1024;
@@ -324,7 +324,8 @@ async fn session(
                         Ok(b) => b,
                         Err(e) if e.downcast_ref::<FullCopyNeeded>().is_some() => {
                             warn!(pipeline = %hello.pipeline_id, reason = %e, "the stream cannot go on as it is: a full copy replaces it");
-                            let ack = Ack { full_copy_needed: e.to_string(), ..Default::default() };
+                            let why = e.downcast_ref::<FullCopyNeeded>().map(|f| f.0.clone()).unwrap_or_default();
+                            let ack = Ack { full_copy_needed: why, ..Default::default() };
                             let _ = full_copy_tx.send(Ok(ack)).await;
                             return Ok(());
                         }
@@ -358,19 +359,6 @@ async fn session(
 /// checkpoint (so a restart resumes inside it without applying anything twice): memory stays
 /// bounded, and the target sees such a transaction's parts one after the other.
 const MAX_TRANSACTION_BYTES: usize = 64 * 1024 * 1024;
-
-/// A command the stream cannot carry to the target as it is: the session ends and the reader
-/// makes a full copy instead (see `Ack.full_copy_needed`).
-#[derive(Debug)]
-struct FullCopyNeeded(String);
-
-impl std::fmt::Display for FullCopyNeeded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for FullCopyNeeded {}
 
 /// `FUNCTION LOAD` and `FUNCTION RESTORE` made idempotent (`REPLACE`): the source ran them, so
 /// the library is the source's now whatever the target held; on a cluster source every master

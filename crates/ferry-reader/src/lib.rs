@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, warn};
 
 use crate::spool::Spool;
-use ferry_runtime::{Backoff, Phase, Stats};
+use ferry_runtime::{Backoff, FullCopyNeeded, Phase, Stats};
 
 /// The next frame of the spool for the decoder stream (ends it when the spool is closed).
 async fn next_frame((s, stats): (Arc<Spool>, Arc<Stats>)) -> Option<(Frame, (Arc<Spool>, Arc<Stats>))> {
@@ -292,19 +292,6 @@ struct Session<'a> {
     /// big to carry: the copy carries its value in bounded chunks instead).
     force_full: bool,
 }
-
-/// The decoder met something the stream cannot carry as it is (a cluster source master's
-/// `FLUSHALL`): the next session makes a full copy instead.
-#[derive(Debug)]
-struct FullCopyNeeded(String);
-
-impl std::fmt::Display for FullCopyNeeded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "a full copy is needed: {}", self.0)
-    }
-}
-
-impl std::error::Error for FullCopyNeeded {}
 
 /// Whether `e` is a source command bigger than the reader takes ([`max_command_bytes`]).
 fn is_command_too_large(e: &anyhow::Error) -> bool {

@@ -23,6 +23,6 @@ pub mod telemetry;
 pub use client::{assignment, plan, plan_once};
 pub use grpc::{grpc_channel, grpc_server, grpc_url, to_status};
 pub use lifecycle::{Backoff, cancel_on_signal, instance_name, sleep_or_cancel};
-pub use model::{Phase, Role};
+pub use model::{FullCopyNeeded, Phase, Role};
 pub use rate::RateLimiter;
 pub use stats::{Sessions, Stats, report_loop};

@@ -62,6 +62,21 @@ impl Role {
     }
 }
 
+/// The stream holds something it cannot carry to the target as it is (a cluster source
+/// master's `FLUSHALL`, a command bigger than a message): the session ends and the reader's
+/// next session makes a full copy instead. Travels from the decoder to the reader as
+/// `Ack.full_copy_needed`.
+#[derive(Debug)]
+pub struct FullCopyNeeded(pub String);
+
+impl std::fmt::Display for FullCopyNeeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a full copy is needed: {}", self.0)
+    }
+}
+
+impl std::error::Error for FullCopyNeeded {}
+
 /// The phase of a pipeline (in `/status`) or of one stage's part of it (in its reports).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
