@@ -57,51 +57,64 @@ impl Certs {
                 ],
             );
         }
-        for (name, ext) in [
-            ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n"),
-            ("client", "extendedKeyUsage=clientAuth\n"),
-        ] {
-            std::fs::write(d.join(format!("{name}.ext")), format!("basicConstraints=CA:FALSE\n{ext}")).unwrap();
-            openssl(
-                d,
-                &[
-                    "req",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
-                    "-nodes",
-                    "-keyout",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.csr"),
-                    "-subj",
-                    &format!("/CN=ferry {name}"),
-                ],
-            );
-            openssl(
-                d,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &format!("{name}.csr"),
-                    "-CA",
-                    "ca.crt",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-out",
-                    &format!("{name}.crt"),
-                    "-extfile",
-                    &format!("{name}.ext"),
-                ],
-            );
+        let certs = Certs { dir };
+        certs.leaf("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n");
+        certs.leaf("client", "extendedKeyUsage=clientAuth\n");
+        std::fs::write(certs.path("password"), format!("{PASSWORD}\n")).unwrap();
+        certs
+    }
+
+    /// One certificate of `ca` per role (`<role>.crt`, `<role>.key`), each naming its role
+    /// as a DNS name (`ferry-reader`, ...), as the processes' identities, valid for 127.0.0.1.
+    fn with_roles(self, roles: &[&str]) -> Certs {
+        for role in roles {
+            let ext = format!("subjectAltName=DNS:ferry-{role},IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n");
+            self.leaf(role, &ext);
         }
-        std::fs::write(d.join("password"), format!("{PASSWORD}\n")).unwrap();
-        Certs { dir }
+        self
+    }
+
+    /// A certificate `name.crt` (key `name.key`) signed by `ca.crt`, with extensions `ext`.
+    fn leaf(&self, name: &str, ext: &str) {
+        let d = self.dir.path();
+        std::fs::write(d.join(format!("{name}.ext")), format!("basicConstraints=CA:FALSE\n{ext}")).unwrap();
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN=ferry {name}"),
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.crt"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -379,37 +392,78 @@ fn wrong_ca_is_one_line_in_status_naming_tls_and_the_address() {
     assert_no_secret(&certs, &ferry);
 }
 
-/// The coordinator's `Plan` through a TLS client trusting `ca`, presenting `identity` (or none).
-fn plan_over_tls(certs: &Certs, addr: &str, identity: Option<(&str, &str)>) -> Result<usize, String> {
+/// A gRPC channel to `addr` over TLS trusting `ca.crt`, presenting `<who>.crt` (none: no
+/// client certificate).
+async fn channel_as(certs: &Certs, addr: &str, who: Option<&str>) -> Result<tonic::transport::Channel, String> {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-    rt().block_on(async {
-        let ca = Certificate::from_pem(std::fs::read(certs.path("ca.crt")).unwrap());
-        let mut tls = ClientTlsConfig::new().ca_certificate(ca).domain_name("127.0.0.1");
-        if let Some((cert, key)) = identity {
-            let id =
-                Identity::from_pem(std::fs::read(certs.path(cert)).unwrap(), std::fs::read(certs.path(key)).unwrap());
-            tls = tls.identity(id);
-        }
-        let endpoint = Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap();
-        let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
-        let mut client = ferry_proto::coordinator_client::CoordinatorClient::new(channel);
-        let req = ferry_proto::AssignRequest { role: "test".into(), ..Default::default() };
-        client.plan(req).await.map(|r| r.into_inner().pipelines.len()).map_err(|s| format!("{s:?}"))
-    })
+    let ca = Certificate::from_pem(std::fs::read(certs.path("ca.crt")).unwrap());
+    let mut tls = ClientTlsConfig::new().ca_certificate(ca).domain_name("127.0.0.1");
+    if let Some(who) = who {
+        let read = |ext: &str| std::fs::read(certs.path(&format!("{who}.{ext}"))).unwrap();
+        tls = tls.identity(Identity::from_pem(read("crt"), read("key")));
+    }
+    let endpoint = Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap();
+    endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))
 }
 
+/// One call of `endpoint` on `channel`; a call a role may make changes nothing (an empty
+/// stream, a plan, the role).
+async fn call(endpoint: &str, channel: tonic::transport::Channel) -> Result<(), tonic::Status> {
+    use ferry_proto::coordinator_client::CoordinatorClient;
+    match endpoint {
+        "Coordinator.Plan" => CoordinatorClient::new(channel)
+            .plan(ferry_proto::AssignRequest { role: "reader".into(), ..Default::default() })
+            .await
+            .map(drop),
+        "Coordinator.Report" => CoordinatorClient::new(channel)
+            .report(ferry_proto::StatusReport {
+                pipeline_id: "probe".into(),
+                role: "reader".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "Coordinator.GetRole" => {
+            CoordinatorClient::new(channel).get_role(ferry_proto::RoleRequest::default()).await.map(drop)
+        }
+        "Coordinator.SetRole" => CoordinatorClient::new(channel)
+            .set_role(ferry_proto::RoleRequest { role: "fenced".into(), reason: "probe".into(), ..Default::default() })
+            .await
+            .map(drop),
+        "Decoder.Sync" => ferry_proto::decoder_client::DecoderClient::new(channel)
+            .sync(futures::stream::empty::<ferry_proto::Frame>())
+            .await
+            .map(drop),
+        "Writer.Apply" => ferry_proto::writer_client::WriterClient::new(channel)
+            .apply(futures::stream::empty::<ferry_proto::Batch>())
+            .await
+            .map(drop),
+        other => panic!("no endpoint {other}"),
+    }
+}
+
+/// The `value` of `key = "value"` in `[section]` of a config made by `config_with_ports`.
+fn value_in(cfg: &str, section: &str, key: &str) -> String {
+    let rest = &cfg[cfg.find(&format!("[{section}]\n")).expect("section")..];
+    let at = rest.find(&format!("{key} = \"")).expect("key") + key.len() + 4;
+    rest[at..at + rest[at..].find('"').unwrap()].to_string()
+}
+
+/// Each process presents its own role's certificate (`{role}` in the `[grpc]` paths), the
+/// four of them sync over mutual TLS, and each endpoint admits only the roles that may call
+/// it: a certificate of another role, of no role, of another CA, none at all, or plaintext
+/// is refused, the refusals counted in `/metrics`.
 #[test]
-fn grpc_links_between_the_processes_are_mutual_tls() {
-    let certs = Certs::generate();
+fn grpc_links_are_mutual_tls_and_each_endpoint_admits_only_its_callers() {
+    let certs = Certs::generate().with_roles(&["reader", "decoder", "writer", "coordinator", "watcher"]);
     let (src, tgt) = (RedisServer::start(&[]), RedisServer::start(&[]));
     rt().block_on(async { populate(&mut src.connect().await.unwrap()).await.unwrap() });
+    let dir = certs.p("");
     let (cfg, status) = config_with_ports(&format!(
-        "[source]\naddress = \"{}\"\n[target]\naddress = \"{}\"\n[grpc]\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        "[source]\naddress = \"{}\"\n[target]\naddress = \"{}\"\n[grpc]\ntls_ca_file = \"{dir}ca.crt\"\n\
+         tls_cert_file = \"{dir}{{role}}.crt\"\ntls_key_file = \"{dir}{{role}}.key\"\n",
         src.addr(),
         tgt.addr(),
-        certs.p("ca.crt"),
-        certs.p("server.crt"),
-        certs.p("server.key")
     ));
     let ferry = Ferry::start(&cfg, &status);
     ferry.wait_caught_up(rt().block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
@@ -417,23 +471,80 @@ fn grpc_links_between_the_processes_are_mutual_tls() {
         let (mut a, mut b) = (src.connect().await.unwrap(), tgt.connect().await.unwrap());
         compare(&mut a, &mut b, 2000).await.unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
     });
-    let start = cfg.find("grpc_addr = \"").unwrap() + 13;
-    let grpc = &cfg[start..start + cfg[start..].find('"').unwrap()];
-    // A certificate of the CA is let in; none, or one of another CA, is not.
-    assert_eq!(plan_over_tls(&certs, grpc, Some(("server.crt", "server.key"))), Ok(1));
-    assert!(plan_over_tls(&certs, grpc, None).is_err());
-    assert!(plan_over_tls(&certs, grpc, Some(("other-ca.crt", "other-ca.key"))).is_err());
-    // Plain HTTP/2 is not spoken at all.
-    let plain = rt().block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap().connect().await;
-        match channel {
-            Err(e) => Err(format!("{e:?}")),
-            Ok(c) => ferry_proto::coordinator_client::CoordinatorClient::new(c)
-                .plan(ferry_proto::AssignRequest::default())
-                .await
-                .map(|_| ())
-                .map_err(|s| format!("{s:?}")),
+    let coordinator = value_in(&cfg, "coordinator", "grpc_addr");
+    let decoder = value_in(&cfg, "decoder", "listen");
+    let writer = value_in(&cfg, "writer", "listen");
+    let endpoints = [
+        ("Coordinator.Plan", &coordinator, "ferry-reader or ferry-decoder or ferry-writer"),
+        ("Coordinator.Report", &coordinator, "ferry-reader or ferry-decoder or ferry-writer"),
+        ("Coordinator.GetRole", &coordinator, "ferry-watcher or ferry-admin"),
+        ("Coordinator.SetRole", &coordinator, "ferry-watcher or ferry-admin"),
+        ("Decoder.Sync", &decoder, "ferry-reader"),
+        ("Writer.Apply", &writer, "ferry-decoder"),
+    ];
+    let rt = rt();
+    // The roles each endpoint must refuse ("server": a certificate of the CA naming no role).
+    let refused: [(&str, &[&str]); 6] = [
+        ("Coordinator.Plan", &["watcher", "coordinator", "server"]),
+        ("Coordinator.Report", &["watcher", "server"]),
+        ("Coordinator.GetRole", &["reader", "decoder", "writer", "server"]),
+        ("Coordinator.SetRole", &["reader", "decoder", "writer", "coordinator", "server"]),
+        ("Decoder.Sync", &["decoder", "writer", "watcher", "coordinator", "server"]),
+        ("Writer.Apply", &["reader", "writer", "watcher", "coordinator", "server"]),
+    ];
+    for (endpoint, who) in refused {
+        let (_, addr, expected) = endpoints.iter().find(|e| e.0 == endpoint).unwrap();
+        for who in who {
+            let status = rt
+                .block_on(async { call(endpoint, channel_as(&certs, addr, Some(who)).await.unwrap()).await })
+                .expect_err(&format!("{endpoint} admitted a {who} certificate"));
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{endpoint} as {who}: {status:?}");
+            assert!(status.message().contains(expected), "{endpoint} as {who}: {}", status.message());
         }
+        // No client certificate, one of another CA, or plaintext: no call at all.
+        for who in [None, Some("other-ca")] {
+            let r = rt.block_on(async {
+                match channel_as(&certs, addr, who).await {
+                    Err(e) => Err(e),
+                    Ok(c) => call(endpoint, c).await.map_err(|s| format!("{s:?}")),
+                }
+            });
+            assert!(r.is_err(), "{endpoint} answered a client with {who:?}");
+        }
+        let plain = rt.block_on(async {
+            match tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await {
+                Err(e) => Err(format!("{e:?}")),
+                Ok(c) => call(endpoint, c).await.map_err(|s| format!("{s:?}")),
+            }
+        });
+        assert!(plain.is_err(), "{endpoint} answered a plaintext client");
+    }
+    // The callers each endpoint is for get in.
+    rt.block_on(async {
+        call("Coordinator.Plan", channel_as(&certs, &coordinator, Some("reader")).await.unwrap()).await.unwrap();
+        call("Coordinator.GetRole", channel_as(&certs, &coordinator, Some("watcher")).await.unwrap()).await.unwrap();
     });
-    assert!(plain.is_err(), "a plaintext client got an answer");
+    // Counted where they were refused.
+    let metrics = http_get(&status, "/metrics").unwrap();
+    assert!(metrics.contains("ferry_grpc_denied_total{endpoint=\"Coordinator.SetRole\"} 5"), "{metrics}");
+    let writer_metrics = http_get(&metrics_addr_of(&cfg, "writer"), "/metrics").unwrap();
+    assert!(writer_metrics.contains("ferry_grpc_denied_total{endpoint=\"Writer.Apply\"} 5"), "{writer_metrics}");
+    // The watcher's own commands go through as the watcher, and not with a reader's certificate.
+    let watcher = |config: &str, args: &[&str]| {
+        let path = ferry.dir.path().join("watcher.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = Command::new(bin_dir().join("ferry-watcher")).args(args).arg("--config").arg(&path).output().unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, out) = watcher(&cfg, &["status"]);
+    assert!(ok && out.contains("forward"), "{out}");
+    let as_reader = cfg.replace("{role}.crt", "reader.crt").replace("{role}.key", "reader.key");
+    let (ok, out) = watcher(&as_reader, &["fence", "--reason", "probe"]);
+    assert!(!ok && out.contains("admits only ferry-watcher or ferry-admin"), "{out}");
+    assert!(rt.block_on(async { src.repl_offset().await }).is_ok());
+    let role = http_get(&status, "/status").unwrap();
+    assert!(role.contains("\"role\":\"forward\""), "{role}");
 }

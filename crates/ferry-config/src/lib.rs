@@ -90,8 +90,11 @@ impl Default for TelemetryConfig {
 }
 
 /// `[grpc]`: the links between ferry's own processes. With the three files set, every link
-/// is mutual TLS: each process presents `tls_cert_file` (as a server and as a client) and
-/// accepts only peers whose certificate chains to `tls_ca_file`.
+/// is mutual TLS: each process presents `tls_cert_file` (as a server and as a client),
+/// accepts only peers whose certificate chains to `tls_ca_file`, and serves each endpoint
+/// only to the roles that may call it, named by a DNS name of the peer's certificate
+/// (`identities`). `{role}` in a file path is this process's role (`reader`, `decoder`,
+/// `writer`, `coordinator`, `watcher`), so one ferry.toml can name each process's own files.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcConfig {
@@ -109,11 +112,25 @@ pub struct GrpcConfig {
     /// (without it, a process refuses to start that way). Logged loudly, shown in `/status`.
     #[serde(default)]
     pub insecure: bool,
+    /// The certificate names (DNS SANs) of each role, e.g. `reader = ["ferry-reader"]`:
+    /// a peer is a role when its certificate is valid for one of them. A role not listed is
+    /// named `ferry-<role>`. Roles: reader, decoder, writer, coordinator, watcher, admin
+    /// (an operator's tools: `SetRole` like the watcher).
+    #[serde(default)]
+    pub identities: std::collections::BTreeMap<String, Vec<String>>,
 }
+
+/// The roles ferry's processes (and an operator) take on the gRPC links.
+pub const GRPC_ROLES: [&str; 6] = ["reader", "decoder", "writer", "coordinator", "watcher", "admin"];
 
 impl GrpcConfig {
     pub fn tls(&self) -> bool {
         !self.tls_ca_file.is_empty()
+    }
+
+    /// The certificate names that identify `role` (one of [`GRPC_ROLES`]).
+    pub fn names_of(&self, role: &str) -> Vec<String> {
+        self.identities.get(role).cloned().unwrap_or_else(|| vec![format!("ferry-{role}")])
     }
 }
 
@@ -885,6 +902,20 @@ impl Config {
                 "mutual TLS between ferry's processes needs tls_ca_file, tls_cert_file and tls_key_file".into(),
             ));
         }
+        for (role, names) in &g.identities {
+            let field = format!("grpc.identities.{role}");
+            if !GRPC_ROLES.contains(&role.as_str()) {
+                return Err(invalid(&field, format!("unknown role {role:?} (roles: {})", GRPC_ROLES.join(", "))));
+            }
+            if names.is_empty() {
+                return Err(invalid(&field, "names no certificate name".into()));
+            }
+            let bad_name =
+                |n: &&String| n.is_empty() || n.chars().any(|c| !(c.is_ascii_alphanumeric() || "-.:*".contains(c)));
+            if let Some(bad) = names.iter().find(bad_name) {
+                return Err(invalid(&field, format!("{bad:?} is not a DNS name or IP address")));
+            }
+        }
         if self.reader.scan_count == 0 {
             return Err(invalid("reader.scan_count", "must be at least 1".into()));
         }
@@ -1077,6 +1108,19 @@ mod tls_tests {
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(text, "ferry.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn grpc_identities_name_known_roles() {
+        let c = parse("[grpc.identities]\nreader = [\"reader.prod.internal\", \"ferry-reader\"]\n").unwrap();
+        assert_eq!(c.grpc.names_of("reader"), ["reader.prod.internal", "ferry-reader"]);
+        assert_eq!(c.grpc.names_of("admin"), ["ferry-admin"]);
+        let e = parse("[grpc.identities]\nreaders = [\"x\"]\n").unwrap_err();
+        assert!(e.contains("grpc.identities.readers") && e.contains("unknown role") && !e.contains('\n'), "{e}");
+        let e = parse("[grpc.identities]\nwatcher = []\n").unwrap_err();
+        assert!(e.contains("grpc.identities.watcher"), "{e}");
+        let e = parse("[grpc.identities]\nadmin = [\"a b\"]\n").unwrap_err();
+        assert!(e.contains("not a DNS name"), "{e}");
     }
 
     #[test]

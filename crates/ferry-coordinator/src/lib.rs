@@ -24,6 +24,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::role::{Role, RoleRecord};
 use ferry_runtime::Phase;
+use ferry_runtime::grpc::authorize;
 use ferry_runtime::prom::{Exposition, escape};
 
 /// A report older than this means the stage is gone.
@@ -953,6 +954,11 @@ impl CoordinatorState {
     }
 }
 
+/// The roles that run pipelines: they ask for their assignments and report.
+const STAGES: &[&str] = &["reader", "decoder", "writer"];
+/// The roles that read and change the pair's role: the watcher and an operator's tools.
+const OPERATORS: &[&str] = &["watcher", "admin"];
+
 struct CoordinatorSvc {
     state: Arc<CoordinatorState>,
     cfg: Config,
@@ -961,6 +967,7 @@ struct CoordinatorSvc {
 #[tonic::async_trait]
 impl Coordinator for CoordinatorSvc {
     async fn assign(&self, req: Request<AssignRequest>) -> Result<Response<Assignment>, Status> {
+        authorize(&req, "Coordinator.Assign", STAGES)?;
         let req = req.into_inner();
         ferry_runtime::grpc::check_deployment(&req.deployment, &format!("{} {}", req.role, req.instance))?;
         if self.state.plans.lock().unwrap().is_empty() {
@@ -980,6 +987,7 @@ impl Coordinator for CoordinatorSvc {
     }
 
     async fn plan(&self, req: Request<AssignRequest>) -> Result<Response<PlanReply>, Status> {
+        authorize(&req, "Coordinator.Plan", STAGES)?;
         let req = req.into_inner();
         ferry_runtime::grpc::check_deployment(&req.deployment, &format!("{} {}", req.role, req.instance))?;
         if !self.state.planned.load(std::sync::atomic::Ordering::SeqCst) {
@@ -996,11 +1004,13 @@ impl Coordinator for CoordinatorSvc {
         Ok(Response::new(PlanReply { pipelines }))
     }
 
-    async fn get_role(&self, _req: Request<RoleRequest>) -> Result<Response<RoleState>, Status> {
+    async fn get_role(&self, req: Request<RoleRequest>) -> Result<Response<RoleState>, Status> {
+        authorize(&req, "Coordinator.GetRole", OPERATORS)?;
         Ok(Response::new(self.state.role_state()))
     }
 
     async fn set_role(&self, req: Request<RoleRequest>) -> Result<Response<RoleState>, Status> {
+        authorize(&req, "Coordinator.SetRole", OPERATORS)?;
         let req = req.into_inner();
         let to = Role::parse(&req.role).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let reason = if req.reason.is_empty() { "requested" } else { req.reason.as_str() };
@@ -1024,6 +1034,7 @@ impl Coordinator for CoordinatorSvc {
     }
 
     async fn report(&self, req: Request<StatusReport>) -> Result<Response<ReportReply>, Status> {
+        authorize(&req, "Coordinator.Report", STAGES)?;
         let r = req.into_inner();
         ferry_runtime::grpc::check_deployment(&r.deployment, &format!("{} {}", r.role, r.instance))?;
         let key = (r.pipeline_id.clone(), r.role.clone());
@@ -1160,6 +1171,7 @@ pub fn render_metrics(doc: &StatusDoc) -> String {
     for role in [Role::Forward, Role::Fenced, Role::Recovering, Role::Switchback] {
         out.sample("ferry_role", &format!("role=\"{}\"", role.as_str()), u8::from(doc.role == role.as_str()));
     }
+    ferry_runtime::prom::denied_calls(&mut out);
     out.family("ferry_errors_total", "counter", "Error replies and failures by kind.");
     for p in &doc.pipelines {
         for (k, v) in &p.errors_by_kind {

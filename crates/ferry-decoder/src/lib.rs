@@ -94,6 +94,7 @@ impl Decoder for DecoderSvc {
     type SyncStream = ferry_runtime::grpc::AckStream;
 
     async fn sync(&self, req: Request<Streaming<Frame>>) -> Result<Response<ferry_runtime::grpc::AckStream>, Status> {
+        ferry_runtime::grpc::authorize(&req, "Decoder.Sync", &["reader"])?;
         let mut frames = req.into_inner();
         let (ack_tx, ack_rx) = mpsc::channel(64);
         let cfg = self.cfg.clone();

@@ -27,7 +27,7 @@ impl CommonArgs {
         let cfg = Config::load(&self.config)?;
         crate::logging::init_logging(&cfg.log, &cfg.telemetry, service)?;
         crate::telemetry::init_metrics(&cfg.telemetry, service)?;
-        crate::grpc::init_grpc_tls(&cfg.grpc)?;
+        crate::grpc::init_grpc_tls(&cfg.grpc, service)?;
         let peer = self.coordinator.as_deref().unwrap_or(&cfg.coordinator.grpc_addr);
         crate::grpc::check_plaintext(&cfg, peer)?;
         crate::grpc::init_deployment(cfg.deployment());

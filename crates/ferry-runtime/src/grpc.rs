@@ -110,21 +110,27 @@ pub fn grpc_url(addr: &str) -> String {
     if GRPC_TLS.get().is_some_and(Option::is_some) { format!("https://{host}") } else { format!("http://{host}") }
 }
 
-/// Mutual TLS between ferry's processes (`[grpc]`): the CA, this process's identity.
+/// Mutual TLS between ferry's processes (`[grpc]`): the CA, this process's identity, and
+/// the certificate names of each role its endpoints admit.
 pub struct GrpcTls {
     ca: tonic::transport::Certificate,
     identity: tonic::transport::Identity,
     server_name: String,
+    /// `(role, names)` for every role of [`ferry_config::GRPC_ROLES`].
+    identities: Vec<(&'static str, Vec<String>)>,
 }
 
 /// Set once per process, from its config, before any gRPC link is made.
 static GRPC_TLS: std::sync::OnceLock<Option<GrpcTls>> = std::sync::OnceLock::new();
 
-/// Reads the `[grpc]` TLS files (an unreadable one is a configuration error).
-pub fn init_grpc_tls(cfg: &ferry_config::GrpcConfig) -> anyhow::Result<()> {
+/// Reads the `[grpc]` TLS files (an unreadable one is a configuration error); `{role}` in a
+/// path is `service`'s role (`ferry-reader` → `reader`).
+pub fn init_grpc_tls(cfg: &ferry_config::GrpcConfig, service: &str) -> anyhow::Result<()> {
+    let role = service.strip_prefix("ferry-").unwrap_or(service);
     let tls = if cfg.tls() {
         let read = |field: &str, path: &str| {
-            std::fs::read(path).map_err(|e| {
+            let path = path.replace("{role}", role);
+            std::fs::read(&path).map_err(|e| {
                 ferry_config::ConfigError::field(format!("grpc.{field}"), format!("cannot read {path}: {e}"))
             })
         };
@@ -135,12 +141,60 @@ pub fn init_grpc_tls(cfg: &ferry_config::GrpcConfig) -> anyhow::Result<()> {
                 read("tls_key_file", &cfg.tls_key_file)?,
             ),
             server_name: cfg.tls_server_name.clone(),
+            identities: ferry_config::GRPC_ROLES.iter().map(|r| (*r, cfg.names_of(r))).collect(),
         })
     } else {
         None
     };
     let _ = GRPC_TLS.set(tls);
     Ok(())
+}
+
+/// Calls refused by [`authorize`], by endpoint (for `/metrics`).
+static DENIED: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Calls each endpoint refused because the caller's certificate names no role it admits.
+pub fn denied_calls() -> Vec<(&'static str, u64)> {
+    DENIED.lock().unwrap().iter().map(|(k, v)| (*k, *v)).collect()
+}
+
+/// Admits a call to `endpoint` (`Service.Method`) only from a peer whose certificate names
+/// one of `roles` (see `[grpc] identities`); otherwise `PERMISSION_DENIED` naming the roles,
+/// logged and counted. Without `[grpc]` TLS there is no identity to check: the links are
+/// then loopback-only or declared insecure ([`check_plaintext`]).
+pub fn authorize<T>(req: &tonic::Request<T>, endpoint: &'static str, roles: &[&str]) -> Result<(), tonic::Status> {
+    let Some(Some(tls)) = GRPC_TLS.get() else { return Ok(()) };
+    let names: Vec<&str> = tls
+        .identities
+        .iter()
+        .filter(|(r, _)| roles.contains(r))
+        .flat_map(|(_, n)| n.iter().map(String::as_str))
+        .collect();
+    let certs = req.peer_certs();
+    let cert = certs.as_ref().and_then(|c| c.first());
+    if cert.is_some_and(|der| names.iter().any(|n| cert_names(der, n))) {
+        return Ok(());
+    }
+    *DENIED.lock().unwrap().entry(endpoint).or_default() += 1;
+    let expected = names.join(" or ");
+    let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::warn!(
+        endpoint,
+        peer,
+        expected,
+        "refused a call from a peer whose certificate is not of a role the endpoint admits"
+    );
+    Err(tonic::Status::permission_denied(format!(
+        "{endpoint} admits only {expected}: the caller's certificate names none of them (DNS names; see [grpc] identities)"
+    )))
+}
+
+/// Whether the end-entity certificate `der` is valid for the DNS name (or IP) `name`.
+fn cert_names(der: &rustls_pki_types::CertificateDer<'_>, name: &str) -> bool {
+    let Ok(cert) = webpki::EndEntityCert::try_from(der) else { return false };
+    let Ok(name) = rustls_pki_types::ServerName::try_from(name) else { return false };
+    cert.verify_is_valid_for_subject_name(&name).is_ok()
 }
 
 /// A channel to another ferry process (`url` from [`grpc_url`]), over mutual TLS when set.

@@ -85,6 +85,7 @@ pub fn render(process: &str) -> String {
             out.sample("ferry_stage_phase", &format!("{},phase=\"{ph}\"", labels(r)), u8::from(r.phase == ph.as_str()));
         }
     }
+    crate::prom::denied_calls(&mut out);
     out.family("ferry_stage_errors_total", "counter", "Error replies and failures by kind.");
     for r in &reports {
         for (k, v) in &r.errors_by_kind {

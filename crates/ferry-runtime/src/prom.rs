@@ -38,3 +38,16 @@ impl Exposition {
         self.out
     }
 }
+
+/// `ferry_grpc_denied_total`: this process's gRPC calls refused for the caller's identity.
+pub fn denied_calls(out: &mut Exposition) {
+    let name = "ferry_grpc_denied_total";
+    out.family(
+        name,
+        "counter",
+        "gRPC calls refused because the caller's certificate is not of a role the endpoint admits.",
+    );
+    for (endpoint, n) in crate::grpc::denied_calls() {
+        out.sample(name, &format!("endpoint=\"{endpoint}\""), n);
+    }
+}

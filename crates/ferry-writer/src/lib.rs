@@ -76,6 +76,7 @@ impl Writer for WriterSvc {
     type ApplyStream = ferry_runtime::grpc::AckStream;
 
     async fn apply(&self, req: Request<Streaming<Batch>>) -> Result<Response<ferry_runtime::grpc::AckStream>, Status> {
+        ferry_runtime::grpc::authorize(&req, "Writer.Apply", &["decoder"])?;
         let mut batches = req.into_inner();
         let (ack_tx, ack_rx) = mpsc::channel(64);
         let cfg = self.cfg.clone();
