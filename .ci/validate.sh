@@ -4,7 +4,9 @@
 #      nor in Debian, so deploy/tools/validate_k8s.py renders the subset of kustomize the
 #      manifests use, and compares with `kubectl kustomize` where kubectl exists), and
 #      validates every object against the Kubernetes JSON schemas (kubernetes-validate,
-#      strict) plus ferry's own wiring;
+#      strict), cert-manager's Certificates and Issuers against the schemas vendored in
+#      deploy/tools/schemas (jsonschema, strict), plus ferry's own wiring (each process
+#      presents its own role's certificate, the NetworkPolicies admit every link, ...);
 #   2. parses the files given as arguments (GET /metrics of the coordinator and of each stage) with prometheus_client's
 #      parser; without any, deploy/tools/metrics.example.prom.
 # Tools come from PyPI into a venv under /tmp (reused when the pins match). Quiet on
@@ -16,7 +18,7 @@ cd "$(dirname "$0")/.."
 metrics=("$@")
 [ ${#metrics[@]} -gt 0 ] || metrics=(deploy/tools/metrics.example.prom)
 venv=${FERRY_VALIDATE_VENV:-/tmp/ferry-validate-venv}
-pins="kubernetes-validate==1.37.0 prometheus-client==0.26.0"
+pins="kubernetes-validate==1.37.0 jsonschema==4.26.0 prometheus-client==0.26.0"
 
 if [ ! -f "$venv/.pins" ] || [ "$(cat "$venv/.pins")" != "$pins" ]; then
   rm -rf "$venv"
