@@ -11,30 +11,41 @@ use ferry_resp::{Auth, Connection, Reply};
 /// A Redis Cluster of `masters` masters with `replicas` replicas each, on loopback.
 pub struct Cluster {
     pub nodes: Vec<RedisServer>,
+    /// The servers' build.
+    pub flavor: Flavor,
 }
 
 impl Cluster {
-    fn start_node() -> RedisServer {
-        RedisServer::start(&[
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-            "--cluster-node-timeout",
-            "2000",
-            "--repl-backlog-size",
-            "64mb",
-        ])
+    fn start_node(flavor: &Flavor) -> RedisServer {
+        RedisServer::start_on(
+            flavor,
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--repl-backlog-size",
+                "64mb",
+            ],
+        )
     }
 
     pub fn start(masters: usize, replicas: usize) -> Cluster {
-        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas)).map(|_| Self::start_node()).collect();
+        require_redis();
+        Self::start_on(&Flavor::system(), masters, replicas)
+    }
+
+    /// [`Cluster::start`] with the servers of `flavor`.
+    pub fn start_on(flavor: &Flavor, masters: usize, replicas: usize) -> Cluster {
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas)).map(|_| Self::start_node(flavor)).collect();
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
         args.extend(nodes.iter().map(|n| n.addr()));
         args.extend(["--cluster-replicas".into(), replicas.to_string(), "--cluster-yes".into()]);
-        let out = Command::new("redis-cli").args(&args).output().expect("run redis-cli --cluster create");
+        let out = Command::new(&flavor.cli).args(&args).output().expect("run redis-cli --cluster create");
         assert!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
-        let c = Cluster { nodes };
+        let c = Cluster { nodes, flavor: flavor.clone() };
         c.wait_ok(masters);
         c
     }
@@ -46,9 +57,9 @@ impl Cluster {
     /// Adds an empty master (`redis-cli --cluster add-node`) and returns its address; give it
     /// slots with [`Cluster::migrate_slot_to`].
     pub fn add_master(&mut self) -> String {
-        let node = Self::start_node();
+        let node = Self::start_node(&self.flavor);
         let addr = node.addr();
-        let out = Command::new("redis-cli")
+        let out = Command::new(&self.flavor.cli)
             .args(["--cluster", "add-node", &addr, &self.seed()])
             .output()
             .expect("run redis-cli --cluster add-node");

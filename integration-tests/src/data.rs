@@ -19,7 +19,7 @@ pub async fn key_value(c: &mut Connection, key: &[u8]) -> anyhow::Result<(String
         "string" => format!("{:?}", c.call(&[&b"GET"[..], key]).await?),
         "list" => format!("{:?}", c.call(&[&b"LRANGE"[..], key, b"0", b"-1"]).await?),
         "set" => format!("{:?}", sorted(c.call(&[&b"SMEMBERS"[..], key]).await?)),
-        "zset" => format!("{:?}", c.call(&[&b"ZRANGE"[..], key, b"0", b"-1", b"WITHSCORES"]).await?),
+        "zset" => format!("{:?}", scores(c.call(&[&b"ZRANGE"[..], key, b"0", b"-1", b"WITHSCORES"]).await?)),
         "hash" => format!("{:?}", sorted_pairs(c.call(&[&b"HGETALL"[..], key]).await?)),
         "stream" => {
             let entries = c.call(&[&b"XRANGE"[..], key, b"-", b"+"]).await?;
@@ -33,6 +33,18 @@ pub async fn key_value(c: &mut Connection, key: &[u8]) -> anyhow::Result<(String
         _ => -3,
     };
     Ok((format!("{ty} {v}"), ttl))
+}
+
+/// A `ZRANGE … WITHSCORES` reply as (member, score) with the scores as numbers: servers
+/// write the same double differently (Redis 7.0 `%.17g`: `2.1428571428571428`, Valkey 8
+/// the shortest form: `2.142857142857143`).
+fn scores(r: Reply) -> Vec<(Bytes, f64)> {
+    let flat = match r {
+        Reply::Array(Some(items)) => items.into_iter().filter_map(|i| i.as_bytes().cloned()).collect::<Vec<_>>(),
+        _ => vec![],
+    };
+    let score = |b: &Bytes| std::str::from_utf8(b).ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    flat.chunks(2).map(|c| (c[0].clone(), score(&c[1]))).collect()
 }
 
 fn sorted(r: Reply) -> Vec<Bytes> {
@@ -342,4 +354,46 @@ pub async fn functions(c: &mut Connection) -> anyhow::Result<String> {
     };
     libs.sort();
     Ok(libs.join("\n"))
+}
+
+/// Writes during the incremental phase: MULTI/EXEC, Lua, expirations, deletes, other dbs.
+pub async fn incremental_writes(c: &mut Connection) -> anyhow::Result<()> {
+    c.call(&["SET", "inc:a", "1"]).await?;
+    for _ in 0..50 {
+        c.call(&["INCR", "inc:counter"]).await?;
+        c.call(&["RPUSH", "inc:list", "x"]).await?;
+    }
+    c.call(&["MULTI"]).await?;
+    c.call(&["INCRBY", "inc:counter", "100"]).await?;
+    c.call(&["HSET", "inc:hash", "f", "v"]).await?;
+    c.call(&["SELECT", "3"]).await?;
+    c.call(&["SET", "inc:in-db3", "inside multi"]).await?;
+    let exec = c.call(&["EXEC"]).await?;
+    assert!(exec.first_error().is_none(), "{exec:?}");
+    // The connection's db after EXEC with a SELECT inside is 3.
+    c.call(&["SELECT", "0"]).await?;
+    c.call(&[
+        "EVAL",
+        "redis.call('SET', KEYS[1], ARGV[1]); redis.call('ZADD', KEYS[2], 1.5, 'm'); return 1",
+        "2",
+        "inc:lua",
+        "inc:zset",
+        "from lua",
+    ])
+    .await?;
+    c.call(&["EXPIRE", "str:int", "1000"]).await?;
+    c.call(&["PERSIST", "ttl:s"]).await?;
+    c.call(&["DEL", "list:big", "set:big"]).await?;
+    c.call(&["SET", "inc:short-lived", "v", "PX", "1"]).await?;
+    c.call(&["SELECT", "7"]).await?;
+    c.call(&["SET", "inc:db7", "seven"]).await?;
+    c.call(&["DEL", "str:ascii"]).await?;
+    c.call(&["SELECT", "0"]).await?;
+    c.call(&["XADD", "stream:1", "*", "new", "entry"]).await?;
+    c.call(&["XACK", "stream:1", "grp", "1-1"]).await?;
+    c.call(&["FCALL", "ferry_echo", "0", "hi"]).await?;
+    // Deliberate: time passes, so inc:short-lived (PX 1) has run out before anything reads the
+    // source again; asking the source about the key would itself expire it (a lazy expiry).
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    Ok(())
 }

@@ -6,7 +6,8 @@
 //! [`ferry`] (ferry's processes and their endpoints), [`data`] (filling and comparing
 //! servers), [`witnesses`] (counted write load), [`proxy`] (a TCP proxy that cuts and
 //! stalls links), [`module`] (a small Redis module), [`rng`] (seeded randomness), [`wait`]
-//! (polling a condition until it holds, instead of sleeping for a guessed time).
+//! (polling a condition until it holds, instead of sleeping for a guessed time), [`scenarios`]
+//! (scenarios run against several server builds).
 
 pub mod cluster;
 pub mod data;
@@ -14,6 +15,7 @@ pub mod ferry;
 pub mod module;
 pub mod proxy;
 pub mod rng;
+pub mod scenarios;
 pub mod sentinel;
 pub mod servers;
 pub mod wait;
@@ -23,6 +25,7 @@ pub use cluster::*;
 pub use data::*;
 pub use ferry::*;
 pub use rng::*;
+pub use scenarios::*;
 pub use sentinel::*;
 pub use servers::*;
 pub use wait::*;

@@ -15,11 +15,17 @@ pub struct SentinelGroup {
 
 impl SentinelGroup {
     pub fn start(replicas: usize, sentinels: usize) -> SentinelGroup {
-        let master = RedisServer::start(&[]);
+        require_redis();
+        Self::start_on(&Flavor::system(), replicas, sentinels)
+    }
+
+    /// [`SentinelGroup::start`] with the servers (and sentinels) of `flavor`.
+    pub fn start_on(flavor: &Flavor, replicas: usize, sentinels: usize) -> SentinelGroup {
+        let master = RedisServer::start_on(flavor, &[]);
         let mport = master.port.to_string();
         let mut nodes = vec![master];
         for _ in 0..replicas {
-            nodes.push(RedisServer::start(&["--replicaof", "127.0.0.1", &mport]));
+            nodes.push(RedisServer::start_on(flavor, &["--replicaof", "127.0.0.1", &mport]));
         }
         let name = "ferrymaster".to_string();
         let mut sents = Vec::new();
@@ -38,9 +44,9 @@ impl SentinelGroup {
             )
             .unwrap();
             let log = std::fs::File::create(dir.path().join("redis.log")).unwrap();
-            let args = vec![conf.display().to_string()];
-            let child = RedisServer::spawn("redis-sentinel", &args, log);
-            let s = RedisServer { port, dir, child, password: None, program: "redis-sentinel", args };
+            let args = vec![conf.display().to_string(), "--sentinel".into()];
+            let child = RedisServer::spawn(&flavor.server, &args, log);
+            let s = RedisServer { port, dir, child, password: None, program: flavor.server.clone(), args };
             s.wait_ready();
             sents.push(s);
         }
@@ -124,7 +130,18 @@ impl SentinelGroup {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let mut c = self.sentinels[0].connect().await.unwrap();
-            c.call(&["SENTINEL", "FAILOVER", &self.name]).await.expect("SENTINEL FAILOVER");
+            // Right after an earlier failover the sentinel may not yet count the replicas as
+            // reconfigured (`NOGOODSLAVE`): asked again until it has one, for a while.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match c.call(&["SENTINEL", "FAILOVER", &self.name]).await {
+                    Ok(_) => break,
+                    Err(e) if e.to_string().contains("NOGOODSLAVE") && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                    Err(e) => panic!("SENTINEL FAILOVER: {e:?}"),
+                }
+            }
         });
         self.wait_new_master(&old)
     }

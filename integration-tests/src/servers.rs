@@ -34,6 +34,45 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A server build the tests run: the `redis-server` on PATH, or one named by an environment
+/// variable (`FERRY_TEST_VALKEY_SERVER`, `FERRY_TEST_REDIS_SERVER`), with the `-cli` beside it.
+#[derive(Clone, Debug)]
+pub struct Flavor {
+    /// The server binary (also run as a Sentinel with `--sentinel`).
+    pub server: String,
+    /// Its command-line client, for `--cluster create`.
+    pub cli: String,
+}
+
+impl Flavor {
+    /// The distribution's `redis-server` on PATH (7.0 on Debian 12).
+    pub fn system() -> Flavor {
+        Flavor { server: "redis-server".into(), cli: "redis-cli".into() }
+    }
+
+    /// The server named by the environment variable `var`, or `None` when it is not set.
+    /// A set variable that names no runnable server is a failure, not a skip.
+    pub fn from_env(var: &str) -> Option<Flavor> {
+        let server = std::env::var(var).ok().filter(|v| !v.is_empty())?;
+        let path = std::path::Path::new(&server);
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let cli = path.with_file_name(name.replace("-server", "-cli"));
+        let cli = if cli.exists() { cli.display().to_string() } else { "redis-cli".into() };
+        let ok = Command::new(&server).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+        assert!(ok, "{var}={server} does not run (`{server} --version` failed)");
+        Some(Flavor { server, cli })
+    }
+
+    /// `server --version`, e.g. "Valkey server v=8.0.1 ...".
+    pub fn version(&self) -> String {
+        Command::new(&self.server)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    }
+}
+
 /// Whether `redis-server` is on PATH; tests fail with a clear message if not.
 pub fn require_redis() {
     let ok = Command::new("redis-server").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
@@ -46,8 +85,8 @@ pub struct RedisServer {
     pub dir: tempfile::TempDir,
     pub(crate) child: Child,
     pub password: Option<String>,
-    /// `redis-server` or `redis-sentinel`, and its arguments (for a restart).
-    pub(crate) program: &'static str,
+    /// The server binary, and its arguments (for a restart).
+    pub(crate) program: String,
     pub(crate) args: Vec<String>,
 }
 
@@ -55,6 +94,11 @@ impl RedisServer {
     /// Starts a server with extra `redis-server` arguments (`["--requirepass", "x"]`).
     pub fn start(extra: &[&str]) -> RedisServer {
         require_redis();
+        Self::start_on(&Flavor::system(), extra)
+    }
+
+    /// [`RedisServer::start`] with the server of `flavor`.
+    pub fn start_on(flavor: &Flavor, extra: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("redis.log")).unwrap();
@@ -76,8 +120,8 @@ impl RedisServer {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let password = extra.windows(2).find(|w| w[0] == "--requirepass").map(|w| w[1].to_string());
-        let child = Self::spawn("redis-server", &args, log);
-        let s = RedisServer { port, dir, child, password, program: "redis-server", args };
+        let child = Self::spawn(&flavor.server, &args, log);
+        let s = RedisServer { port, dir, child, password, program: flavor.server.clone(), args };
         s.wait_ready();
         s
     }
@@ -97,7 +141,7 @@ impl RedisServer {
     /// directory: it loads `dump.rdb` if one was saved there (and `nodes.conf` in a cluster).
     pub fn restart(&mut self) {
         let log = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("redis.log")).unwrap();
-        self.child = Self::spawn(self.program, &self.args, log);
+        self.child = Self::spawn(&self.program, &self.args, log);
         self.wait_ready();
     }
 

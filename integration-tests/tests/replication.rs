@@ -7,6 +7,10 @@ use ferry_resp::{Auth, Connection};
 use integration_tests::{RedisServer, wait_until_async};
 
 async fn replicate(server: &RedisServer) {
+    replicate_with(server, &ReplicaOptions::default()).await
+}
+
+async fn replicate_with(server: &RedisServer, opts: &ReplicaOptions) {
     let mut c = server.connect().await.unwrap();
     for i in 0..1000 {
         c.call(&["SET", &format!("k{i}"), &"v".repeat(i % 100)]).await.unwrap();
@@ -18,7 +22,7 @@ async fn replicate(server: &RedisServer) {
     )
     .await
     .unwrap();
-    let (mut stream, mut acker, reply) = handshake(conn, None, &ReplicaOptions::default()).await.unwrap();
+    let (mut stream, mut acker, reply) = handshake(conn, None, opts).await.unwrap();
     let PsyncReply::FullResync { offset: start, .. } = reply else { panic!("expected FULLRESYNC, got {reply:?}") };
     let mut rdb = Vec::new();
     let mut size = None;
@@ -85,6 +89,14 @@ async fn disk_rdb_then_command_stream() {
 async fn diskless_rdb_then_command_stream() {
     let s = RedisServer::start(&["--repl-diskless-sync", "yes"]);
     replicate(&s).await;
+}
+
+/// `REPLCONF version` (what a Valkey 9.1+ primary needs) is refused by Redis
+/// (`Unrecognized REPLCONF option`): the handshake goes on without it.
+#[tokio::test]
+async fn a_refused_replica_version_is_no_error() {
+    let s = RedisServer::start(&[]);
+    replicate_with(&s, &ReplicaOptions { version: Some("9.0.0".into()), ..Default::default() }).await;
 }
 
 #[tokio::test]

@@ -17,48 +17,6 @@ fn config(src: &RedisServer, tgt: &RedisServer, extra_source: &str) -> (String, 
     ))
 }
 
-/// Writes during the incremental phase: MULTI/EXEC, Lua, expirations, deletes, other dbs.
-async fn incremental_writes(c: &mut ferry_resp::Connection) -> anyhow::Result<()> {
-    c.call(&["SET", "inc:a", "1"]).await?;
-    for _ in 0..50 {
-        c.call(&["INCR", "inc:counter"]).await?;
-        c.call(&["RPUSH", "inc:list", "x"]).await?;
-    }
-    c.call(&["MULTI"]).await?;
-    c.call(&["INCRBY", "inc:counter", "100"]).await?;
-    c.call(&["HSET", "inc:hash", "f", "v"]).await?;
-    c.call(&["SELECT", "3"]).await?;
-    c.call(&["SET", "inc:in-db3", "inside multi"]).await?;
-    let exec = c.call(&["EXEC"]).await?;
-    assert!(exec.first_error().is_none(), "{exec:?}");
-    // The connection's db after EXEC with a SELECT inside is 3.
-    c.call(&["SELECT", "0"]).await?;
-    c.call(&[
-        "EVAL",
-        "redis.call('SET', KEYS[1], ARGV[1]); redis.call('ZADD', KEYS[2], 1.5, 'm'); return 1",
-        "2",
-        "inc:lua",
-        "inc:zset",
-        "from lua",
-    ])
-    .await?;
-    c.call(&["EXPIRE", "str:int", "1000"]).await?;
-    c.call(&["PERSIST", "ttl:s"]).await?;
-    c.call(&["DEL", "list:big", "set:big"]).await?;
-    c.call(&["SET", "inc:short-lived", "v", "PX", "1"]).await?;
-    c.call(&["SELECT", "7"]).await?;
-    c.call(&["SET", "inc:db7", "seven"]).await?;
-    c.call(&["DEL", "str:ascii"]).await?;
-    c.call(&["SELECT", "0"]).await?;
-    c.call(&["XADD", "stream:1", "*", "new", "entry"]).await?;
-    c.call(&["XACK", "stream:1", "grp", "1-1"]).await?;
-    c.call(&["FCALL", "ferry_echo", "0", "hi"]).await?;
-    // Deliberate: time passes, so inc:short-lived (PX 1) has run out before anything reads the
-    // source again; asking the source about the key would itself expire it (a lazy expiry).
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    Ok(())
-}
-
 fn full_then_incremental(source_args: &[&str], extra_source: &str) {
     let src = RedisServer::start(source_args);
     let tgt = RedisServer::start(&[]);

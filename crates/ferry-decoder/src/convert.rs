@@ -265,11 +265,30 @@ impl RdbConverter {
     /// label is not newer than itself; the body must use encodings it knows.
     fn payload_version(&self, rdb_type: u8) -> Option<u16> {
         let source = u32::from(self.rdb_version);
-        if self.target_rdb_version == 0 || self.target_rdb_version >= source {
+        if self.target_rdb_version == 0 || self.target_rdb_version == source {
             return Some(self.rdb_version);
         }
         let needed = ferry_rdb::min_rdb_version(rdb_type, self.flavor, source);
-        (needed <= self.target_rdb_version).then_some(self.target_rdb_version as u16)
+        ferry_rdb::restore_label(needed, self.target_rdb_version).map(|v| v as u16)
+    }
+
+    /// Why the target cannot hold `e` as the source has it (a feature newer than the target's
+    /// RDB version: converting it to commands would lose it), or `None`. Checked on every part.
+    pub fn refusal(&self, e: &Entry) -> Option<String> {
+        let target = self.target_rdb_version;
+        if target == 0 || target >= 12 {
+            return None;
+        }
+        let Value::Hash(fields) = &e.value else { return None };
+        fields.iter().any(|f| f.expire_ms.is_some()).then(|| {
+            format!(
+                "key {:?} (db {}) is a hash with field TTLs (RDB type {}, Redis 7.4+), which the target (RDB {target}) \
+                 cannot hold: copy into Redis 7.4+ or Valkey 9+, or leave the key out ([filter] block_keys)",
+                String::from_utf8_lossy(&e.key),
+                e.db,
+                e.rdb_type
+            )
+        })
     }
 
     /// Adds the commands for one entry (or part of one) to `b`.

@@ -34,6 +34,7 @@ use tracing::{Instrument, info, warn};
 use crate::convert::{BatchBuilder, RdbConverter};
 use crate::migration::{Edits, MigrationGuard};
 use ferry_filter::{Decision, Filter};
+use ferry_resp::commands::CommandTable;
 use ferry_runtime::{FullCopyNeeded, Stats};
 
 /// Largest batch built by the decoder.
@@ -184,12 +185,15 @@ async fn session(
     let target_rdb = Arc::new(AtomicU32::new(0));
     // The target holds an earlier copy of this pipeline: a full copy replaces it.
     let earlier_copy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The commands the target knows (also in the first ack, before the reader starts).
+    let target_commands: Arc<std::sync::OnceLock<Arc<CommandTable>>> = Arc::default();
     // Told to the reader when the stream cannot go on as it is (a full copy instead).
     let full_copy_tx = ack_tx.clone();
     let forward = {
         let cancel = cancel.clone();
         let target_rdb = target_rdb.clone();
         let earlier_copy = earlier_copy.clone();
+        let target_commands = target_commands.clone();
         let stats = stats.clone();
         tokio::spawn(async move {
             loop {
@@ -204,6 +208,11 @@ async fn session(
                         }
                         if ack.checkpoint.is_some() {
                             earlier_copy.store(ack.earlier_copy, Relaxed);
+                        }
+                        if !ack.command_table.is_empty()
+                            && let Some(t) = CommandTable::decode(&ack.command_table)
+                        {
+                            let _ = target_commands.set(Arc::new(t));
                         }
                         // What the other pipelines' migration barriers wait for.
                         stats.applied_offset.store(ack.applied_offset, Relaxed);
@@ -248,6 +257,7 @@ async fn session(
                     info!(pipeline = %hello.pipeline_id, replid = %start.replid, offset = start.offset, full = start.full, "replication session started");
                     cmds.db = start.db as u64;
                     cmds.data_offset = start.offset;
+                    cmds.target_commands = target_commands.get().cloned();
                     cmds.data_db = start.db as u64;
                     *stats.replid.lock().unwrap() = start.replid.clone();
                     stats.rdb_applied.store(!start.full, Relaxed);
@@ -400,6 +410,8 @@ struct CommandState {
     data_db: u64,
     /// Filters and db remapping; dropped commands are not data (like `PING`).
     filter: Arc<Filter>,
+    /// The commands the target knows and where their keys are (from the writer).
+    target_commands: Option<Arc<CommandTable>>,
 }
 
 /// Commands of the replication stream that change no data. Pub/Sub messages are not
@@ -421,6 +433,7 @@ impl CommandState {
             data_offset: 0,
             data_db: 0,
             filter: Arc::new(Filter::pass_all()),
+            target_commands: None,
         }
     }
 
@@ -486,15 +499,26 @@ impl CommandState {
                 self.in_multi = false;
             } else {
                 let target = self.filter.map_db(self.db);
-                if ferry_filter::writes_own_key(&whole) {
+                let table = self.target_commands.as_deref();
+                if ferry_filter::writes_own_key(&whole, table) {
                     // Another pipeline's checkpoint on this source: not data to copy.
                     continue;
                 }
-                let whole = match self.filter.command(self.db, &whole)? {
+                let whole = match self.filter.command_with(self.db, &whole, table)? {
                     Decision::Forward => whole.clone(),
                     Decision::Rewrite(c) => c,
                     Decision::Drop => continue,
                 };
+                if let Some(t) = table
+                    && !t.knows(name)
+                {
+                    bail!(
+                        "the target does not know the command {} of the source's stream (at offset {}): copy into \
+                         a server that has it, or leave it out ([filter] block_command)",
+                        String::from_utf8_lossy(name).to_uppercase(),
+                        frame_start + pos as i64
+                    );
+                }
                 if self.cluster_source
                     && (name.eq_ignore_ascii_case(b"FLUSHALL") || name.eq_ignore_ascii_case(b"FLUSHDB"))
                 {
@@ -590,6 +614,9 @@ fn parse_rdb(
             Event::Entry(mut e) => {
                 stats.entries_decoded.fetch_add(1, Relaxed);
                 if let Some(target) = fc.entry(&e) {
+                    if let Some(why) = conv.refusal(&e) {
+                        bail!("the full copy cannot go on: {why}");
+                    }
                     e.db = target;
                     conv.entry(&e, &mut b);
                 }

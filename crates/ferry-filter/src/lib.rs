@@ -47,6 +47,7 @@ use anyhow::anyhow;
 use bytes::Bytes;
 use ferry_config::{ConfigError, FilterConfig};
 use ferry_rdb::{Entry, Part};
+use ferry_resp::commands::{CommandTable, Keys};
 use regex::bytes::Regex;
 use tracing::{info, warn};
 
@@ -286,13 +287,19 @@ impl Filter {
 
     /// Decides what happens to one command of the stream applied to source db `db`.
     pub fn command(&self, db: u64, cmd: &Bytes) -> anyhow::Result<Decision> {
+        self.command_with(db, cmd, None)
+    }
+
+    /// [`Filter::command`], finding the keys with `table`, the target's own description of
+    /// its commands (its key specs) when known.
+    pub fn command_with(&self, db: u64, cmd: &Bytes, table: Option<&CommandTable>) -> anyhow::Result<Decision> {
         if !self.active {
             return Ok(Decision::Forward);
         }
         let name =
             ferry_resp::command_name(cmd).ok_or_else(|| anyhow!("malformed command in the replication stream"))?;
         let upper = name.to_ascii_uppercase();
-        let d = self.decide(db, &upper, cmd)?;
+        let d = self.decide(db, &upper, cmd, table)?;
         match d {
             Decision::Forward => {}
             Decision::Rewrite(_) => {
@@ -320,7 +327,7 @@ impl Filter {
         Decision::Drop
     }
 
-    fn decide(&self, db: u64, upper: &[u8], cmd: &Bytes) -> anyhow::Result<Decision> {
+    fn decide(&self, db: u64, upper: &[u8], cmd: &Bytes, table: Option<&CommandTable>) -> anyhow::Result<Decision> {
         if !self.command_passes_upper(upper) {
             return Ok(Decision::Drop);
         }
@@ -411,7 +418,7 @@ impl Filter {
         if !self.key_rules {
             return Ok(done(&args, rewritten));
         }
-        let keys = key_indexes(upper, &args);
+        let keys = key_positions(upper, &args, table);
         if keys.is_empty() {
             return Ok(done(&args, rewritten));
         }
@@ -445,7 +452,18 @@ fn parse_u64(a: &[u8]) -> Option<u64> {
     std::str::from_utf8(a).ok()?.parse().ok()
 }
 
-/// The positions of the keys in `args` (`args[0]` is the command, `upper` its name in upper case).
+/// The positions of the keys in `args` (`args[0]` is the command, `upper` its name in upper
+/// case): from `table` (the server's key specs) when it can say, else [`key_indexes`].
+pub fn key_positions(upper: &[u8], args: &[Bytes], table: Option<&CommandTable>) -> Vec<usize> {
+    match table.map(|t| t.keys(args)) {
+        Some(Keys::At(at)) => at,
+        _ => key_indexes(upper, args),
+    }
+}
+
+/// The positions of the keys in `args` without a server's description of its commands (a
+/// server older than key specs, or a command whose keys its specs cannot tell, like `SORT …
+/// STORE`): the commands of Redis 7.0 that have keys elsewhere than first.
 pub fn key_indexes(upper: &[u8], args: &[Bytes]) -> Vec<usize> {
     let argc = args.len();
     // `numkeys` at `at`, keys right after it.
@@ -494,13 +512,13 @@ pub use ferry_checkpoint::is_own_key;
 /// Whether a command of the stream writes one of ferry's own keys (ferry's writer puts
 /// them in the source's stream when the source is itself the target of another pipeline).
 /// Cheap for every other command: only those containing `ferry:` are parsed.
-pub fn writes_own_key(cmd: &Bytes) -> bool {
+pub fn writes_own_key(cmd: &Bytes, table: Option<&CommandTable>) -> bool {
     if memchr::memmem::find(cmd, b"ferry:").is_none() {
         return false;
     }
     let Ok(args) = ferry_resp::parse_command(cmd) else { return false };
     let upper = args.first().map(|n| n.to_ascii_uppercase()).unwrap_or_default();
-    let keys = key_indexes(&upper, &args);
+    let keys = key_positions(&upper, &args, table);
     !keys.is_empty() && keys.iter().all(|&i| args.get(i).is_some_and(|k| is_own_key(k)))
 }
 
@@ -574,6 +592,45 @@ impl FullCopy<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A filter's keys come from the target's description of its commands when there is
+    /// one: `MSETEX` (Valkey 9) has its keys after `numkeys`, which no hand-kept table knew.
+    #[test]
+    fn keys_from_the_targets_command_table() {
+        use ferry_resp::Reply;
+        let b = |s: &str| Reply::Bulk(Some(Bytes::copy_from_slice(s.as_bytes())));
+        let i = Reply::Integer;
+        let arr = |v: Vec<Reply>| Reply::Array(Some(v));
+        let spec = arr(vec![
+            b("begin_search"),
+            arr(vec![b("type"), b("index"), b("spec"), arr(vec![b("index"), i(1)])]),
+            b("find_keys"),
+            arr(vec![
+                b("type"),
+                b("keynum"),
+                b("spec"),
+                arr(vec![b("keynumidx"), i(0), b("firstkey"), i(1), b("keystep"), i(2)]),
+            ]),
+        ]);
+        let msetex = arr(vec![
+            b("msetex"),
+            i(-4),
+            arr(vec![b("write"), b("movablekeys")]),
+            i(0),
+            i(0),
+            i(0),
+            arr(vec![]),
+            arr(vec![]),
+            arr(vec![spec]),
+            arr(vec![]),
+        ]);
+        let table = CommandTable::from_reply(&arr(vec![msetex]));
+        let f = Filter::new(&FilterConfig { block_key_prefix: vec!["no:".into()], ..Default::default() }).unwrap();
+        let c = cmd(&["MSETEX", "2", "no:a", "1", "no:b", "2", "PX", "10"]);
+        assert_eq!(f.command_with(0, &c, Some(&table)).unwrap(), Decision::Drop);
+        let c = cmd(&["MSETEX", "2", "a", "1", "b", "2", "PX", "10"]);
+        assert_eq!(f.command_with(0, &c, Some(&table)).unwrap(), Decision::Forward);
+    }
     use ferry_config::Config;
 
     fn filter(toml: &str) -> Filter {
@@ -601,11 +658,11 @@ mod tests {
 
     #[test]
     fn ferrys_own_keys_never_travel() {
-        assert!(writes_own_key(&cmd(&["SET", &ferry_checkpoint::key("shard-0"), "abc 12 12 0"])));
-        assert!(writes_own_key(&cmd(&["DEL", "ferry:tmp:{1}:k"])));
-        assert!(!writes_own_key(&cmd(&["SET", "user:1", &ferry_checkpoint::key("x")])));
-        assert!(!writes_own_key(&cmd(&["DEL", &ferry_checkpoint::key("a"), "user:1"])));
-        assert!(!writes_own_key(&cmd(&["SET", "ferry:other", "v"])));
+        assert!(writes_own_key(&cmd(&["SET", &ferry_checkpoint::key("shard-0"), "abc 12 12 0"]), None));
+        assert!(writes_own_key(&cmd(&["DEL", "ferry:tmp:{1}:k"]), None));
+        assert!(!writes_own_key(&cmd(&["SET", "user:1", &ferry_checkpoint::key("x")]), None));
+        assert!(!writes_own_key(&cmd(&["DEL", &ferry_checkpoint::key("a"), "user:1"]), None));
+        assert!(!writes_own_key(&cmd(&["SET", "ferry:other", "v"]), None));
         let f = Filter::pass_all();
         let mut fc = f.full_copy();
         assert_eq!(fc.entry(&entry(0, &ferry_checkpoint::floor_key("1", "p"), Part::Whole)), None);

@@ -15,7 +15,7 @@ pub enum ErrorKind {
     #[error("bad magic (not an RDB file)")]
     BadMagic,
     /// RDB version not supported (newer than known, or 0).
-    #[error("unsupported RDB version {0}")]
+    #[error("unsupported RDB version {v}{hint}", v = .0, hint = newer_hint(*.0))]
     UnsupportedVersion(u32),
     /// Unknown value type byte.
     #[error("unknown value type {0}")]
@@ -23,6 +23,14 @@ pub enum ErrorKind {
     /// Unknown opcode.
     #[error("unknown opcode {0}")]
     UnknownOpcode(u8),
+    /// A value type or opcode of a newer server, known by name but not read by this ferry.
+    #[error(
+        "{what} is not supported by this ferry: leave the key out ([filter] block_keys or a prefix), or copy it with the server's own replication"
+    )]
+    Newer {
+        /// The type or opcode, named with the server version that writes it.
+        what: String,
+    },
     /// Structurally invalid data.
     #[error("corrupt data: {0}")]
     Corrupt(String),
@@ -49,6 +57,14 @@ pub struct RdbError {
     pub key: Option<Bytes>,
     /// What went wrong.
     pub kind: ErrorKind,
+}
+
+fn newer_hint(version: u32) -> &'static str {
+    if version == 0 {
+        ""
+    } else {
+        " (newer than this ferry knows: [decoder] allow_newer_rdb = true reads it anyway, and stops at the first value type it does not know)"
+    }
 }
 
 fn key_suffix(key: &Option<Bytes>) -> String {

@@ -229,6 +229,35 @@ pub fn min_rdb_version(rdb_type: u8, flavor: Flavor, file_version: u32) -> u32 {
     }
 }
 
+/// The version to label a `RESTORE` payload with for a target that loads RDB `target`, when
+/// its body needs a loader of version `needed` ([`min_rdb_version`]); `None` when the target
+/// cannot load it. Redis numbers its versions 1, 2, ... 15; Valkey 9 goes on at 80 and loads
+/// Redis's versions only up to 11 (12–79 are Redis's own types, foreign to it), so a label
+/// must be one the target's family reads with the same meaning.
+pub fn restore_label(needed: u32, target: u32) -> Option<u32> {
+    const VALKEY_FIRST: u32 = 80;
+    if target >= VALKEY_FIRST {
+        if needed <= 11 { Some(11) } else { (needed >= VALKEY_FIRST && needed <= target).then_some(needed) }
+    } else {
+        (needed <= target).then_some(target)
+    }
+}
+
+/// The version ferry announces as a replica (`REPLCONF version`) to the primary whose
+/// `INFO server` is `info`, or `None` to announce none. Valkey 9.1+ picks the RDB it sends by
+/// the replica's version: nothing (or < 9.0.0) gets RDB 11, and such a full sync is aborted
+/// when a hash has field TTLs; `9.0.0` gets RDB 80, which this parser reads (not 9.2.0: RDB
+/// 81). Nothing is announced elsewhere: Valkey 8.x and 9.0 send the same RDB whatever is
+/// announced, a Valkey cluster primary then waits for the replica's acknowledgement on
+/// `CLUSTER SETSLOT` (a lagging target would slow slot migrations), and Redis refuses the
+/// option.
+pub fn announced_replica_version(info: &str) -> Option<&'static str> {
+    let v = info.lines().find_map(|l| l.strip_prefix("valkey_version:"))?.trim();
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next()?, parts.next().unwrap_or(0));
+    ((major, minor) >= (9, 1)).then_some("9.0.0")
+}
+
 /// The RDB version a server writes and loads, from its `INFO server` text: the Valkey or Redis
 /// version it reports. `None` when the text names no version ferry knows how to map.
 pub fn server_rdb_version(info: &str) -> Option<u32> {
@@ -251,8 +280,10 @@ pub fn server_rdb_version(info: &str) -> Option<u32> {
         (5 | 6, _) => 9,
         (7, 0..=1) => 10,
         (7, 2..=3) => 11,
-        (7, _) | (8, 0..=5) => 12,
-        _ => 13,
+        (7, _) | (8, 0..=4) => 12,
+        (8, 5..=6) => 13,
+        (8, 7..=8) => 14,
+        _ => 15,
     })
 }
 
@@ -267,6 +298,10 @@ mod version_tests {
         assert_eq!(v("redis_version:7.2.4\r\n"), Some(11));
         assert_eq!(v("redis_version:7.4.1\r\n"), Some(12));
         assert_eq!(v("redis_version:8.0.2\r\n"), Some(12));
+        assert_eq!(v("redis_version:8.4.0\r\n"), Some(12));
+        assert_eq!(v("redis_version:8.6.1\r\n"), Some(13));
+        assert_eq!(v("redis_version:8.8.0\r\n"), Some(14));
+        assert_eq!(v("redis_version:8.10.0\r\n"), Some(15));
         assert_eq!(v("redis_version:6.2.14\r\n"), Some(9));
         assert_eq!(v("redis_version:3.2.12\r\n"), Some(7));
         assert_eq!(v("redis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.1.0\r\n"), Some(11));
@@ -276,11 +311,36 @@ mod version_tests {
     }
 
     #[test]
+    fn only_valkey_9_1_and_later_hear_a_replica_version() {
+        let v = |s: &str| announced_replica_version(s);
+        assert_eq!(v("redis_version:7.4.1\r\n"), None);
+        assert_eq!(v("redis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.0.1\r\n"), None);
+        assert_eq!(v("valkey_version:9.0.3\r\n"), None);
+        assert_eq!(v("valkey_version:9.1.0\r\n"), Some("9.0.0"));
+        assert_eq!(v("valkey_version:10.0.0\r\n"), Some("9.0.0"));
+    }
+
+    #[test]
     fn types_need_the_version_that_introduced_them() {
         assert_eq!(min_rdb_version(0, Flavor::Redis, 12), 1);
         assert_eq!(min_rdb_version(16, Flavor::Redis, 12), 10);
         assert_eq!(min_rdb_version(20, Flavor::Redis, 12), 11);
         assert_eq!(min_rdb_version(25, Flavor::Redis, 12), 12);
         assert_eq!(min_rdb_version(22, Flavor::Valkey, 80), 80);
+    }
+
+    #[test]
+    fn restore_labels_are_read_with_the_same_meaning_by_the_target() {
+        // Redis targets: any label up to their own version.
+        assert_eq!(restore_label(1, 10), Some(10));
+        assert_eq!(restore_label(11, 10), None);
+        assert_eq!(restore_label(12, 12), Some(12));
+        // Valkey 9 (RDB 80): Redis's shared types as 11, its own as 80, never Redis's 12+.
+        assert_eq!(restore_label(10, 80), Some(11));
+        assert_eq!(restore_label(12, 80), None);
+        assert_eq!(restore_label(80, 80), Some(80));
+        assert_eq!(restore_label(81, 80), None);
+        // Valkey's own types into Redis: never.
+        assert_eq!(restore_label(80, 12), None);
     }
 }

@@ -98,6 +98,9 @@ enum Kind {
         left: u64,
         min_expire: Option<u64>,
     },
+    Hash2 {
+        left: u64,
+    },
     Quicklist {
         left: u64,
         v2: bool,
@@ -136,7 +139,10 @@ impl ValueState {
             Kind::StrRaw(n) | Kind::Strings(n) | Kind::Hash(n) | Kind::Stream(n) => *n == 0,
             Kind::Buf(b, p) => *p >= b.len(),
             Kind::Lzf(s) => s.done(),
-            Kind::ZSet { left, .. } | Kind::HashMeta { left, .. } | Kind::Quicklist { left, .. } => *left == 0,
+            Kind::ZSet { left, .. }
+            | Kind::HashMeta { left, .. }
+            | Kind::Hash2 { left }
+            | Kind::Quicklist { left, .. } => *left == 0,
             Kind::Blob => true,
         }
     }
@@ -349,19 +355,29 @@ impl<R: Read> Parser<R> {
                     let expires_slot_size = self.read_length()?;
                     return Ok(Some(Event::SlotInfo { slot, slot_size, expires_slot_size }));
                 }
-                243 if self.flavor == Flavor::Valkey => {
-                    return corrupt("Valkey opcode 243 is not supported by this parser");
-                }
-                22 | 23 if self.flavor == Flavor::Valkey => {
-                    return corrupt(format!("Valkey value type {t} is not supported by this parser"));
-                }
+                23 if self.flavor == Flavor::Valkey => return self.newer_type(t),
                 0..=7 | 9..=25 => {
                     return self.start_value(t).map(Some);
                 }
-                240..=255 => return Err(ErrorKind::UnknownOpcode(t)),
-                _ => return Err(ErrorKind::UnknownType(t)),
+                240..=255 => {
+                    return Err(match newer_name(t, true, self.flavor) {
+                        Some(name) => ErrorKind::Newer { what: format!("opcode {t}, {name}") },
+                        None => ErrorKind::UnknownOpcode(t),
+                    });
+                }
+                _ => return self.newer_type(t),
             }
         }
+    }
+
+    /// A value type this parser does not read: the error names it (when a newer server's)
+    /// and its key, which follows the type byte.
+    fn newer_type(&mut self, t: u8) -> Result<Option<Event>, ErrorKind> {
+        let Some(name) = newer_name(t, false, self.flavor) else { return Err(ErrorKind::UnknownType(t)) };
+        if let Ok(key) = self.read_string() {
+            self.err_key = Some(key);
+        }
+        Err(ErrorKind::Newer { what: format!("value type {t}, {name},") })
     }
 
     // ---- primitive readers ----
@@ -618,6 +634,9 @@ impl<R: Read> Parser<R> {
                 }
                 (Kind::Blob, AccKind::Hash)
             }
+            // Valkey 9's HASH_2 (RDB 80): `len`, then per field its name, its value and its
+            // expiry in ms (8 bytes, little-endian; -1: none). Redis's 22 is the 7.4 RC hash.
+            22 if self.flavor == Flavor::Valkey => (Kind::Hash2 { left: self.read_length()? }, AccKind::Hash),
             22 | 24 => {
                 let min_expire = if t == 24 { Some(self.read_ms()?) } else { None };
                 (Kind::HashMeta { left: self.read_length()?, min_expire }, AccKind::Hash)
@@ -718,6 +737,16 @@ impl<R: Read> Parser<R> {
                 let field = self.read_string()?;
                 let value = self.read_string()?;
                 Ok(Some(Elem::H(HashField { field, value, expire_ms: expire })))
+            }
+            Kind::Hash2 { left } => {
+                if *left == 0 {
+                    return Ok(None);
+                }
+                *left -= 1;
+                let field = self.read_string()?;
+                let value = self.read_string()?;
+                let expire = i64::from_le_bytes(self.src.array()?);
+                Ok(Some(Elem::H(HashField { field, value, expire_ms: (expire != -1).then_some(expire) })))
             }
             Kind::Quicklist { left, v2 } => {
                 let v2 = *v2;
@@ -997,5 +1026,24 @@ fn build_value(kind: AccKind, elems: Vec<Elem>, meta: Option<Stream>) -> Result<
                 .collect::<Result<_, _>>()?;
             Value::Stream(Box::new(s))
         }
+    })
+}
+
+/// The name of a value type or opcode (`opcode`) a newer server writes, with the RDB and
+/// server versions that bring it; `None` for a byte no server is known to write. Valkey 9
+/// gives 22, 23 and 243 meanings of its own, so the file's magic decides.
+fn newer_name(b: u8, opcode: bool, flavor: Flavor) -> Option<&'static str> {
+    Some(match (flavor, opcode, b) {
+        (Flavor::Valkey, false, 23) => "PATH_HASH (RDB 81, Valkey 9.2+)",
+        (Flavor::Valkey, true, 243) => {
+            "SLOT_IMPORT (RDB 80, Valkey 9+: the source cluster was importing slots when it saved; copy after the import ends)"
+        }
+        (Flavor::Valkey, true, 242) => "UPDATE (Valkey 9+: forkless save)",
+        (Flavor::Redis, false, 26) => "a stream with idempotent-producer data (RDB 13, Redis 8.6+)",
+        (Flavor::Redis, false, 27) => "a stream with NACKs (RDB 14, Redis 8.8+)",
+        (Flavor::Redis, false, 28) => "an array (RDB 14, Redis 8.8+)",
+        (Flavor::Redis, false, 29..=32) => "a hash template type (RDB 15, Redis 8.10+)",
+        (Flavor::Redis, true, 243) => "KEY_META, module metadata of a key (RDB 13, Redis 8.6+)",
+        _ => return None,
     })
 }

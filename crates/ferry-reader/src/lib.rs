@@ -363,10 +363,12 @@ impl Session<'_> {
         if self.cfg.reader.method == ferry_config::ReadMethod::Scan {
             return self.run_scan(cancel, conn, &addr).await;
         }
+        let mut conn = conn;
         let opts = ReplicaOptions {
             listening_port: self.cfg.reader.listening_port,
             max_bulk: max_command_bytes(self.cfg),
             timeout: Duration::from_secs(60),
+            version: ferry_redis::announced_replica_version(&mut conn).await.map(str::to_string),
         };
         let Downstream { tx, mut acks, checkpoint, _close } = self.open_downstream().await?;
         // Resume after the last data command: what followed it changed nothing, and a promoted

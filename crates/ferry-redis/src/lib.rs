@@ -203,6 +203,27 @@ pub async fn connect(r: &ferry_config::RedisConfig) -> anyhow::Result<(String, f
     Ok((addr, conn))
 }
 
+/// The version to announce to the primary on `conn` as its replica (see
+/// [`ferry_rdb::announced_replica_version`]); `None` when INFO cannot be read.
+pub async fn announced_replica_version(conn: &mut ferry_resp::Connection) -> Option<&'static str> {
+    match conn.call(&["INFO", "server"]).await {
+        Ok(ferry_resp::Reply::Bulk(Some(b))) => ferry_rdb::announced_replica_version(&String::from_utf8_lossy(&b)),
+        _ => None,
+    }
+}
+
+/// The commands the server on `conn` knows and where their keys are (its `COMMAND` reply);
+/// `None` when it will not say (an ACL user without `COMMAND`), logged.
+pub async fn command_table(conn: &mut ferry_resp::Connection) -> Option<ferry_resp::commands::CommandTable> {
+    match conn.call(&["COMMAND"]).await {
+        Ok(r) => Some(ferry_resp::commands::CommandTable::from_reply(&r)).filter(|t| !t.is_empty()),
+        Err(e) => {
+            tracing::warn!(error = %e, "the target does not describe its commands (COMMAND): keys are found by ferry's own table, and commands it does not know fail when applied");
+            None
+        }
+    }
+}
+
 /// The RDB version a target server loads (from `INFO server`); 0 when it cannot be told, in
 /// which case values are sent as they come.
 pub async fn server_rdb_version(conn: &mut ferry_resp::Connection) -> u32 {

@@ -11,9 +11,11 @@
 //!   into whole commands with their end offsets.
 //! - [`sentinel`]: resolving a master through Sentinel.
 //! - [`cluster`]: key slots and the slot map of a Redis Cluster.
+//! - [`commands`]: the commands a server knows and where their keys are (its `COMMAND` reply).
 //! - [`tls`]: TLS settings (CA, client certificate for mTLS, server name) for [`conn`].
 
 pub mod cluster;
+pub mod commands;
 pub mod conn;
 pub mod encode;
 pub mod frame;

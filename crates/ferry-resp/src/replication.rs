@@ -30,6 +30,9 @@ pub struct ReplicaOptions {
     pub max_bulk: usize,
     /// Time limit for each handshake reply.
     pub timeout: Duration,
+    /// `REPLCONF version <v>` before `PSYNC` (Valkey picks the RDB it sends by it); a primary
+    /// that refuses the option is answered without it.
+    pub version: Option<String>,
 }
 
 impl Default for ReplicaOptions {
@@ -38,6 +41,7 @@ impl Default for ReplicaOptions {
             listening_port: 0,
             max_bulk: crate::frame::DEFAULT_MAX_BULK_LEN,
             timeout: Duration::from_secs(30),
+            version: None,
         }
     }
 }
@@ -63,6 +67,13 @@ pub async fn handshake(
     let port = opts.listening_port.to_string();
     conn.call_timeout(&[&b"REPLCONF"[..], b"listening-port", port.as_bytes()], t).await?;
     conn.call_timeout(&[&b"REPLCONF"[..], b"capa", b"eof", b"capa", b"psync2"], t).await?;
+    if let Some(v) = &opts.version {
+        // Its own command: a refusal (`Unrecognized REPLCONF option`) leaves the others applied.
+        match conn.call_timeout(&[&b"REPLCONF"[..], b"version", v.as_bytes()], t).await {
+            Ok(_) | Err(RespError::Server { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     let (replid, offset) = match psync {
         Some((id, off)) => (id.to_string(), off.to_string()),
         None => ("?".to_string(), "-1".to_string()),

@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use ferry_config::Config;
 use ferry_proto::{Ack, Batch, Checkpoint};
 use ferry_resp::cluster::{SlotMap, key_slot};
+use ferry_resp::commands::{CommandTable, Keys};
 use ferry_resp::conn::printable;
 use ferry_resp::{Connection, Reply, encode_command, encode_command_into};
 use tokio::sync::mpsc;
@@ -42,21 +43,13 @@ enum Route {
     Slot(u16),
 }
 
-/// First key, last key (negative: from the end) and step of a command, from `COMMAND`.
-#[derive(Clone, Copy)]
-struct KeySpec {
-    first: i64,
-    last: i64,
-    step: i64,
-    movable: bool,
-}
-
 struct ClusterTarget {
     cfg: ferry_config::RedisConfig,
     pipeline_id: String,
     map: SlotMap,
     conns: HashMap<String, Connection>,
-    specs: HashMap<Vec<u8>, KeySpec>,
+    /// The commands the target knows and where their keys are (its `COMMAND` reply).
+    commands: CommandTable,
     /// Source offset each slot has applied (from its checkpoint).
     slot_done: HashMap<u16, i64>,
     /// Floor of each master, by address: everything up to it is applied on every master.
@@ -73,13 +66,13 @@ impl ClusterTarget {
         // The configured node first, then any node seen before (the configured one may be
         // the master that just died).
         let (mut seed, map) = first_map(t, ferry_redis::cluster_seeds(t)).await?;
-        let specs = load_specs(&mut seed).await?;
+        let commands = CommandTable::from_reply(&seed.call(&["COMMAND"]).await.context("COMMAND")?);
         let mut ct = ClusterTarget {
             cfg: t.clone(),
             pipeline_id: pipeline_id.to_string(),
             map,
             conns: HashMap::new(),
-            specs,
+            commands,
             slot_done: HashMap::new(),
             floor: HashMap::new(),
             last_floor_write: std::time::Instant::now(),
@@ -219,38 +212,27 @@ impl ClusterTarget {
         Ok(())
     }
 
-    /// Keys of a command, by its key spec (`COMMAND GETKEYS` for commands with movable keys).
+    /// Keys of a command, by the target's key specs (`COMMAND GETKEYS` when they cannot say).
     async fn keys(&mut self, args: &[Bytes]) -> anyhow::Result<Vec<Bytes>> {
-        let name = args[0].to_ascii_lowercase();
-        // A subcommand's own spec first (`xgroup|create`), then the command's.
-        let sub = args.get(1).map(|s| [&name[..], b"|", &s.to_ascii_lowercase()[..]].concat());
-        let Some(spec) = sub.and_then(|s| self.specs.get(&s)).or_else(|| self.specs.get(&name)).copied() else {
-            bail!("the target does not know the command {}", printable(&args[0]).to_uppercase());
-        };
-        if spec.movable {
-            let m = self.map.masters.first().cloned().ok_or_else(|| anyhow!("empty cluster"))?;
-            let c = self.conns.get_mut(&m).ok_or_else(|| anyhow!("no connection to {m}"))?;
-            let mut q: Vec<&[u8]> = vec![b"COMMAND", b"GETKEYS"];
-            q.extend(args.iter().map(|a| &a[..]));
-            return match c.call(&q).await {
-                Ok(Reply::Array(Some(keys))) => Ok(keys.into_iter().filter_map(|k| k.as_bytes().cloned()).collect()),
-                Ok(_) => Ok(vec![]),
-                // "Invalid arguments" for commands without keys in this form.
-                Err(_) => Ok(vec![]),
-            };
+        match self.commands.keys(args) {
+            Keys::At(at) => Ok(at.into_iter().map(|i| args[i].clone()).collect()),
+            Keys::UnknownCommand => {
+                bail!("the target does not know the command {}", printable(&args[0]).to_uppercase())
+            }
+            Keys::Unknowable => {
+                let m = self.map.masters.first().cloned().ok_or_else(|| anyhow!("empty cluster"))?;
+                let c = self.conns.get_mut(&m).ok_or_else(|| anyhow!("no connection to {m}"))?;
+                let mut q: Vec<&[u8]> = vec![b"COMMAND", b"GETKEYS"];
+                q.extend(args.iter().map(|a| &a[..]));
+                match c.call(&q).await {
+                    Ok(Reply::Array(Some(keys))) => {
+                        Ok(keys.into_iter().filter_map(|k| k.as_bytes().cloned()).collect())
+                    }
+                    // "Invalid arguments" for commands without keys in this form.
+                    _ => Ok(vec![]),
+                }
+            }
         }
-        if spec.first <= 0 {
-            return Ok(vec![]);
-        }
-        let n = args.len() as i64;
-        let last = if spec.last < 0 { n + spec.last } else { spec.last.min(n - 1) };
-        let mut keys = Vec::new();
-        let mut i = spec.first;
-        while i <= last && i < n {
-            keys.push(args[i as usize].clone());
-            i += spec.step.max(1);
-        }
-        Ok(keys)
     }
 
     /// Splits command `cmd` into routed pieces (usually one: itself).
@@ -330,41 +312,6 @@ async fn load_map(t: &ferry_config::RedisConfig, c: &mut Connection) -> anyhow::
     Ok(map)
 }
 
-/// The key specs of every command the target knows, from its own `COMMAND` reply: each
-/// command's, and each subcommand's as `container|sub` (Redis 7+: `XGROUP CREATE` has its key
-/// at position 2, which the container `XGROUP`, keyless by its own spec, does not say).
-async fn load_specs(c: &mut Connection) -> anyhow::Result<HashMap<Vec<u8>, KeySpec>> {
-    let Reply::Array(Some(cmds)) = c.call(&["COMMAND"]).await? else { bail!("bad reply to COMMAND") };
-    let mut specs = HashMap::new();
-    add_specs(&mut specs, cmds);
-    Ok(specs)
-}
-
-/// Adds the specs of `COMMAND` reply entries (and of their subcommands) to `specs`.
-fn add_specs(specs: &mut HashMap<Vec<u8>, KeySpec>, cmds: Vec<Reply>) {
-    for cmd in cmds {
-        let Reply::Array(Some(mut f)) = cmd else { continue };
-        // Entry 10 (Redis 7+): the subcommands, each an entry of the same shape.
-        if f.len() > 9
-            && let Reply::Array(Some(subs)) = std::mem::replace(&mut f[9], Reply::Array(None))
-        {
-            add_specs(specs, subs);
-        }
-        let (
-            Some(name),
-            Some(Reply::Array(Some(flags))),
-            Some(Reply::Integer(first)),
-            Some(Reply::Integer(last)),
-            Some(Reply::Integer(step)),
-        ) = (f.first().and_then(|n| n.as_bytes()), f.get(2), f.get(3), f.get(4), f.get(5))
-        else {
-            continue;
-        };
-        let movable = flags.iter().any(|fl| fl.as_bytes().is_some_and(|b| &b[..] == b"movablekeys"));
-        specs.insert(name.to_ascii_lowercase(), KeySpec { first: *first, last: *last, step: *step, movable });
-    }
-}
-
 fn split_commands(resp: &Bytes) -> anyhow::Result<Vec<Bytes>> {
     let mut out = Vec::new();
     let mut pos = 0;
@@ -393,7 +340,7 @@ pub(crate) async fn session(
     info!(target = %cfg.target.describe(), masters = ct.map.masters.len(), "connected to the target cluster");
     let checkpoint = ct.read_checkpoints().await.context("target cluster")?;
     let target_rdb_version = ct.rdb_version().await;
-    crate::hello_ack(&ack_tx, stats, checkpoint, target_rdb_version, ct.earlier_copy).await;
+    crate::hello_ack(&ack_tx, stats, checkpoint, target_rdb_version, ct.earlier_copy, Some(&ct.commands)).await;
     let mut replid = String::new();
     // During a re-copy: the keys it writes and the source master it copies.
     let mut recopy: Option<(crate::stale::KeySet, String)> = None;

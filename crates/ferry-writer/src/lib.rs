@@ -280,6 +280,7 @@ pub(crate) async fn hello_ack(
     checkpoint: Checkpoint,
     target_rdb_version: u32,
     earlier_copy: bool,
+    commands: Option<&ferry_resp::commands::CommandTable>,
 ) {
     if checkpoint.present {
         stats.applied_offset.store(checkpoint.offset, Relaxed);
@@ -291,6 +292,7 @@ pub(crate) async fn hello_ack(
         target_rdb_version,
         earlier_copy,
         full_copy_needed: String::new(),
+        command_table: commands.map(|t| t.encode()).unwrap_or_default(),
     };
     let _ = ack_tx.send(Ok(ack)).await;
     stats.clear_error();
@@ -345,7 +347,8 @@ async fn session(
         info!(pipeline = %pipeline_id, replid = %checkpoint.replid, offset = checkpoint.offset, "checkpoint found on the target");
     }
     let target_rdb_version = ferry_redis::server_rdb_version(&mut conn).await;
-    hello_ack(&ack_tx, stats, checkpoint, target_rdb_version, earlier_copy).await;
+    let commands = ferry_redis::command_table(&mut conn).await;
+    hello_ack(&ack_tx, stats, checkpoint, target_rdb_version, earlier_copy, commands.as_ref()).await;
     let (mut rd, mut wr) = conn.into_split();
     let limit = cfg.writer.pipeline_count_limit;
     let sem = Arc::new(Semaphore::new(limit));
