@@ -36,6 +36,8 @@ pub struct BenchOpts {
     pub quick: bool,
     /// Release builds (the default); debug ones only check that the bench runs.
     pub release: bool,
+    /// Profile the full copies with `perf` (see [`Profiler`]).
+    pub profile: bool,
 }
 
 /// Knobs read from the environment (no CLI flag for them).
@@ -56,6 +58,8 @@ struct HugeOpts {
     /// A bitmap made with one `SETBIT` at its last bit: almost all zeros, so the RDB holds it
     /// LZF-compressed to a few MB (decompressed a chunk at a time, never whole).
     bitmap_bytes: u64,
+    /// Profile its full copy (`--profile`).
+    profile: bool,
 }
 
 impl EnvOpts {
@@ -80,6 +84,7 @@ impl EnvOpts {
                 string_bytes: (num("FERRY_BENCH_HUGE_STRING_MB", if quick { 5.0 } else { 50.0 })? * 1e6) as u64,
                 hash_fields: num("FERRY_BENCH_HUGE_HASH_FIELDS", if quick { 100_000.0 } else { 10_000_000.0 })? as u64,
                 bitmap_bytes: (num("FERRY_BENCH_HUGE_BITMAP_MB", if quick { 32.0 } else { 512.0 })? * 1e6) as u64,
+                profile: opts.profile,
             },
         })
     }
@@ -238,7 +243,7 @@ fn huge_keys(rt: &tokio::runtime::Runtime, bins: &Path, dir: &Path, h: &HugeOpts
     eprintln!("huge keys: native replica {native:.2}s; ferry...");
     let run_dir = dir.join("huge-keys");
     std::fs::create_dir_all(&run_dir)?;
-    let (ferry, secs, details) = ferry_full_copy(bins, &src, &run_dir)?;
+    let (ferry, secs, details) = ferry_full_copy(bins, &src, &run_dir, h.profile)?;
     let sizes = [("LLEN", "huge:list"), ("STRLEN", "huge:string"), ("HLEN", "huge:hash"), ("STRLEN", "huge:bitmap")];
     let equal = rt.block_on(async {
         let (mut a, mut b) = (src.connect().await?, ferry.tgt.connect().await?);
@@ -263,6 +268,7 @@ fn huge_keys(rt: &tokio::runtime::Runtime, bins: &Path, dir: &Path, h: &HugeOpts
         "ferry_full_copy_s": secs,
         "ratio_ferry_over_native": secs / native,
         "peak_rss_mib": details["peak_rss_mib"],
+        "profile": details["profile"],
         "sizes_on_both_sides": equal,
     }))
 }
@@ -415,9 +421,67 @@ impl Ferry {
     }
 }
 
+/// `perf record` of the whole machine (499 Hz) while a full copy runs: each process's share of
+/// the CPU, and for ferry's processes and the servers their hottest symbols (self time).
+/// System-wide, so threads started later (the decoder's parser) and forked children (the
+/// source's RDB child) are in it too.
+struct Profiler {
+    perf: std::process::Child,
+    data: std::path::PathBuf,
+    /// (name, pid) of the processes to detail.
+    pids: Vec<(String, u32)>,
+}
+
+impl Profiler {
+    fn start(dir: &Path, pids: Vec<(String, u32)>) -> anyhow::Result<Profiler> {
+        let data = dir.join("perf.data");
+        let perf = std::process::Command::new("perf")
+            .args(["record", "-a", "-F", "499", "-g", "-q", "-o"])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("perf (apt-get install linux-perf) for --profile")?;
+        Ok(Profiler { perf, data, pids })
+    }
+
+    fn report(&self, args: &[&str]) -> Vec<String> {
+        let out = std::process::Command::new("perf")
+            .args(["report", "--stdio", "--no-children", "-g", "none", "--percent-limit", "1.5", "-i"])
+            .arg(&self.data)
+            .args(args)
+            .output();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .take(14)
+            .map(|l| l.split_whitespace().filter(|w| *w != "-").collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+
+    /// Stops the recording: the CPU share of each process (pid:comm), then the top symbols
+    /// of each process named at the start.
+    fn finish(mut self) -> serde_json::Value {
+        let _ = std::process::Command::new("kill").args(["-INT", &self.perf.id().to_string()]).status();
+        let _ = self.perf.wait();
+        let mut out = serde_json::Map::new();
+        out.insert("processes".into(), json!(self.report(&["--sort", "pid"])));
+        for (name, pid) in &self.pids {
+            out.insert(name.clone(), json!(self.report(&["--pid", &pid.to_string(), "--sort", "dso,symbol"])));
+        }
+        out.insert("data".into(), json!(self.data));
+        serde_json::Value::Object(out)
+    }
+}
+
 /// ferry's full copy of `src` into a new target: seconds until incremental with lag 0.
-/// Ferry keeps running afterwards.
-fn ferry_full_copy(bins: &Path, src: &RedisServer, dir: &Path) -> anyhow::Result<(Ferry, f64, serde_json::Value)> {
+/// Ferry keeps running afterwards. With `profile`, [`Profiler`]'s findings are in the details.
+fn ferry_full_copy(
+    bins: &Path,
+    src: &RedisServer,
+    dir: &Path,
+    profile: bool,
+) -> anyhow::Result<(Ferry, f64, serde_json::Value)> {
     let tgt = RedisServer::start(&[]);
     let (text, status) =
         config_with_ports(&format!("[source]\naddress = \"{}\"\n[target]\naddress = \"{}\"\n", src.addr(), tgt.addr()));
@@ -425,6 +489,15 @@ fn ferry_full_copy(bins: &Path, src: &RedisServer, dir: &Path) -> anyhow::Result
     std::fs::write(&config, text)?;
     let t0 = Instant::now();
     let procs = crate::Processes::start(bins, &config, dir)?;
+    let profiler = if profile {
+        let mut pids: Vec<(String, u32)> =
+            procs.procs.iter().filter_map(|p| Some((p.name.clone(), p.child.as_ref()?.id()))).collect();
+        pids.push(("target-redis".into(), tgt.pid()));
+        pids.push(("source-redis".into(), src.pid()));
+        Some(Profiler::start(dir, pids)?)
+    } else {
+        None
+    };
     let mut ferry = Ferry { procs, tgt, status };
     let mut last = serde_json::Value::Null;
     loop {
@@ -442,7 +515,8 @@ fn ferry_full_copy(bins: &Path, src: &RedisServer, dir: &Path) -> anyhow::Result
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = t0.elapsed().as_secs_f64();
-    let details = json!({"status": last, "peak_rss_mib": ferry.peak_rss_mib()});
+    let profile = profiler.map(Profiler::finish).unwrap_or(serde_json::Value::Null);
+    let details = json!({"status": last, "peak_rss_mib": ferry.peak_rss_mib(), "profile": profile});
     Ok((ferry, secs, details))
 }
 
@@ -813,7 +887,7 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
     drop(resp_dir);
 
     eprintln!("ferry full copy...");
-    let (mut ferry, full, details) = ferry_full_copy(bins, &src, dir)?;
+    let (mut ferry, full, details) = ferry_full_copy(bins, &src, dir, opts.profile)?;
 
     eprintln!("ferry: {full:.2}s; incremental: redis-benchmark -n {} per command...", env.requests);
     let incr = incremental(&rt, &src, &mut ferry, &env).context("incremental phase")?;
@@ -918,11 +992,12 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
     println!("| micro-benchmark | ferry | baseline |");
     println!("|---|---|---|");
     println!(
-        "| RDB parser, source dump ({} bytes, {} keys) | {} MB/s, {} keys/s | redis-check-rdb {} MB/s (ferry / it: {}) |",
+        "| RDB parser in the decoder's mode, source dump ({} bytes, {} keys) | {} MB/s, {} keys/s (every value decoded: {} MB/s) | redis-check-rdb {} MB/s (ferry / it: {}) |",
         m["rdb_parser"]["bytes"],
         m["rdb_parser"]["entries"],
         fmt_opt(&m["rdb_parser"]["mb_per_s"], "", 0),
         fmt_opt(&m["rdb_parser"]["entries_per_s"], "", 0),
+        fmt_opt(&m["rdb_parser"]["decoded_mb_per_s"], "", 0),
         fmt_opt(&m["redis_check_rdb"]["mb_per_s"], "", 0),
         fmt_opt(&m["ratio_parser_over_redis_check_rdb"], "", 2)
     );
@@ -937,6 +1012,17 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
     println!("peak RSS (MiB) after the full copy: {}", result["ferry"]["peak_rss_mib"]);
     println!("peak RSS (MiB) at the end: {}", result["ferry_peak_rss_mib_at_end"]);
     println!("peak RSS (MiB) after the huge-key full copy: {}", h["peak_rss_mib"]);
+    for (phase, profile) in [("full copy", &result["ferry"]["profile"]), ("huge-key full copy", &h["profile"])] {
+        let Some(parts) = profile.as_object() else { continue };
+        println!();
+        println!("profile of the {phase} (perf -a, share of all samples, self time, above 1.5 %):");
+        for (name, lines) in parts.iter().filter(|(k, _)| *k != "data") {
+            println!("  {name}:");
+            for line in lines.as_array().into_iter().flatten() {
+                println!("    {}", line.as_str().unwrap_or_default());
+            }
+        }
+    }
     let out = dir.join("bench.json");
     std::fs::write(&out, serde_json::to_string_pretty(&result)?)?;
     eprintln!("results written to {}", out.display());

@@ -60,6 +60,10 @@ enum Cmd {
         /// its numbers mean nothing).
         #[arg(long)]
         debug: bool,
+        /// `perf record` each ferry process and the target during the full copies, and print
+        /// where their time went (needs `perf`: apt-get install linux-perf).
+        #[arg(long)]
+        profile: bool,
     },
     /// Fault injection for longer than the tests: many rounds of network cuts, stalls,
     /// process and target kills during writes (each checked with ferry-verify), then the
@@ -102,11 +106,11 @@ fn main() -> std::process::ExitCode {
         Cmd::Down => down(),
         Cmd::Logs { stage, follow } => logs(stage.as_deref(), follow),
         Cmd::Soak { rounds, repeats, seed } => soak(rounds, repeats, seed),
-        Cmd::Bench { quick, keys, value_size, debug } => (|| {
+        Cmd::Bench { quick, keys, value_size, debug, profile } => (|| {
             require_redis()?;
             let bins = build(!debug)?;
             let keys = keys.unwrap_or(if quick { 20_000 } else { 1_000_000 });
-            let opts = bench::BenchOpts { keys, value_size, quick, release: !debug };
+            let opts = bench::BenchOpts { keys, value_size, quick, release: !debug, profile };
             bench::run(&bins, &run_dir()?, &opts)
         })(),
     };

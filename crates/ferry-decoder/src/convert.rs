@@ -291,6 +291,12 @@ impl RdbConverter {
         })
     }
 
+    /// Whether values of type `rdb_type` go to the target as their RDB encoding (`RESTORE`)
+    /// when small enough: the parser then need not decode them.
+    pub fn sends_raw(&self, rdb_type: u8) -> bool {
+        self.payload_version(rdb_type).is_some()
+    }
+
     /// Adds the commands for one entry (or part of one) to `b`.
     pub fn entry(&mut self, e: &Entry, b: &mut BatchBuilder) {
         if let Value::Module { module_name, .. } = &e.value {
@@ -308,8 +314,11 @@ impl RdbConverter {
             }
             return;
         }
+        // An opaque value (not decoded) is of a type `sends_raw` accepted.
         if let (Part::Whole, Some(raw)) = (&e.part, &e.raw)
-            && let Some(version) = self.payload_version(e.rdb_type)
+            && let Some(version) = self
+                .payload_version(e.rdb_type)
+                .or_else(|| matches!(e.value, Value::Opaque).then_some(self.rdb_version))
         {
             self.restore(e, raw, version, b);
             return;
@@ -394,7 +403,8 @@ impl RdbConverter {
                     stream_metadata(b, db, &tmp, s);
                 }
             }
-            Value::Module { .. } => {}
+            // Never here: an opaque value is restored whole (see `entry`).
+            Value::Module { .. } | Value::Opaque => {}
         }
         if last {
             if let Some(ms) = e.expire_ms {

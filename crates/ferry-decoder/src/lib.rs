@@ -610,7 +610,11 @@ fn parse_rdb(
     };
     while let Some(ev) = parser.next_event()? {
         match ev {
-            Event::Header { version, flavor } => conv.header(version, flavor),
+            Event::Header { version, flavor } => {
+                conv.header(version, flavor);
+                // Values that go out as their RDB encoding are not decoded, only delimited.
+                parser.set_opaque_types(|t| conv.sends_raw(t));
+            }
             Event::Entry(mut e) => {
                 stats.entries_decoded.fetch_add(1, Relaxed);
                 if let Some(target) = fc.entry(&e) {

@@ -1,9 +1,13 @@
 //! CRC-64 (Jones, as used by Redis) and DUMP payload construction.
 
 use bytes::Bytes;
-use crc::{CRC_64_REDIS, Crc};
+use crc::{CRC_64_REDIS, Crc, Table};
 
-pub(crate) static CRC64: Crc<u64> = Crc::<u64>::new(&CRC_64_REDIS);
+/// Slicing-by-16 tables (32 KiB): several times the speed of the byte-wise table, and every
+/// byte of an RDB (the file's checksum) and of each `RESTORE` payload goes through it.
+pub(crate) type Crc64Impl = Table<16>;
+
+pub(crate) static CRC64: Crc<u64, Crc64Impl> = Crc::<u64, Crc64Impl>::new(&CRC_64_REDIS);
 
 /// Redis CRC-64 of `data`, continuing from `init` (0 to start; pass a
 /// previous result to continue it).

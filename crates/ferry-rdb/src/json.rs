@@ -130,6 +130,7 @@ pub fn value_to_json(value: &Value) -> J {
         }
         Value::Stream(s) => stream_to_json(s),
         Value::Module { module_name, encver, .. } => json!({ "module": module_name, "module_encver": encver }),
+        Value::Opaque => json!({ "not_decoded": true }),
     }
 }
 
@@ -143,6 +144,7 @@ pub fn type_name(value: &Value) -> &'static str {
         Value::Hash(_) => "hash",
         Value::Stream(_) => "stream",
         Value::Module { .. } => "module",
+        Value::Opaque => "not decoded",
     }
 }
 

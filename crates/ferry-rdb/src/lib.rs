@@ -123,7 +123,14 @@ pub enum Value {
     ZSet(Vec<(Bytes, f64)>),
     Hash(Vec<HashField>),
     Stream(Box<Stream>),
-    Module { module_id: u64, module_name: String, encver: u64 },
+    Module {
+        module_id: u64,
+        module_name: String,
+        encver: u64,
+    },
+    /// Not decoded: the value's RDB encoding is in [`Entry::raw`] (a type the caller asked
+    /// not to decode, [`Parser::set_opaque_types`], whose encoding fits `raw_limit`).
+    Opaque,
 }
 
 /// One hash field.

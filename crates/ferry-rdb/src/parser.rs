@@ -148,6 +148,18 @@ impl ValueState {
     }
 }
 
+/// How the bytes of an RDB string follow its header.
+#[derive(Clone, Copy)]
+enum StrHead {
+    Plain(u64),
+    /// An integer of 1, 2 or 4 bytes (encodings 0, 1, 2).
+    Int(u8),
+    Lzf {
+        clen: u64,
+        len: u64,
+    },
+}
+
 #[derive(PartialEq)]
 enum State {
     Start,
@@ -160,6 +172,8 @@ enum State {
 pub struct Parser<R: Read> {
     src: Src<R>,
     opts: ParserOptions,
+    /// Value types not to decode when their encoding fits `raw_limit` (a bit per type).
+    opaque: [u64; 4],
     version: u32,
     flavor: Flavor,
     state: State,
@@ -179,6 +193,7 @@ impl<R: Read> Parser<R> {
         Parser {
             src: Src::new(reader, opts.verify_checksum),
             opts,
+            opaque: [0; 4],
             version: 0,
             flavor: Flavor::Redis,
             state: State::Start,
@@ -191,6 +206,24 @@ impl<R: Read> Parser<R> {
             computed: None,
             stored: None,
         }
+    }
+
+    /// Values of the types for which `opaque` holds are not decoded when their encoding is
+    /// one string (plain and LZF strings, ziplists, listpacks, intsets, zipmaps) that fits
+    /// `raw_limit`: their entry is [`Value::Opaque`] with the bytes in [`Entry::raw`], found
+    /// by their length alone (for a caller that sends them on as `RESTORE` payloads: the
+    /// decoding would be thrown away). Set after the header, when its version is known.
+    pub fn set_opaque_types(&mut self, opaque: impl Fn(u8) -> bool) {
+        self.opaque = [0; 4];
+        for t in 0..=255u8 {
+            if opaque(t) && matches!(t, 0 | 9..=13 | 16 | 17 | 20) {
+                self.opaque[usize::from(t / 64)] |= 1 << (t % 64);
+            }
+        }
+    }
+
+    fn is_opaque(&self, t: u8) -> bool {
+        self.opaque[usize::from(t / 64)] & (1 << (t % 64)) != 0
     }
 
     /// Bytes consumed so far.
@@ -404,9 +437,33 @@ impl<R: Read> Parser<R> {
     }
 
     fn read_string(&mut self) -> Result<Bytes, ErrorKind> {
-        match self.read_len()? {
-            Len::Len(n) => Ok(Bytes::from(self.src.read_vec(n)?)),
-            Len::Enc(e) => self.read_encoded_string(e),
+        let head = self.read_str_head()?;
+        self.read_str_body(head)
+    }
+
+    /// The header of an RDB string: how its bytes follow.
+    fn read_str_head(&mut self) -> Result<StrHead, ErrorKind> {
+        Ok(match self.read_len()? {
+            Len::Len(n) => StrHead::Plain(n),
+            Len::Enc(3) => {
+                let clen = self.read_length()?;
+                let len = self.read_length()?;
+                StrHead::Lzf { clen, len }
+            }
+            Len::Enc(e @ 0..=2) => StrHead::Int(e),
+            Len::Enc(e) => return corrupt(format!("unknown string encoding {e}")),
+        })
+    }
+
+    fn read_str_body(&mut self, head: StrHead) -> Result<Bytes, ErrorKind> {
+        match head {
+            StrHead::Plain(n) => Ok(Bytes::from(self.src.read_vec(n)?)),
+            StrHead::Int(e) => self.read_encoded_string(e),
+            StrHead::Lzf { clen, len } => {
+                let data = self.src.read_vec(clen)?;
+                let len = usize::try_from(len).map_err(|_| ErrorKind::Corrupt("LZF length too large".into()))?;
+                crate::lzf::decompress(&data, len).map(Bytes::from).map_err(ErrorKind::Corrupt)
+            }
         }
     }
 
@@ -439,6 +496,14 @@ impl<R: Read> Parser<R> {
                 self.src.skip(clen)
             }
             Len::Enc(e) => corrupt(format!("unknown string encoding {e}")),
+        }
+    }
+
+    /// The one string of a blob-encoded value (its header read already, or not).
+    fn blob(&mut self, head: Option<StrHead>) -> Result<Bytes, ErrorKind> {
+        match head {
+            Some(h) => self.read_str_body(h),
+            None => self.read_string(),
         }
     }
 
@@ -489,9 +554,57 @@ impl<R: Read> Parser<R> {
     // ---- values ----
 
     fn start_value(&mut self, t: u8) -> Result<Event, ErrorKind> {
+        if self.is_opaque(t) {
+            return self.start_opaque(t);
+        }
+        self.start_decoded(t, None)
+    }
+
+    /// A value of an opaque type: its one string is skipped (captured) when it fits
+    /// `raw_limit`; otherwise it is decoded after all, from the header already read.
+    fn start_opaque(&mut self, t: u8) -> Result<Event, ErrorKind> {
         self.err_key = None;
         let key = self.read_string()?;
         self.err_key = Some(key.clone());
+        self.src.start_capture(self.opts.raw_limit, &[t]);
+        let head = self.read_str_head()?;
+        let body = match head {
+            StrHead::Plain(n) => n,
+            StrHead::Int(e) => [1, 2, 4][usize::from(e)],
+            StrHead::Lzf { clen, .. } => clen,
+        };
+        if !self.src.capture_fits(body) {
+            return self.start_decoded(t, Some((key, head)));
+        }
+        self.src.skip(body)?;
+        let raw = self.src.stop_capture().map(Bytes::from);
+        self.err_key = None;
+        Ok(Event::Entry(Entry {
+            db: self.db,
+            key,
+            expire_ms: self.expire.take(),
+            rdb_type: t,
+            lru_idle: self.lru.take(),
+            lfu_freq: self.lfu.take(),
+            part: Part::Whole,
+            value: Value::Opaque,
+            raw,
+        }))
+    }
+
+    /// A value decoded; `read` is its key and string header when [`Self::start_opaque`]
+    /// has read them already.
+    fn start_decoded(&mut self, t: u8, read: Option<(Bytes, StrHead)>) -> Result<Event, ErrorKind> {
+        let (key, mut head) = match read {
+            Some((key, head)) => (key, Some(head)),
+            None => {
+                self.err_key = None;
+                let key = self.read_string()?;
+                self.err_key = Some(key.clone());
+                self.src.start_capture(self.opts.raw_limit, &[t]);
+                (key, None)
+            }
+        };
         let ctx = KeyCtx {
             db: self.db,
             key,
@@ -500,18 +613,19 @@ impl<R: Read> Parser<R> {
             lru_idle: self.lru.take(),
             lfu_freq: self.lfu.take(),
         };
-        self.src.start_capture(self.opts.raw_limit, &[t]);
         let mut pending = VecDeque::new();
         let chunk = self.opts.chunk_bytes.max(1);
         let (kind, acc_kind) = match t {
             0 => {
-                let k = match self.read_len()? {
-                    Len::Len(n) if n as u128 <= chunk as u128 => Kind::Buf(Bytes::from(self.src.read_vec(n)?), 0),
-                    Len::Len(n) => Kind::StrRaw(n),
+                let head = match head.take() {
+                    Some(h) => h,
+                    None => self.read_str_head()?,
+                };
+                let k = match head {
+                    StrHead::Plain(n) if n as u128 <= chunk as u128 => Kind::Buf(Bytes::from(self.src.read_vec(n)?), 0),
+                    StrHead::Plain(n) => Kind::StrRaw(n),
                     // A compressed string bigger than a chunk is never whole in memory.
-                    Len::Enc(3) => {
-                        let clen = self.read_length()?;
-                        let len = self.read_length()?;
+                    StrHead::Lzf { clen, len } => {
                         let len =
                             usize::try_from(len).map_err(|_| ErrorKind::Corrupt("LZF length too large".into()))?;
                         if len <= chunk {
@@ -524,7 +638,7 @@ impl<R: Read> Parser<R> {
                             Kind::Lzf(Box::new(crate::lzf::LzfStream::new(clen, len)))
                         }
                     }
-                    Len::Enc(e) => Kind::Buf(self.read_encoded_string(e)?, 0),
+                    StrHead::Int(e) => Kind::Buf(self.read_encoded_string(e)?, 0),
                 };
                 (k, AccKind::Str)
             }
@@ -558,35 +672,35 @@ impl<R: Read> Parser<R> {
                 }));
             }
             9 => {
-                let blob = self.read_string()?;
+                let blob = self.blob(head.take())?;
                 for (f, v) in encodings::zipmap(&blob)? {
                     pending.push_back(Elem::H(HashField { field: f, value: v, expire_ms: None }));
                 }
                 (Kind::Blob, AccKind::Hash)
             }
             10 => {
-                let blob = self.read_string()?;
+                let blob = self.blob(head.take())?;
                 for i in encodings::ziplist(&blob)? {
                     pending.push_back(Elem::B(i.into_bytes()));
                 }
                 (Kind::Blob, AccKind::List)
             }
             11 => {
-                let blob = self.read_string()?;
+                let blob = self.blob(head.take())?;
                 for m in encodings::intset(&blob)? {
                     pending.push_back(Elem::B(m));
                 }
                 (Kind::Blob, AccKind::Set)
             }
             20 => {
-                let blob = self.read_string()?;
+                let blob = self.blob(head.take())?;
                 for i in encodings::listpack(&blob)? {
                     pending.push_back(Elem::B(i.into_bytes()));
                 }
                 (Kind::Blob, AccKind::Set)
             }
             12 | 17 => {
-                let blob = self.read_string()?;
+                let blob = self.blob(head.take())?;
                 let items = if t == 12 { encodings::ziplist(&blob)? } else { encodings::listpack(&blob)? };
                 if items.len() % 2 != 0 {
                     return corrupt("zset blob with an odd number of elements");
@@ -599,7 +713,7 @@ impl<R: Read> Parser<R> {
                 (Kind::Blob, AccKind::ZSet)
             }
             13 | 16 => {
-                let blob = self.read_string()?;
+                let blob = self.blob(head.take())?;
                 let items = if t == 13 { encodings::ziplist(&blob)? } else { encodings::listpack(&blob)? };
                 if items.len() % 2 != 0 {
                     return corrupt("hash blob with an odd number of elements");
@@ -618,7 +732,7 @@ impl<R: Read> Parser<R> {
                 if t == 25 {
                     let _min_expire = self.read_ms()?;
                 }
-                let blob = self.read_string()?;
+                let blob = self.blob(head.take())?;
                 let items = encodings::listpack(&blob)?;
                 if items.len() % 3 != 0 {
                     return corrupt("hash listpack-ex with a partial field triplet");

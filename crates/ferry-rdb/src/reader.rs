@@ -13,7 +13,7 @@ pub(crate) struct Src<R> {
     pos: usize,
     end: usize,
     offset: u64,
-    crc: Option<crc::Digest<'static, u64>>,
+    crc: Option<crc::Digest<'static, u64, crate::crc::Crc64Impl>>,
     capture: Option<Vec<u8>>,
     capture_limit: usize,
 }
@@ -51,6 +51,11 @@ impl<R: Read> Src<R> {
         v.extend_from_slice(prefix);
         self.capture = Some(v);
         self.capture_limit = limit;
+    }
+
+    /// Whether `n` more bytes keep the capture within its limit.
+    pub(crate) fn capture_fits(&self, n: u64) -> bool {
+        self.capture.as_ref().is_some_and(|c| (c.len() as u64).saturating_add(n) <= self.capture_limit as u64)
     }
 
     pub(crate) fn stop_capture(&mut self) -> Option<Vec<u8>> {

@@ -19,7 +19,7 @@ fn elem_bytes(v: &Value) -> usize {
         Value::Stream(s) => {
             s.entries.iter().map(|e| O + 16 + e.fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>()).sum()
         }
-        Value::Module { .. } => 0,
+        Value::Module { .. } | Value::Opaque => 0,
     }
 }
 

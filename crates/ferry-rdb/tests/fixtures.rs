@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use ferry_rdb::{ErrorKind, ParserOptions, Value, bytes_to_json, bytes_to_json_key, entry_to_json};
+use ferry_rdb::{ErrorKind, Event, Parser, ParserOptions, Value, bytes_to_json, bytes_to_json_key, entry_to_json};
 use serde_json::Value as J;
 use std::collections::BTreeSet;
 
@@ -211,4 +211,47 @@ fn preamble_aof_stops_at_eof() {
     while p.next_event().unwrap().is_some() {}
     assert_eq!(p.offset(), 117);
     assert!(p.checksum_ok() && p.checksum_verified());
+}
+
+/// The decoder's mode (`set_opaque_types`): over every fixture, a value of an opaque type is
+/// delimited exactly where decoding ends (its raw bytes are those a decoding parse
+/// captures), and every other event is the same as without it.
+#[test]
+fn opaque_values_are_delimited_as_decoding_would() {
+    let mut opaque_seen = 0;
+    for fx in fixtures().iter().filter(|f| !f.special.iter().any(|s| s.starts_with("corrupt"))) {
+        let events = |opaque: bool| -> Vec<Result<Event, String>> {
+            let mut p = Parser::new(&fx.bytes[..], ParserOptions::default());
+            let mut out = Vec::new();
+            loop {
+                match p.next_event() {
+                    Ok(Some(ev)) => {
+                        if opaque && matches!(ev, Event::Header { .. }) {
+                            p.set_opaque_types(|_| true);
+                        }
+                        out.push(Ok(ev));
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        out.push(Err(e.to_string()));
+                        break;
+                    }
+                }
+            }
+            out
+        };
+        let (plain, opaque) = (events(false), events(true));
+        assert_eq!(plain.len(), opaque.len(), "{}: event counts differ", fx.file);
+        for (a, b) in plain.iter().zip(&opaque) {
+            match (a, b) {
+                (Ok(Event::Entry(a)), Ok(Event::Entry(b))) if b.value == ferry_rdb::Value::Opaque => {
+                    opaque_seen += 1;
+                    assert_eq!((&a.key, a.db, a.expire_ms, a.part), (&b.key, b.db, b.expire_ms, b.part), "{}", fx.file);
+                    assert!(a.raw.is_some() && a.raw == b.raw, "{}: key {:?}: raw bytes differ", fx.file, a.key);
+                }
+                (a, b) => assert_eq!(format!("{a:?}"), format!("{b:?}"), "{}", fx.file),
+            }
+        }
+    }
+    assert!(opaque_seen > 1000, "only {opaque_seen} opaque values");
 }

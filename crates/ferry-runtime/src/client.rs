@@ -37,9 +37,15 @@ pub async fn plan(
             pipeline_id: pipeline.unwrap_or_default().into(),
             deployment: crate::grpc::deployment(),
         };
+        // A coordinator that answers it has no plan yet (discovering the source) is asked
+        // again soon: it usually has one a moment later, and every stage waits on it.
+        let mut not_ready = false;
         let res = async {
             let mut client = CoordinatorClient::new(grpc_channel(coordinator).await.map_err(|e| format!("{e:#}"))?);
-            client.plan(req).await.map(|r| r.into_inner().pipelines).map_err(|s| s.message().to_string())
+            client.plan(req).await.map(|r| r.into_inner().pipelines).map_err(|s| {
+                not_ready = s.code() == tonic::Code::Unavailable;
+                s.message().to_string()
+            })
         }
         .await;
         match res {
@@ -62,7 +68,8 @@ pub async fn plan(
                 }
             }
         }
-        if !sleep_or_cancel(backoff.next_delay(), cancel).await {
+        let delay = if not_ready { std::time::Duration::from_millis(50) } else { backoff.next_delay() };
+        if !sleep_or_cancel(delay, cancel).await {
             return None;
         }
     }
