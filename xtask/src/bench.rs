@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ferry_resp::{Connection, Reply};
-use integration_tests::{RedisServer, config_with_ports, http_get};
+use integration_tests::{Cluster, RedisServer, config_with_ports, http_get};
 use serde_json::json;
 
 /// Options of a bench run.
@@ -318,6 +318,26 @@ async fn info(c: &mut Connection, field: &str) -> anyhow::Result<String> {
     Ok(ferry_resp::replication::info_field(&r, field).unwrap_or("").to_string())
 }
 
+/// ferry's own keys on a node (checkpoints, floors, fences): `SCAN MATCH ferry:*`.
+async fn own_keys(c: &mut Connection) -> anyhow::Result<i64> {
+    let mut cursor = b"0".to_vec();
+    let mut n = 0;
+    loop {
+        let Reply::Array(Some(mut parts)) =
+            c.call(&[&b"SCAN"[..], &cursor, b"MATCH", b"ferry:*", b"COUNT", b"10000"]).await?
+        else {
+            bail!("bad SCAN reply");
+        };
+        if let Some(Reply::Array(Some(keys))) = parts.pop() {
+            n += keys.iter().filter(|k| k.as_bytes().is_some_and(|k| ferry_checkpoint::is_own_key(k))).count() as i64;
+        }
+        cursor = parts.pop().and_then(|c| c.as_bytes().map(|b| b.to_vec())).unwrap_or_default();
+        if cursor == b"0" || cursor.is_empty() {
+            return Ok(n);
+        }
+    }
+}
+
 async fn dbsize(c: &mut Connection) -> anyhow::Result<i64> {
     match c.call(&["DBSIZE"]).await? {
         Reply::Integer(n) => Ok(n),
@@ -327,16 +347,30 @@ async fn dbsize(c: &mut Connection) -> anyhow::Result<i64> {
 
 /// A native replica's full sync of `src`: seconds until it is online and caught up.
 async fn native_replica(src: &RedisServer) -> anyhow::Result<f64> {
-    let replica = RedisServer::start(&["--repl-diskless-load", "disabled"]);
-    let mut c = replica.connect().await?;
-    let mut s = src.connect().await?;
+    native_replicas(&[src]).await
+}
+
+/// One native replica per source, started together: seconds until every one has synced.
+async fn native_replicas(sources: &[&RedisServer]) -> anyhow::Result<f64> {
+    let replicas: Vec<RedisServer> =
+        sources.iter().map(|_| RedisServer::start(&["--repl-diskless-load", "disabled"])).collect();
+    let mut pairs = Vec::new();
+    for (r, s) in replicas.iter().zip(sources) {
+        pairs.push((r.connect().await?, s.connect().await?, s.port));
+    }
     let t0 = Instant::now();
-    c.call(&["REPLICAOF", "127.0.0.1", &src.port.to_string()]).await?;
-    loop {
-        if info(&mut c, "master_link_status").await? == "up" && info(&mut c, "master_sync_in_progress").await? == "0" {
-            let want = info(&mut s, "master_repl_offset").await?;
-            if info(&mut c, "slave_repl_offset").await? == want {
-                break;
+    for (c, _, port) in &mut pairs {
+        c.call(&["REPLICAOF", "127.0.0.1", &port.to_string()]).await?;
+    }
+    let mut done = vec![false; pairs.len()];
+    while done.iter().any(|d| !d) {
+        for ((c, s, _), done) in pairs.iter_mut().zip(&mut done) {
+            if !*done
+                && info(c, "master_link_status").await? == "up"
+                && info(c, "master_sync_in_progress").await? == "0"
+            {
+                let want = info(s, "master_repl_offset").await?;
+                *done = info(c, "slave_repl_offset").await? == want;
             }
         }
         if t0.elapsed() > Duration::from_secs(1800) {
@@ -345,9 +379,116 @@ async fn native_replica(src: &RedisServer) -> anyhow::Result<f64> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
-    // Detach it: the source then has ferry as its only replica.
-    c.call(&["REPLICAOF", "NO", "ONE"]).await?;
+    // Detach them: the sources then have ferry as their only replica.
+    for (c, _, _) in &mut pairs {
+        c.call(&["REPLICAOF", "NO", "ONE"]).await?;
+    }
     Ok(secs)
+}
+
+/// The cluster phase: the data set in a 3-master cluster, copied by one native replica per
+/// master (started together) and by ferry into another 3-master cluster.
+fn cluster_phase(
+    rt: &tokio::runtime::Runtime,
+    bins: &Path,
+    dir: &Path,
+    opts: &BenchOpts,
+) -> anyhow::Result<serde_json::Value> {
+    let src = Cluster::start(3, 0);
+    let map = src.slot_map().context("the source cluster's slot map")?;
+    rt.block_on(async {
+        let mut conns = Vec::new();
+        for m in &map.masters {
+            conns.push(Connection::connect(m, &ferry_resp::Auth::default(), Duration::from_secs(5)).await?);
+        }
+        let mut bufs: Vec<(bytes::BytesMut, u64)> = map.masters.iter().map(|_| (bytes::BytesMut::new(), 0)).collect();
+        let value = string_value(opts.value_size);
+        for i in 0..opts.keys {
+            let slot = ferry_resp::cluster::key_slot(format!("bench:{i:010}").as_bytes());
+            let n = map.node_of(slot).context("a slot without a master")?;
+            encode_key(&mut bufs[n].0, i, &value);
+            bufs[n].1 += 1;
+            if bufs[n].1 == 2000 {
+                let (buf, pending) = &mut bufs[n];
+                flush(&mut conns[n], buf, *pending).await?;
+                *pending = 0;
+            }
+        }
+        for (n, (buf, pending)) in bufs.iter_mut().enumerate() {
+            flush(&mut conns[n], buf, *pending).await?;
+        }
+        anyhow::Ok(())
+    })
+    .context("fill the source cluster")?;
+    let masters: Vec<&RedisServer> = src.nodes.iter().filter(|n| map.masters.contains(&n.addr())).collect();
+    eprintln!("cluster: native replicas of the {} masters...", masters.len());
+    let native = rt.block_on(native_replicas(&masters))?;
+    eprintln!("cluster: native replicas {native:.2}s; ferry...");
+    let run_dir = dir.join("cluster");
+    std::fs::create_dir_all(&run_dir)?;
+    let tgt = Cluster::start(3, 0);
+    let (text, status) = config_with_ports(&format!("[source]\n{}\n[target]\n{}\n", src.toml(), tgt.toml()));
+    let config = run_dir.join("bench-ferry.toml");
+    std::fs::write(&config, text)?;
+    let t0 = Instant::now();
+    let mut procs = crate::Processes::start(bins, &config, &run_dir)?;
+    let profiler = if opts.profile {
+        let mut pids: Vec<(String, u32)> =
+            procs.procs.iter().filter_map(|p| Some((p.name.clone(), p.child.as_ref()?.id()))).collect();
+        pids.extend(tgt.nodes.iter().enumerate().map(|(i, n)| (format!("target-redis-{i}"), n.pid())));
+        Some(Profiler::start(&run_dir, pids)?)
+    } else {
+        None
+    };
+    let want = map.masters.len();
+    loop {
+        if let Some((name, st)) = procs.exited() {
+            bail!("{name} exited ({st}) during the cluster phase; see its log in {}", run_dir.display());
+        }
+        if let Ok(body) = http_get(&status, "/status") {
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            let ps = v["pipelines"].as_array().cloned().unwrap_or_default();
+            if let Some(p) = ps.iter().find(|p| p["phase"] == "failed") {
+                bail!("ferry failed: {}", p["error"]);
+            }
+            let done = |p: &serde_json::Value| {
+                p["phase"] == "incremental" && p["lag_bytes"] == 0 && p["keys_applied"].as_u64().unwrap_or(0) > 0
+            };
+            if ps.len() == want && ps.iter().all(done) {
+                break;
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(1800) {
+            bail!("ferry did not finish the cluster copy");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let profile = profiler.map(Profiler::finish).unwrap_or(serde_json::Value::Null);
+    let keys = |c: &Cluster| -> anyhow::Result<i64> {
+        let map = c.slot_map().context("slot map")?;
+        rt.block_on(async {
+            let mut n = 0;
+            for m in &map.masters {
+                let mut c = Connection::connect(m, &ferry_resp::Auth::default(), Duration::from_secs(5)).await?;
+                n += dbsize(&mut c).await? - own_keys(&mut c).await?;
+            }
+            anyhow::Ok(n)
+        })
+    };
+    let (a, b) = (keys(&src)?, keys(&tgt)?);
+    drop(procs);
+    if a != b {
+        bail!("the cluster copy is incomplete: {a} keys on the source, {b} on the target");
+    }
+    Ok(json!({
+        "masters": want,
+        "keys": a,
+        "native_replicas_full_sync_s": native,
+        "ferry_full_copy_s": secs,
+        "ratio_ferry_over_native": secs / native,
+        "profile": profile,
+    }))
 }
 
 /// `redis-cli --pipe < file` into an empty server: seconds until every reply is back.
@@ -860,6 +1001,12 @@ fn mb(bytes_per_s: &serde_json::Value) -> String {
 pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
     let env = EnvOpts::read(opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // One phase alone, while working on it (its numbers only; nothing else runs).
+    if std::env::var("FERRY_BENCH_ONLY").as_deref() == Ok("cluster") {
+        let c = cluster_phase(&rt, bins, dir, opts).context("cluster phase")?;
+        println!("{}", serde_json::to_string_pretty(&c)?);
+        return Ok(());
+    }
     let src = RedisServer::start(&["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]);
     eprintln!("filling the source with {} keys...", opts.keys);
     rt.block_on(async {
@@ -909,6 +1056,8 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
     drop(src);
 
     let huge = huge_keys(&rt, bins, dir, &env.huge).context("huge-key phase")?;
+    eprintln!("cluster phase: {} keys in a 3-master cluster...", opts.keys);
+    let cluster = cluster_phase(&rt, bins, dir, opts).context("cluster phase")?;
 
     let result = json!({
         "keys": opts.keys,
@@ -925,6 +1074,7 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
         "incremental": incr,
         "end_to_end_lag": lag,
         "huge_keys": huge,
+        "cluster": cluster,
         "micro": micro,
     });
 
@@ -988,6 +1138,19 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
     );
     println!("| ferry (start to incremental, lag 0) | {} | 1.00 |", fmt_opt(&h["ferry_full_copy_s"], " s", 2));
     println!();
+    let c = &result["cluster"];
+    println!("| cluster → cluster, 3 masters each, {} keys | time | ferry / this |", c["keys"]);
+    println!("|---|---|---|");
+    println!(
+        "| native replicas, one per master, started together | {} | {} |",
+        fmt_opt(&c["native_replicas_full_sync_s"], " s", 2),
+        fmt_opt(&c["ratio_ferry_over_native"], "", 2)
+    );
+    println!(
+        "| ferry (start to every pipeline incremental, lag 0) | {} | 1.00 |",
+        fmt_opt(&c["ferry_full_copy_s"], " s", 2)
+    );
+    println!();
     let m = &result["micro"];
     println!("| micro-benchmark | ferry | baseline |");
     println!("|---|---|---|");
@@ -1012,7 +1175,11 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
     println!("peak RSS (MiB) after the full copy: {}", result["ferry"]["peak_rss_mib"]);
     println!("peak RSS (MiB) at the end: {}", result["ferry_peak_rss_mib_at_end"]);
     println!("peak RSS (MiB) after the huge-key full copy: {}", h["peak_rss_mib"]);
-    for (phase, profile) in [("full copy", &result["ferry"]["profile"]), ("huge-key full copy", &h["profile"])] {
+    for (phase, profile) in [
+        ("full copy", &result["ferry"]["profile"]),
+        ("huge-key full copy", &h["profile"]),
+        ("cluster full copy", &result["cluster"]["profile"]),
+    ] {
         let Some(parts) = profile.as_object() else { continue };
         println!();
         println!("profile of the {phase} (perf -a, share of all samples, self time, above 1.5 %):");

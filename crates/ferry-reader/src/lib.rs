@@ -134,6 +134,7 @@ pub async fn run(
     let mut warned = false;
     let mut confirmed = std::time::Instant::now();
     loop {
+        let mut poll = PLAN_POLL;
         match ferry_runtime::plan_once(&coordinator, "reader", pipeline.as_deref()).await {
             Ok(assignments) => {
                 warned = false;
@@ -164,6 +165,9 @@ pub async fn run(
                     warn!(coordinator = %coordinator, error = %e, "waiting for the coordinator");
                     warned = true;
                 }
+                if e.not_ready && running.is_empty() {
+                    poll = ferry_runtime::NOT_READY_RETRY;
+                }
                 if !running.is_empty() && confirmed.elapsed() >= PLAN_CONFIRM {
                     warn!(
                         coordinator = %coordinator,
@@ -176,7 +180,7 @@ pub async fn run(
                 }
             }
         }
-        if !ferry_runtime::sleep_or_cancel(PLAN_POLL, &cancel).await {
+        if !ferry_runtime::sleep_or_cancel(poll, &cancel).await {
             break;
         }
     }

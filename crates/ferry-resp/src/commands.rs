@@ -59,6 +59,34 @@ struct Command {
     step: i64,
     movable: bool,
     specs: Vec<Spec>,
+    /// It has subcommands (`container|sub` entries).
+    container: bool,
+}
+
+impl Command {
+    /// The one key's position when the command always has exactly one, there.
+    fn single_key(&self) -> Option<usize> {
+        if self.container || self.movable {
+            return None;
+        }
+        match &self.specs[..] {
+            [Spec { begin: Begin::Index(i), find: Find::Range { lastkey: 0, .. } }] if *i > 0 => {
+                usize::try_from(*i).ok()
+            }
+            [] if self.first > 0 && self.first == self.last => usize::try_from(self.first).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// `name` in lower case in `buf`, without allocating (names longer than `buf` are no
+/// command's).
+fn lower<'b>(name: &[u8], buf: &'b mut [u8; 64]) -> Option<&'b [u8]> {
+    let out = buf.get_mut(..name.len())?;
+    for (o, c) in out.iter_mut().zip(name) {
+        *o = c.to_ascii_lowercase();
+    }
+    Some(out)
 }
 
 /// Every command (and subcommand, as `container|sub`) a server knows, by lower-case name.
@@ -158,9 +186,20 @@ impl CommandTable {
                 Some(Reply::Array(Some(specs))) => specs.iter().map(parse_spec).collect(),
                 _ => vec![],
             };
-            let cmd = Command { first: int(f.get(3)), last: int(f.get(4)), step: int(f.get(5)), movable, specs };
+            let subs = match f.get(9) {
+                Some(Reply::Array(Some(subs))) if !subs.is_empty() => Some(subs),
+                _ => None,
+            };
+            let cmd = Command {
+                first: int(f.get(3)),
+                last: int(f.get(4)),
+                step: int(f.get(5)),
+                movable,
+                specs,
+                container: subs.is_some(),
+            };
             self.commands.insert(name.to_ascii_lowercase(), cmd);
-            if let Some(Reply::Array(Some(subs))) = f.get(9) {
+            if let Some(subs) = subs {
                 self.add(subs);
             }
         }
@@ -172,7 +211,15 @@ impl CommandTable {
 
     /// Whether the server knows the command `name` (any case).
     pub fn knows(&self, name: &[u8]) -> bool {
-        self.commands.contains_key(&name.to_ascii_lowercase())
+        let mut buf = [0; 64];
+        lower(name, &mut buf).is_some_and(|n| self.commands.contains_key(n))
+    }
+
+    /// Where the one key of the command `name` is, when it always has exactly one at a
+    /// fixed place (`SET`, `RESTORE`, `HSET`, ...): the cheap path of routing.
+    pub fn single_key(&self, name: &[u8]) -> Option<usize> {
+        let mut buf = [0; 64];
+        self.commands.get(lower(name, &mut buf)?)?.single_key()
     }
 
     /// The keys of the command `args` (`args[0]` its name): by a subcommand's own
@@ -214,7 +261,7 @@ impl CommandTable {
                 c.first.to_string().into_bytes(),
                 c.last.to_string().into_bytes(),
                 c.step.to_string().into_bytes(),
-                vec![b'0' + u8::from(c.movable)],
+                if c.container { vec![b'0' + u8::from(c.movable), b'c'] } else { vec![b'0' + u8::from(c.movable)] },
             ];
             for s in &c.specs {
                 let mut e = match &s.begin {
@@ -277,8 +324,15 @@ impl CommandTable {
                 };
                 specs.push(Spec { begin, find });
             }
-            let cmd =
-                Command { first: num(1)?, last: num(2)?, step: num(3)?, movable: args.get(4)?[..] == b"1"[..], specs };
+            let flags = args.get(4)?;
+            let cmd = Command {
+                first: num(1)?,
+                last: num(2)?,
+                step: num(3)?,
+                movable: flags.first() == Some(&b'1'),
+                specs,
+                container: flags.get(1) == Some(&b'c'),
+            };
             t.commands.insert(args.first()?.to_vec(), cmd);
         }
         Some(t)
@@ -454,6 +508,12 @@ mod tests {
         assert_eq!(at(&["OLDCMD", "a", "b", "c"]), Keys::At(vec![1, 2]));
         assert_eq!(at(&["DELIFEQ", "k", "v"]), Keys::UnknownCommand);
         assert!(t.knows(b"HSetEx") && !t.knows(b"delifeq"));
+        assert_eq!(t.single_key(b"SET"), Some(1));
+        assert_eq!(t.single_key(b"MSET"), None);
+        assert_eq!(t.single_key(b"EVAL"), None);
+        assert_eq!(t.single_key(b"OLDCMD"), None);
+        assert_eq!(crate::command_arg(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n", 2), Some(&b"vv"[..]));
+        assert_eq!(crate::command_arg(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n", 3), None);
     }
 
     #[test]

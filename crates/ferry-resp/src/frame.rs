@@ -334,15 +334,31 @@ pub fn command_head(buf: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
 }
 
 pub fn command_name(cmd: &[u8]) -> Option<&[u8]> {
+    command_arg(cmd, 0)
+}
+
+/// Argument `n` of a RESP command array (0: its name), without parsing the others into
+/// values: the cheap way to a command's key where its position is known.
+pub fn command_arg(cmd: &[u8], n: usize) -> Option<&[u8]> {
     let cr = find_crlf(cmd, 0)?;
-    let pos = cr + 2;
-    if cmd.get(pos) != Some(&b'$') {
+    let count = usize::try_from(parse_int(cmd.get(1..cr)?).ok()?).ok()?;
+    if n >= count {
         return None;
     }
-    let cr2 = find_crlf(cmd, pos + 1)?;
-    let len = parse_int(&cmd[pos + 1..cr2]).ok()?;
-    let start = cr2 + 2;
-    cmd.get(start..start + usize::try_from(len).ok()?)
+    let mut pos = cr + 2;
+    for i in 0..=n {
+        if cmd.get(pos) != Some(&b'$') {
+            return None;
+        }
+        let cr2 = find_crlf(cmd, pos + 1)?;
+        let len = usize::try_from(parse_int(&cmd[pos + 1..cr2]).ok()?).ok()?;
+        let start = cr2 + 2;
+        if i == n {
+            return cmd.get(start..start.checked_add(len)?);
+        }
+        pos = start.checked_add(len)?.checked_add(2)?;
+    }
+    None
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub mod tls;
 pub use conn::{Auth, Connection, RespError};
 pub use encode::{encode_command, encode_command_into};
 pub use frame::{
-    DEFAULT_MAX_BULK_LEN, FrameError, Reply, command_name, parse_command, parse_reply, scan_command, scan_reply,
+    DEFAULT_MAX_BULK_LEN, FrameError, Reply, command_arg, command_name, parse_command, parse_reply, scan_command,
+    scan_reply,
 };
 pub use tls::TlsSettings;

@@ -20,6 +20,24 @@ pub async fn assignment(
     plan(coordinator, role, pipeline, cancel).await.and_then(|p| p.into_iter().next())
 }
 
+/// The answer to a plan request that is not a plan.
+#[derive(Debug)]
+pub struct PlanError {
+    pub message: String,
+    /// The coordinator answered, but has no plan yet (discovering the source): it will
+    /// have one in a moment, so asking again soon is right.
+    pub not_ready: bool,
+}
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// How soon to ask again a coordinator that has no plan yet.
+pub const NOT_READY_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Asks the coordinator for every pipeline this stage should serve (or only `pipeline`),
 /// retrying until it answers or `cancel` fires.
 pub async fn plan(
@@ -31,24 +49,8 @@ pub async fn plan(
     let mut backoff = Backoff::new();
     let mut warned = false;
     loop {
-        let req = AssignRequest {
-            role: role.into(),
-            instance: instance_name(),
-            pipeline_id: pipeline.unwrap_or_default().into(),
-            deployment: crate::grpc::deployment(),
-        };
-        // A coordinator that answers it has no plan yet (discovering the source) is asked
-        // again soon: it usually has one a moment later, and every stage waits on it.
-        let mut not_ready = false;
-        let res = async {
-            let mut client = CoordinatorClient::new(grpc_channel(coordinator).await.map_err(|e| format!("{e:#}"))?);
-            client.plan(req).await.map(|r| r.into_inner().pipelines).map_err(|s| {
-                not_ready = s.code() == tonic::Code::Unavailable;
-                s.message().to_string()
-            })
-        }
-        .await;
-        match res {
+        let mut delay = None;
+        match plan_once(coordinator, role, pipeline).await {
             Ok(p) if !p.is_empty() => {
                 for a in &p {
                     info!(pipeline = %a.pipeline_id, leader = %a.source_address, downstream = %a.downstream_address, "assigned");
@@ -66,10 +68,10 @@ pub async fn plan(
                     warn!(coordinator, error = %e, "waiting for the coordinator");
                     warned = true;
                 }
+                delay = e.not_ready.then_some(NOT_READY_RETRY);
             }
         }
-        let delay = if not_ready { std::time::Duration::from_millis(50) } else { backoff.next_delay() };
-        if !sleep_or_cancel(delay, cancel).await {
+        if !sleep_or_cancel(delay.unwrap_or_else(|| backoff.next_delay()), cancel).await {
             return None;
         }
     }
@@ -77,13 +79,18 @@ pub async fn plan(
 
 /// Asks the coordinator once for the pipelines this stage should serve now (or only
 /// `pipeline`); empty when the current role runs none (fenced, switching back).
-pub async fn plan_once(coordinator: &str, role: &str, pipeline: Option<&str>) -> Result<Vec<Assignment>, String> {
+pub async fn plan_once(coordinator: &str, role: &str, pipeline: Option<&str>) -> Result<Vec<Assignment>, PlanError> {
     let req = AssignRequest {
         role: role.into(),
         instance: instance_name(),
         pipeline_id: pipeline.unwrap_or_default().into(),
         deployment: crate::grpc::deployment(),
     };
-    let mut client = CoordinatorClient::new(grpc_channel(coordinator).await.map_err(|e| format!("{e:#}"))?);
-    client.plan(req).await.map(|r| r.into_inner().pipelines).map_err(|s| s.message().to_string())
+    let channel =
+        grpc_channel(coordinator).await.map_err(|e| PlanError { message: format!("{e:#}"), not_ready: false })?;
+    CoordinatorClient::new(channel)
+        .plan(req)
+        .await
+        .map(|r| r.into_inner().pipelines)
+        .map_err(|s| PlanError { message: s.message().to_string(), not_ready: s.code() == tonic::Code::Unavailable })
 }

@@ -237,6 +237,14 @@ impl ClusterTarget {
 
     /// Splits command `cmd` into routed pieces (usually one: itself).
     async fn route(&mut self, cmd: Bytes) -> anyhow::Result<Vec<(Route, Bytes)>> {
+        // The usual case (every RESTORE of a full copy): one key at a fixed place, read
+        // without parsing the command into values.
+        if let Some(key) = ferry_resp::command_name(&cmd)
+            .and_then(|name| self.commands.single_key(name))
+            .and_then(|i| ferry_resp::command_arg(&cmd, i))
+        {
+            return Ok(vec![(Route::Slot(key_slot(key)), cmd)]);
+        }
         let args = ferry_resp::parse_command(&cmd)?;
         let name = args[0].to_ascii_uppercase();
         if name == b"SELECT" {
@@ -521,11 +529,17 @@ async fn apply_segment(
     while !pending.is_empty() {
         // Group by master, then by slot (order kept within a slot).
         let mut per_node: Vec<Vec<SlotPart>> = vec![Vec::new(); ct.map.masters.len()];
+        // Where each slot's part is in its master's list (a batch of a full copy touches
+        // hundreds of slots per master: no search through them for every command).
+        let mut part_of: HashMap<u16, usize> = HashMap::new();
         for (i, slot, cmd) in pending.drain(..) {
             let n = ct.map.node_of(slot).ok_or_else(|| anyhow!("slot {slot} is not served"))?;
-            match per_node[n].iter_mut().find(|(s, _)| *s == slot) {
-                Some((_, v)) => v.push((i, cmd)),
-                None => per_node[n].push((slot, vec![(i, cmd)])),
+            match part_of.get(&slot) {
+                Some(&k) => per_node[n][k].1.push((i, cmd)),
+                None => {
+                    part_of.insert(slot, per_node[n].len());
+                    per_node[n].push((slot, vec![(i, cmd)]));
+                }
             }
         }
         let masters = ct.map.masters.clone();
