@@ -541,9 +541,20 @@ fn grpc_links_are_mutual_tls_and_each_endpoint_admits_only_its_callers() {
     };
     let (ok, out) = watcher(&cfg, &["status"]);
     assert!(ok && out.contains("forward"), "{out}");
+    // A stage given another role's certificate refuses to start, naming the file and the
+    // name it needs (instead of having every call refused).
     let as_reader = cfg.replace("{role}.crt", "reader.crt").replace("{role}.key", "reader.key");
+    let path = ferry.dir.path().join("as-reader.toml");
+    std::fs::write(&path, &as_reader).unwrap();
+    let out = Command::new(bin_dir().join("ferry-writer")).arg("--config").arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("grpc.tls_cert_file") && text.contains("ferry-writer") && text.contains("reader.crt"),
+        "{text}"
+    );
     let (ok, out) = watcher(&as_reader, &["fence", "--reason", "probe"]);
-    assert!(!ok && out.contains("admits only ferry-watcher or ferry-admin"), "{out}");
+    assert!(!ok && out.contains("ferry-watcher, ferry-admin"), "{out}");
     assert!(rt.block_on(async { src.repl_offset().await }).is_ok());
     let role = http_get(&status, "/status").unwrap();
     assert!(role.contains("\"role\":\"forward\""), "{role}");

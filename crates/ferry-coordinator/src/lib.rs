@@ -670,19 +670,25 @@ impl CoordinatorState {
                 None => None,
             };
             let retry = match result {
-                // Planned for a role that is still the current one.
-                Ok(plans) if *self.role.lock().unwrap() == rec => {
+                // Planned for a role that is still the current one: stored under the role's
+                // lock (as `set_role` clears the plans under it), so a role change in between
+                // can never be followed by the old role's plans.
+                Ok(plans) => {
+                    let role = self.role.lock().unwrap();
+                    if *role != rec {
+                        continue;
+                    }
                     if !same_role || plans != old {
                         log_plan_changes(&old, &plans, rec.role.as_str());
                         *self.plans.lock().unwrap() = plans;
                     }
                     *self.plan_error.lock().unwrap() = None;
                     self.planned.store(true, std::sync::atomic::Ordering::SeqCst);
+                    drop(role);
                     planned_for = Some(rec.clone());
                     backoff = ferry_runtime::Backoff::new();
                     false
                 }
-                Ok(_) => continue,
                 // A topology check failed (a node is down, a failover is under way): the
                 // pipelines planned go on, the readers follow failovers by themselves.
                 Err(e) if same_role => {
@@ -827,7 +833,12 @@ impl CoordinatorState {
     pub fn status(&self) -> StatusDoc {
         let reports = self.reports.lock().unwrap();
         let now = Instant::now();
-        let plans = self.plans.lock().unwrap().clone();
+        // The role and its plans read together (`set_role` changes both under the role's
+        // lock): a document never shows one role with the pipelines of another.
+        let (rec, plans) = {
+            let role = self.role.lock().unwrap();
+            (role.clone(), self.plans.lock().unwrap().clone())
+        };
         let pipelines = plans
             .iter()
             .map(|p| {
@@ -940,7 +951,6 @@ impl CoordinatorState {
             })
             .map(|((id, _), _)| id.clone())
             .collect();
-        let rec = self.role.lock().unwrap().clone();
         StatusDoc {
             role: rec.role.as_str(),
             epoch: rec.epoch,

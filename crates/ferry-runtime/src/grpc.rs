@@ -134,12 +134,11 @@ pub fn init_grpc_tls(cfg: &ferry_config::GrpcConfig, service: &str) -> anyhow::R
                 ferry_config::ConfigError::field(format!("grpc.{field}"), format!("cannot read {path}: {e}"))
             })
         };
+        let cert = read("tls_cert_file", &cfg.tls_cert_file)?;
+        check_own_role(cfg, role, &cert)?;
         Some(GrpcTls {
             ca: tonic::transport::Certificate::from_pem(read("tls_ca_file", &cfg.tls_ca_file)?),
-            identity: tonic::transport::Identity::from_pem(
-                read("tls_cert_file", &cfg.tls_cert_file)?,
-                read("tls_key_file", &cfg.tls_key_file)?,
-            ),
+            identity: tonic::transport::Identity::from_pem(cert, read("tls_key_file", &cfg.tls_key_file)?),
             server_name: cfg.tls_server_name.clone(),
             identities: ferry_config::GRPC_ROLES.iter().map(|r| (*r, cfg.names_of(r))).collect(),
         })
@@ -148,6 +147,34 @@ pub fn init_grpc_tls(cfg: &ferry_config::GrpcConfig, service: &str) -> anyhow::R
     };
     let _ = GRPC_TLS.set(tls);
     Ok(())
+}
+
+/// A stage's own certificate must name its role (the watcher's: the watcher's or an
+/// admin's): else every call it makes would be refused, one at a time, at run time. Checked
+/// at start, a configuration error naming the file and the names expected.
+fn check_own_role(cfg: &ferry_config::GrpcConfig, role: &str, pem: &[u8]) -> Result<(), ferry_config::ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    let roles: &[&str] = match role {
+        "reader" | "decoder" | "writer" => &[role],
+        "watcher" => &["watcher", "admin"],
+        _ => return Ok(()),
+    };
+    let path = cfg.tls_cert_file.replace("{role}", role);
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem).map_err(|e| {
+        ferry_config::ConfigError::field("grpc.tls_cert_file", format!("{path}: no certificate in it ({e})"))
+    })?;
+    let names: Vec<String> = roles.iter().flat_map(|r| cfg.names_of(r)).collect();
+    if names.iter().any(|n| cert_names(&der, n)) {
+        return Ok(());
+    }
+    Err(ferry_config::ConfigError::field(
+        "grpc.tls_cert_file",
+        format!(
+            "{path} names none of {}: the {role}'s certificate must name its role as a DNS name (see [grpc] identities), \
+             or its calls are refused",
+            names.join(", ")
+        ),
+    ))
 }
 
 /// Calls refused by [`authorize`], by endpoint (for `/metrics`).
