@@ -265,7 +265,10 @@ impl RdbConverter {
     /// label is not newer than itself; the body must use encodings it knows.
     fn payload_version(&self, rdb_type: u8) -> Option<u16> {
         let source = u32::from(self.rdb_version);
-        if self.target_rdb_version == 0 || self.target_rdb_version == source {
+        let target = self.target_rdb_version;
+        // A target of the source's family and at least its version reads its payloads as
+        // they are labelled.
+        if target == 0 || ((source >= 80) == (target >= 80) && target >= source) {
             return Some(self.rdb_version);
         }
         let needed = ferry_rdb::min_rdb_version(rdb_type, self.flavor, source);

@@ -415,9 +415,11 @@ struct CommandState {
 }
 
 /// Commands of the replication stream that change no data. Pub/Sub messages are not
-/// data: they are not forwarded to the target.
+/// data: they are not forwarded to the target. Nor is `CLUSTER` (`SETSLOT`, which a Valkey
+/// 8+ primary replicates to replicas that announce a version): the source's slot layout is
+/// not the target's.
 fn is_non_data(name: &[u8]) -> bool {
-    [&b"PING"[..], b"REPLCONF", b"PUBLISH", b"SPUBLISH"].iter().any(|n| name.eq_ignore_ascii_case(n))
+    [&b"PING"[..], b"REPLCONF", b"PUBLISH", b"SPUBLISH", b"CLUSTER"].iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
 impl CommandState {
@@ -756,13 +758,18 @@ mod tests {
         st.db = 5;
         st.data_offset = 1000;
         st.data_db = 5;
-        let parts = [cmd(&["RPUSH", "l", "x"]), cmd(&["PUBLISH", "ch", "m"]), cmd(&["PING"])];
+        let parts = [
+            cmd(&["RPUSH", "l", "x"]),
+            cmd(&["PUBLISH", "ch", "m"]),
+            cmd(&["PING"]),
+            cmd(&["CLUSTER", "SETSLOT", "5", "NODE", "0123456789abcdef"]),
+        ];
         let data: Bytes = parts.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>().into();
         let lens: Vec<u32> = parts.iter().map(|p| p.len() as u32).collect();
         let end = 1000 + data.len() as i64;
         let batch = st.frame(&data, &lens, end, &[]).unwrap().pop().unwrap();
         assert!(batch.resp.starts_with(&cmd(&["SELECT", "5"])));
-        assert_eq!(batch.commands, 1, "PUBLISH and PING are not forwarded");
+        assert_eq!(batch.commands, 1, "PUBLISH, PING and the source's CLUSTER SETSLOT are not forwarded");
         assert_eq!(batch.cmd_offsets, vec![1000, 1000 + parts[0].len() as i64]);
         assert_eq!(batch.offset, end);
         assert_eq!((batch.resume_offset, batch.resume_db), (1000 + parts[0].len() as i64, 5));

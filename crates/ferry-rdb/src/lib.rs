@@ -243,10 +243,12 @@ pub fn min_rdb_version(rdb_type: u8, flavor: Flavor, file_version: u32) -> u32 {
 /// must be one the target's family reads with the same meaning.
 pub fn restore_label(needed: u32, target: u32) -> Option<u32> {
     const VALKEY_FIRST: u32 = 80;
+    // The lowest label that describes the body: a server checks only that a label is not
+    // newer than itself, so this one holds even if the target's version was misjudged.
     if target >= VALKEY_FIRST {
-        if needed <= 11 { Some(11) } else { (needed >= VALKEY_FIRST && needed <= target).then_some(needed) }
+        (needed <= 11 || (VALKEY_FIRST..=target).contains(&needed)).then_some(needed)
     } else {
-        (needed <= target).then_some(target)
+        (needed <= target).then_some(needed)
     }
 }
 
@@ -259,6 +261,11 @@ pub fn restore_label(needed: u32, target: u32) -> Option<u32> {
 /// `CLUSTER SETSLOT` (a lagging target would slow slot migrations), and Redis refuses the
 /// option.
 pub fn announced_replica_version(info: &str) -> Option<&'static str> {
+    // A cluster primary would then wait for ferry on every `CLUSTER SETSLOT`: slot
+    // migrations of the source must not depend on how far the target is.
+    if info.lines().any(|l| matches!(l.trim(), "server_mode:cluster" | "redis_mode:cluster")) {
+        return None;
+    }
     let v = info.lines().find_map(|l| l.strip_prefix("valkey_version:"))?.trim();
     let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next()?, parts.next().unwrap_or(0));
@@ -325,6 +332,7 @@ mod version_tests {
         assert_eq!(v("valkey_version:9.0.3\r\n"), None);
         assert_eq!(v("valkey_version:9.1.0\r\n"), Some("9.0.0"));
         assert_eq!(v("valkey_version:10.0.0\r\n"), Some("9.0.0"));
+        assert_eq!(v("valkey_version:9.1.0\r\nserver_mode:cluster\r\n"), None);
     }
 
     #[test]
@@ -339,11 +347,11 @@ mod version_tests {
     #[test]
     fn restore_labels_are_read_with_the_same_meaning_by_the_target() {
         // Redis targets: any label up to their own version.
-        assert_eq!(restore_label(1, 10), Some(10));
+        assert_eq!(restore_label(1, 10), Some(1));
         assert_eq!(restore_label(11, 10), None);
         assert_eq!(restore_label(12, 12), Some(12));
         // Valkey 9 (RDB 80): Redis's shared types as 11, its own as 80, never Redis's 12+.
-        assert_eq!(restore_label(10, 80), Some(11));
+        assert_eq!(restore_label(10, 80), Some(10));
         assert_eq!(restore_label(12, 80), None);
         assert_eq!(restore_label(80, 80), Some(80));
         assert_eq!(restore_label(81, 80), None);

@@ -133,6 +133,7 @@ pub async fn run(
     let mut running: std::collections::HashMap<String, Running> = std::collections::HashMap::new();
     let mut warned = false;
     let mut confirmed = std::time::Instant::now();
+    let started = std::time::Instant::now();
     loop {
         let mut poll = PLAN_POLL;
         match ferry_runtime::plan_once(&coordinator, "reader", pipeline.as_deref()).await {
@@ -165,7 +166,7 @@ pub async fn run(
                     warn!(coordinator = %coordinator, error = %e, "waiting for the coordinator");
                     warned = true;
                 }
-                if e.not_ready && running.is_empty() {
+                if e.not_ready && running.is_empty() && started.elapsed() < ferry_runtime::NOT_READY_FAST_FOR {
                     poll = ferry_runtime::NOT_READY_RETRY;
                 }
                 if !running.is_empty() && confirmed.elapsed() >= PLAN_CONFIRM {

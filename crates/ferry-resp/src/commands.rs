@@ -304,7 +304,7 @@ impl CommandTable {
                 let begin = match begin.first() {
                     Some(b'i') => Begin::Index(*words(begin).first()?),
                     Some(b'k') => {
-                        let rest = &begin[2..];
+                        let rest = begin.get(2..)?;
                         let sp = rest.iter().position(|&b| b == b' ')?;
                         let startfrom = std::str::from_utf8(&rest[..sp]).ok()?.parse().ok()?;
                         Begin::Keyword { keyword: rest[sp + 1..].to_vec(), startfrom }
@@ -355,8 +355,10 @@ fn spec_keys<A: AsRef<[u8]>>(spec: &Spec, args: &[A]) -> Option<Vec<usize>> {
     let first = match &spec.begin {
         Begin::Index(i) => *i,
         Begin::Keyword { keyword, startfrom } => {
+            // As Redis searches: forward from `startfrom` (never the name), backward down to
+            // the second argument.
             let (from, to, step): (i64, i64, i64) =
-                if *startfrom >= 0 { (*startfrom, argc - 1, 1) } else { (argc + startfrom, 1, -1) };
+                if *startfrom > 0 { (*startfrom, argc - 1, 1) } else { (argc + startfrom, 2, -1) };
             let mut i = from;
             let mut found = None;
             while (step > 0 && i <= to) || (step < 0 && i >= to) {
@@ -378,19 +380,23 @@ fn spec_keys<A: AsRef<[u8]>>(spec: &Spec, args: &[A]) -> Option<Vec<usize>> {
     let (first, last, step) = match &spec.find {
         Find::Range { lastkey, keystep, limit } => {
             let last = if *lastkey >= 0 {
-                first + lastkey
+                first.checked_add(*lastkey)?
             } else if *limit <= 1 {
-                argc + lastkey
+                argc.checked_add(*lastkey)?
             } else {
-                first + ((argc - first) / limit + lastkey)
+                first.checked_add(((argc - first) / limit).checked_add(*lastkey)?)?
             };
             (first, last, *keystep)
         }
         Find::Keynum { keynumidx, firstkey, keystep } => {
-            let idx = first + keynumidx;
-            let n: i64 = std::str::from_utf8(args.get(idx as usize)?.as_ref()).ok()?.parse().ok()?;
-            let start = first + firstkey;
-            (start, start + (n - 1) * keystep.max(&1), *keystep)
+            let idx = usize::try_from(first.checked_add(*keynumidx)?).ok()?;
+            let n: i64 = std::str::from_utf8(args.get(idx)?.as_ref()).ok()?.parse().ok()?;
+            // A count the arguments cannot hold is a malformed command: no keys to tell.
+            if n < 0 || n > argc {
+                return None;
+            }
+            let start = first.checked_add(*firstkey)?;
+            (start, start.checked_add(n.checked_sub(1)?.checked_mul((*keystep).max(1))?)?, *keystep)
         }
         Find::Unknown => return None,
     };
@@ -505,6 +511,12 @@ mod tests {
         assert_eq!(at(&["MSETEX", "2", "a", "1", "b", "2", "PX", "5"]), Keys::At(vec![2, 4]));
         assert_eq!(at(&["XREAD", "COUNT", "2", "STREAMS", "s1", "s2", "0", "0"]), Keys::At(vec![4, 5]));
         assert_eq!(at(&["SORT", "k", "STORE", "d"]), Keys::Unknowable);
+        // Malformed counts (a command as a client might send it, not as a server would run
+        // it): no keys to tell, never a panic.
+        assert_eq!(at(&["EVAL", "x", "-1"]), Keys::Unknowable);
+        assert_eq!(at(&["EVAL", "x", "9223372036854775807", "k"]), Keys::Unknowable);
+        assert_eq!(at(&["EVAL", "x", "5", "k"]), Keys::Unknowable);
+        assert_eq!(at(&["XREAD", "STREAMS"]), Keys::At(vec![]));
         assert_eq!(at(&["OLDCMD", "a", "b", "c"]), Keys::At(vec![1, 2]));
         assert_eq!(at(&["DELIFEQ", "k", "v"]), Keys::UnknownCommand);
         assert!(t.knows(b"HSetEx") && !t.knows(b"delifeq"));

@@ -35,8 +35,11 @@ impl std::fmt::Display for PlanError {
     }
 }
 
-/// How soon to ask again a coordinator that has no plan yet.
+/// How soon to ask again a coordinator that has no plan yet, during the first
+/// [`NOT_READY_FAST_FOR`] of waiting (a coordinator just started); later, the usual backoff
+/// (its planning keeps failing: a side is down).
 pub const NOT_READY_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+pub const NOT_READY_FAST_FOR: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Asks the coordinator for every pipeline this stage should serve (or only `pipeline`),
 /// retrying until it answers or `cancel` fires.
@@ -48,6 +51,7 @@ pub async fn plan(
 ) -> Option<Vec<Assignment>> {
     let mut backoff = Backoff::new();
     let mut warned = false;
+    let waiting_since = std::time::Instant::now();
     loop {
         let mut delay = None;
         match plan_once(coordinator, role, pipeline).await {
@@ -68,7 +72,7 @@ pub async fn plan(
                     warn!(coordinator, error = %e, "waiting for the coordinator");
                     warned = true;
                 }
-                delay = e.not_ready.then_some(NOT_READY_RETRY);
+                delay = (e.not_ready && waiting_since.elapsed() < NOT_READY_FAST_FOR).then_some(NOT_READY_RETRY);
             }
         }
         if !sleep_or_cancel(delay.unwrap_or_else(|| backoff.next_delay()), cancel).await {

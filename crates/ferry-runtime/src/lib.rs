@@ -20,7 +20,7 @@ pub mod rate;
 pub mod stats;
 pub mod telemetry;
 
-pub use client::{NOT_READY_RETRY, PlanError, assignment, plan, plan_once};
+pub use client::{NOT_READY_FAST_FOR, NOT_READY_RETRY, PlanError, assignment, plan, plan_once};
 pub use grpc::{grpc_channel, grpc_server, grpc_url, to_status};
 pub use lifecycle::{Backoff, cancel_on_signal, instance_name, sleep_or_cancel};
 pub use model::{FullCopyNeeded, Phase, Role};
