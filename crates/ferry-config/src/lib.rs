@@ -912,8 +912,9 @@ impl Config {
             if names.is_empty() {
                 return Err(invalid(&field, "names no certificate name".into()));
             }
+            // Names as certificates are checked against them: no wildcards.
             let bad_name =
-                |n: &&String| n.is_empty() || n.chars().any(|c| !(c.is_ascii_alphanumeric() || "-.:*".contains(c)));
+                |n: &&String| n.is_empty() || n.chars().any(|c| !(c.is_ascii_alphanumeric() || "-.:".contains(c)));
             if let Some(bad) = names.iter().find(bad_name) {
                 return Err(invalid(&field, format!("{bad:?} is not a DNS name or IP address")));
             }
@@ -1122,6 +1123,8 @@ mod tls_tests {
         let e = parse("[grpc.identities]\nwatcher = []\n").unwrap_err();
         assert!(e.contains("grpc.identities.watcher"), "{e}");
         let e = parse("[grpc.identities]\nadmin = [\"a b\"]\n").unwrap_err();
+        assert!(e.contains("not a DNS name"), "{e}");
+        let e = parse("[grpc.identities]\nadmin = [\"*.ops.internal\"]\n").unwrap_err();
         assert!(e.contains("not a DNS name"), "{e}");
     }
 
