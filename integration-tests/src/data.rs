@@ -1,6 +1,7 @@
 //! Filling a server with every type and encoding, and comparing two servers type-aware.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::bail;
 use bytes::Bytes;
@@ -394,6 +395,28 @@ pub async fn incremental_writes(c: &mut Connection) -> anyhow::Result<()> {
     c.call(&["FCALL", "ferry_echo", "0", "hi"]).await?;
     // Deliberate: time passes, so inc:short-lived (PX 1) has run out before anything reads the
     // source again; asking the source about the key would itself expire it (a lazy expiry).
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     Ok(())
+}
+
+/// The `master_repl_offset` of the server at `addr` (from any thread, outside a runtime).
+pub fn master_offset(addr: &str) -> i64 {
+    block_on(async {
+        let mut c = Connection::connect(addr, &ferry_resp::Auth::default(), Duration::from_secs(2)).await.unwrap();
+        let info = c.call(&["INFO", "replication"]).await.unwrap();
+        ferry_resp::replication::info_field(&info, "master_repl_offset").unwrap().parse().unwrap()
+    })
+}
+
+/// [`compare`] of the servers at `a` and `b` (from any thread, outside a runtime).
+pub fn compare_at(a: &str, b: &str) -> anyhow::Result<usize> {
+    block_on(async {
+        let mut x = Connection::connect(a, &ferry_resp::Auth::default(), Duration::from_secs(2)).await?;
+        let mut y = Connection::connect(b, &ferry_resp::Auth::default(), Duration::from_secs(2)).await?;
+        compare(&mut x, &mut y, 2000).await
+    })
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }

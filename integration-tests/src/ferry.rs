@@ -93,6 +93,11 @@ pub fn config_with_ports(body: &str) -> (String, String) {
     (text, status)
 }
 
+/// [`config_with_ports`] for a standalone source and a standalone target.
+pub fn pair_config(source: &str, target: &str) -> (String, String) {
+    config_with_ports(&format!("[source]\naddress = \"{source}\"\n[target]\naddress = \"{target}\"\n"))
+}
+
 /// The `metrics_addr` of `[section]` in a config made by [`config_with_ports`].
 pub fn metrics_addr_of(cfg: &str, section: &str) -> String {
     let from = cfg.find(&format!("[{section}]\n")).expect("section");

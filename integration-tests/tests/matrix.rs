@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ferry_resp::{Auth, Connection, Reply};
+use ferry_resp::{Connection, Reply};
 use integration_tests::*;
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -182,8 +182,7 @@ fn standalone(from: &Flavor, to: &Flavor) -> Result<(), Failed> {
     let src = RedisServer::start_on(from, &["--repl-backlog-size", "64mb"]);
     let tgt = RedisServer::start_on(to, &[]);
     let keys = rt().block_on(async { populate(&mut src.connect().await.unwrap()).await.unwrap() });
-    let (cfg, status) =
-        config_with_ports(&format!("[source]\naddress = \"{}\"\n[target]\naddress = \"{}\"\n", src.addr(), tgt.addr()));
+    let (cfg, status) = pair_config(&src.addr(), &tgt.addr());
     let mut ferry = Ferry::start(&cfg, &status);
     ferry.wait_caught_up(rt().block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
     let n = compare_servers(&src, &tgt, &ferry)?;
@@ -270,7 +269,7 @@ fn sentinel(from: &Flavor, to: &Flavor) -> Result<(), Failed> {
     if writes < 50 || !p["error"].is_null() {
         return Err(fail(format!("{writes} witness writes: {p:#}"), &ferry));
     }
-    compare_addrs(&new_master, &tgt.master_addr(), &ferry)
+    compare_at(&new_master, &tgt.master_addr()).map(drop).map_err(|e| fail(e, &ferry))
 }
 
 /// A Valkey primary with dual-channel replication on: ferry's full copy and stream work
@@ -280,8 +279,7 @@ fn dual_channel(from: &Flavor, to: &Flavor) -> Result<(), Failed> {
         RedisServer::start_on(from, &["--dual-channel-replication-enabled", "yes", "--repl-backlog-size", "64mb"]);
     let tgt = RedisServer::start_on(to, &[]);
     rt().block_on(async { populate(&mut src.connect().await.unwrap()).await.unwrap() });
-    let (cfg, status) =
-        config_with_ports(&format!("[source]\naddress = \"{}\"\n[target]\naddress = \"{}\"\n", src.addr(), tgt.addr()));
+    let (cfg, status) = pair_config(&src.addr(), &tgt.addr());
     let mut ferry = Ferry::start(&cfg, &status);
     ferry.wait_caught_up(rt().block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
     let stop = Arc::new(AtomicBool::new(false));
@@ -386,8 +384,7 @@ fn hash_field_ttls(from: &Flavor, to: &Flavor) -> Result<(), Failed> {
         let mut c = src.connect().await.unwrap();
         hash_ttl_data(&mut c, "copied").await;
     });
-    let (cfg, status) =
-        config_with_ports(&format!("[source]\naddress = \"{}\"\n[target]\naddress = \"{}\"\n", src.addr(), tgt.addr()));
+    let (cfg, status) = pair_config(&src.addr(), &tgt.addr());
     let ferry = Ferry::start(&cfg, &status);
     ferry.wait_caught_up(rt().block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
     rt().block_on(async {
@@ -416,8 +413,7 @@ fn hash_field_ttls(from: &Flavor, to: &Flavor) -> Result<(), Failed> {
 fn hash_field_ttls_into_older(from: &Flavor, to: &Flavor) -> Result<(), Failed> {
     let src = RedisServer::start_on(from, &[]);
     let tgt = RedisServer::start_on(to, &[]);
-    let (cfg, status) =
-        config_with_ports(&format!("[source]\naddress = \"{}\"\n[target]\naddress = \"{}\"\n", src.addr(), tgt.addr()));
+    let (cfg, status) = pair_config(&src.addr(), &tgt.addr());
     let ferry = Ferry::start(&cfg, &status);
     ferry.wait_for("incremental", Duration::from_secs(60), |p| p["phase"] == "incremental");
     rt().block_on(async {
@@ -436,8 +432,7 @@ fn hash_field_ttls_into_older(from: &Flavor, to: &Flavor) -> Result<(), Failed> 
     let src = RedisServer::start_on(from, &[]);
     let tgt = RedisServer::start_on(to, &[]);
     rt().block_on(async { hash_ttl_data(&mut src.connect().await.unwrap(), "copied").await });
-    let (cfg, status) =
-        config_with_ports(&format!("[source]\naddress = \"{}\"\n[target]\naddress = \"{}\"\n", src.addr(), tgt.addr()));
+    let (cfg, status) = pair_config(&src.addr(), &tgt.addr());
     let ferry = Ferry::start(&cfg, &status);
     let p = ferry.wait_for("the full copy to stop", Duration::from_secs(60), stopped);
     let error = p["error"].as_str().unwrap_or_default();
@@ -493,20 +488,4 @@ async fn field_ttls(c: &mut Connection, key: &str) -> Vec<(String, String, i64)>
     }
     out.sort();
     out
-}
-
-fn master_offset(addr: &str) -> i64 {
-    rt().block_on(async {
-        let mut c = Connection::connect(addr, &Auth::default(), Duration::from_secs(2)).await.unwrap();
-        let info = c.call(&["INFO", "replication"]).await.unwrap();
-        ferry_resp::replication::info_field(&info, "master_repl_offset").unwrap().parse().unwrap()
-    })
-}
-
-fn compare_addrs(a: &str, b: &str, ferry: &Ferry) -> Result<(), Failed> {
-    rt().block_on(async {
-        let mut x = Connection::connect(a, &Auth::default(), Duration::from_secs(2)).await.unwrap();
-        let mut y = Connection::connect(b, &Auth::default(), Duration::from_secs(2)).await.unwrap();
-        compare(&mut x, &mut y, 2000).await.map(drop).map_err(|e| fail(e, ferry))
-    })
 }

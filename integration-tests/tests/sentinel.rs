@@ -16,20 +16,8 @@ fn start_ferry(source: &str, target: &str) -> Ferry {
     Ferry::start(&cfg, &status)
 }
 
-fn master_offset(addr: &str) -> i64 {
-    rt().block_on(async {
-        let mut c = Connection::connect(addr, &Auth::default(), Duration::from_secs(2)).await.unwrap();
-        let info = c.call(&["INFO", "replication"]).await.unwrap();
-        ferry_resp::replication::info_field(&info, "master_repl_offset").unwrap().parse().unwrap()
-    })
-}
-
 fn compare_addrs(a: &str, b: &str, ferry: &Ferry) {
-    rt().block_on(async {
-        let mut x = Connection::connect(a, &Auth::default(), Duration::from_secs(2)).await.unwrap();
-        let mut y = Connection::connect(b, &Auth::default(), Duration::from_secs(2)).await.unwrap();
-        compare(&mut x, &mut y, 2000).await.unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
-    });
+    compare_at(a, b).unwrap_or_else(|e| panic!("{e}\n{}", ferry.logs()));
 }
 
 #[test]

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ferry_resp::{Connection, Reply};
-use integration_tests::{Cluster, RedisServer, config_with_ports, http_get};
+use integration_tests::{Cluster, RedisServer, config_with_ports, http_get, pair_config};
 use serde_json::json;
 
 /// Options of a bench run.
@@ -318,24 +318,10 @@ async fn info(c: &mut Connection, field: &str) -> anyhow::Result<String> {
     Ok(ferry_resp::replication::info_field(&r, field).unwrap_or("").to_string())
 }
 
-/// ferry's own keys on a node (checkpoints, floors, fences): `SCAN MATCH ferry:*`.
+/// ferry's own keys on a node (checkpoints, floors, fences).
 async fn own_keys(c: &mut Connection) -> anyhow::Result<i64> {
-    let mut cursor = b"0".to_vec();
-    let mut n = 0;
-    loop {
-        let Reply::Array(Some(mut parts)) =
-            c.call(&[&b"SCAN"[..], &cursor, b"MATCH", b"ferry:*", b"COUNT", b"10000"]).await?
-        else {
-            bail!("bad SCAN reply");
-        };
-        if let Some(Reply::Array(Some(keys))) = parts.pop() {
-            n += keys.iter().filter(|k| k.as_bytes().is_some_and(|k| ferry_checkpoint::is_own_key(k))).count() as i64;
-        }
-        cursor = parts.pop().and_then(|c| c.as_bytes().map(|b| b.to_vec())).unwrap_or_default();
-        if cursor == b"0" || cursor.is_empty() {
-            return Ok(n);
-        }
-    }
+    let keys = ferry_redis::scan_keys(c, "ferry:*").await?;
+    Ok(keys.iter().filter(|k| ferry_checkpoint::is_own_key(k)).count() as i64)
 }
 
 async fn dbsize(c: &mut Connection) -> anyhow::Result<i64> {
@@ -428,43 +414,9 @@ fn cluster_phase(
     std::fs::create_dir_all(&run_dir)?;
     let tgt = Cluster::start(3, 0);
     let (text, status) = config_with_ports(&format!("[source]\n{}\n[target]\n{}\n", src.toml(), tgt.toml()));
-    let config = run_dir.join("bench-ferry.toml");
-    std::fs::write(&config, text)?;
-    let t0 = Instant::now();
-    let mut procs = crate::Processes::start(bins, &config, &run_dir)?;
-    let profiler = if opts.profile {
-        let mut pids: Vec<(String, u32)> =
-            procs.procs.iter().filter_map(|p| Some((p.name.clone(), p.child.as_ref()?.id()))).collect();
-        pids.extend(tgt.nodes.iter().enumerate().map(|(i, n)| (format!("target-redis-{i}"), n.pid())));
-        Some(Profiler::start(&run_dir, pids)?)
-    } else {
-        None
-    };
+    let servers = tgt.nodes.iter().enumerate().map(|(i, n)| (format!("target-redis-{i}"), n.pid())).collect();
     let want = map.masters.len();
-    loop {
-        if let Some((name, st)) = procs.exited() {
-            bail!("{name} exited ({st}) during the cluster phase; see its log in {}", run_dir.display());
-        }
-        if let Ok(body) = http_get(&status, "/status") {
-            let v: serde_json::Value = serde_json::from_str(&body)?;
-            let ps = v["pipelines"].as_array().cloned().unwrap_or_default();
-            if let Some(p) = ps.iter().find(|p| p["phase"] == "failed") {
-                bail!("ferry failed: {}", p["error"]);
-            }
-            let done = |p: &serde_json::Value| {
-                p["phase"] == "incremental" && p["lag_bytes"] == 0 && p["keys_applied"].as_u64().unwrap_or(0) > 0
-            };
-            if ps.len() == want && ps.iter().all(done) {
-                break;
-            }
-        }
-        if t0.elapsed() > Duration::from_secs(1800) {
-            bail!("ferry did not finish the cluster copy");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    let profile = profiler.map(Profiler::finish).unwrap_or(serde_json::Value::Null);
+    let (procs, secs, _, profile) = copy_until_synced(bins, &run_dir, text, &status, want, servers, opts.profile)?;
     let keys = |c: &Cluster| -> anyhow::Result<i64> {
         let map = c.slot_map().context("slot map")?;
         rt.block_on(async {
@@ -541,16 +493,7 @@ impl Ferry {
     /// Pipeline 0 of `/status`, or None when the coordinator does not answer (yet); an
     /// error when a process exited or the pipeline failed.
     fn pipeline(&mut self) -> anyhow::Result<Option<serde_json::Value>> {
-        if let Some((name, st)) = self.procs.exited() {
-            bail!("{name} exited ({st}) during the bench; see its log in the run directory");
-        }
-        let Ok(body) = http_get(&self.status, "/status") else { return Ok(None) };
-        let v: serde_json::Value = serde_json::from_str(&body)?;
-        let p = v["pipelines"][0].clone();
-        if p["phase"] == "failed" {
-            bail!("ferry failed: {}", p["error"]);
-        }
-        Ok(Some(p))
+        Ok(pipelines(&mut self.procs, &self.status)?.map(|ps| ps.into_iter().next().unwrap_or_default()))
     }
 
     fn peak_rss_mib(&self) -> serde_json::Value {
@@ -560,6 +503,68 @@ impl Ferry {
             .filter_map(|p| p.child.as_ref().map(|c| (p.name.clone(), json!(peak_rss_kib(c.id()) / 1024))))
             .collect()
     }
+}
+
+/// Every pipeline of `/status`, or None when the coordinator does not answer (yet); an error
+/// when a process exited or a pipeline failed.
+fn pipelines(procs: &mut crate::Processes, status: &str) -> anyhow::Result<Option<Vec<serde_json::Value>>> {
+    if let Some((name, st)) = procs.exited() {
+        bail!("{name} exited ({st}) during the bench; see its log in the run directory");
+    }
+    let Ok(body) = http_get(status, "/status") else { return Ok(None) };
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    let ps = v["pipelines"].as_array().cloned().unwrap_or_default();
+    if let Some(p) = ps.iter().find(|p| p["phase"] == "failed") {
+        bail!("ferry failed: {}", p["error"]);
+    }
+    Ok(Some(ps))
+}
+
+/// Starts ferry's processes with `config` (ferry.toml's text; `/status` on `status`) in
+/// `dir`, and waits until `want` pipelines are incremental with lag 0 and keys applied:
+/// the processes (still running), the seconds it took, the last pipelines seen and, with
+/// `profile`, [`Profiler`]'s findings over ferry's processes and `servers` (name, pid).
+fn copy_until_synced(
+    bins: &Path,
+    dir: &Path,
+    config: String,
+    status: &str,
+    want: usize,
+    servers: Vec<(String, u32)>,
+    profile: bool,
+) -> anyhow::Result<(crate::Processes, f64, Vec<serde_json::Value>, serde_json::Value)> {
+    let path = dir.join("bench-ferry.toml");
+    std::fs::write(&path, config)?;
+    let t0 = Instant::now();
+    let mut procs = crate::Processes::start(bins, &path, dir)?;
+    let profiler = if profile {
+        let mut pids: Vec<(String, u32)> =
+            procs.procs.iter().filter_map(|p| Some((p.name.clone(), p.child.as_ref()?.id()))).collect();
+        pids.extend(servers);
+        Some(Profiler::start(dir, pids)?)
+    } else {
+        None
+    };
+    let done = |p: &serde_json::Value| {
+        p["phase"] == "incremental" && p["lag_bytes"] == 0 && p["keys_applied"].as_u64().unwrap_or(0) > 0
+    };
+    let mut last = Vec::new();
+    loop {
+        if let Some(ps) = pipelines(&mut procs, status)? {
+            let synced = ps.len() == want && ps.iter().all(done);
+            last = ps;
+            if synced {
+                break;
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(1800) {
+            bail!("ferry did not finish: {last:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let profile = profiler.map(Profiler::finish).unwrap_or(serde_json::Value::Null);
+    Ok((procs, secs, last, profile))
 }
 
 /// `perf record` of the whole machine (499 Hz) while a full copy runs: each process's share of
@@ -624,39 +629,11 @@ fn ferry_full_copy(
     profile: bool,
 ) -> anyhow::Result<(Ferry, f64, serde_json::Value)> {
     let tgt = RedisServer::start(&[]);
-    let (text, status) =
-        config_with_ports(&format!("[source]\naddress = \"{}\"\n[target]\naddress = \"{}\"\n", src.addr(), tgt.addr()));
-    let config = dir.join("bench-ferry.toml");
-    std::fs::write(&config, text)?;
-    let t0 = Instant::now();
-    let procs = crate::Processes::start(bins, &config, dir)?;
-    let profiler = if profile {
-        let mut pids: Vec<(String, u32)> =
-            procs.procs.iter().filter_map(|p| Some((p.name.clone(), p.child.as_ref()?.id()))).collect();
-        pids.push(("target-redis".into(), tgt.pid()));
-        pids.push(("source-redis".into(), src.pid()));
-        Some(Profiler::start(dir, pids)?)
-    } else {
-        None
-    };
-    let mut ferry = Ferry { procs, tgt, status };
-    let mut last = serde_json::Value::Null;
-    loop {
-        if let Some(p) = ferry.pipeline()? {
-            let done =
-                p["phase"] == "incremental" && p["lag_bytes"] == 0 && p["keys_applied"].as_u64().unwrap_or(0) > 0;
-            last = p;
-            if done {
-                break;
-            }
-        }
-        if t0.elapsed() > Duration::from_secs(1800) {
-            bail!("ferry did not finish: {last}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    let profile = profiler.map(Profiler::finish).unwrap_or(serde_json::Value::Null);
+    let (text, status) = pair_config(&src.addr(), &tgt.addr());
+    let servers = vec![("target-redis".into(), tgt.pid()), ("source-redis".into(), src.pid())];
+    let (procs, secs, last, profile) = copy_until_synced(bins, dir, text, &status, 1, servers, profile)?;
+    let ferry = Ferry { procs, tgt, status };
+    let last = last.into_iter().next().unwrap_or_default();
     let details = json!({"status": last, "peak_rss_mib": ferry.peak_rss_mib(), "profile": profile});
     Ok((ferry, secs, details))
 }

@@ -55,6 +55,22 @@ struct KeyCtx {
     lfu_freq: Option<u8>,
 }
 
+impl KeyCtx {
+    fn entry(&self, part: Part, value: Value, raw: Option<Bytes>) -> Entry {
+        Entry {
+            db: self.db,
+            key: self.key.clone(),
+            expire_ms: self.expire_ms,
+            rdb_type: self.rdb_type,
+            lru_idle: self.lru_idle,
+            lfu_freq: self.lfu_freq,
+            part,
+            value,
+            raw,
+        }
+    }
+}
+
 enum Elem {
     B(Bytes),
     Z(Bytes, f64),
@@ -499,12 +515,18 @@ impl<R: Read> Parser<R> {
         }
     }
 
+    /// A string's header: `head` when read already, else the next one.
+    fn str_head(&mut self, head: Option<StrHead>) -> Result<StrHead, ErrorKind> {
+        match head {
+            Some(h) => Ok(h),
+            None => self.read_str_head(),
+        }
+    }
+
     /// The one string of a blob-encoded value (its header read already, or not).
     fn blob(&mut self, head: Option<StrHead>) -> Result<Bytes, ErrorKind> {
-        match head {
-            Some(h) => self.read_str_body(h),
-            None => self.read_string(),
-        }
+        let head = self.str_head(head)?;
+        self.read_str_body(head)
     }
 
     fn read_ms(&mut self) -> Result<u64, ErrorKind> {
@@ -554,57 +576,9 @@ impl<R: Read> Parser<R> {
     // ---- values ----
 
     fn start_value(&mut self, t: u8) -> Result<Event, ErrorKind> {
-        if self.is_opaque(t) {
-            return self.start_opaque(t);
-        }
-        self.start_decoded(t, None)
-    }
-
-    /// A value of an opaque type: its one string is skipped (captured) when it fits
-    /// `raw_limit`; otherwise it is decoded after all, from the header already read.
-    fn start_opaque(&mut self, t: u8) -> Result<Event, ErrorKind> {
         self.err_key = None;
         let key = self.read_string()?;
         self.err_key = Some(key.clone());
-        self.src.start_capture(self.opts.raw_limit, &[t]);
-        let head = self.read_str_head()?;
-        let body = match head {
-            StrHead::Plain(n) => n,
-            StrHead::Int(e) => [1, 2, 4][usize::from(e)],
-            StrHead::Lzf { clen, .. } => clen,
-        };
-        if !self.src.capture_fits(body) {
-            return self.start_decoded(t, Some((key, head)));
-        }
-        self.src.skip(body)?;
-        let raw = self.src.stop_capture().map(Bytes::from);
-        self.err_key = None;
-        Ok(Event::Entry(Entry {
-            db: self.db,
-            key,
-            expire_ms: self.expire.take(),
-            rdb_type: t,
-            lru_idle: self.lru.take(),
-            lfu_freq: self.lfu.take(),
-            part: Part::Whole,
-            value: Value::Opaque,
-            raw,
-        }))
-    }
-
-    /// A value decoded; `read` is its key and string header when [`Self::start_opaque`]
-    /// has read them already.
-    fn start_decoded(&mut self, t: u8, read: Option<(Bytes, StrHead)>) -> Result<Event, ErrorKind> {
-        let (key, mut head) = match read {
-            Some((key, head)) => (key, Some(head)),
-            None => {
-                self.err_key = None;
-                let key = self.read_string()?;
-                self.err_key = Some(key.clone());
-                self.src.start_capture(self.opts.raw_limit, &[t]);
-                (key, None)
-            }
-        };
         let ctx = KeyCtx {
             db: self.db,
             key,
@@ -613,15 +587,36 @@ impl<R: Read> Parser<R> {
             lru_idle: self.lru.take(),
             lfu_freq: self.lfu.take(),
         };
+        self.src.start_capture(self.opts.raw_limit, &[t]);
+        if !self.is_opaque(t) {
+            return self.start_decoded(ctx, None);
+        }
+        // A value of an opaque type: its one string is skipped (captured) when it fits
+        // `raw_limit`; otherwise it is decoded after all, from the header already read.
+        let head = self.read_str_head()?;
+        let body = match head {
+            StrHead::Plain(n) => n,
+            StrHead::Int(e) => [1, 2, 4][usize::from(e)],
+            StrHead::Lzf { clen, .. } => clen,
+        };
+        if !self.src.capture_fits(body) {
+            return self.start_decoded(ctx, Some(head));
+        }
+        self.src.skip(body)?;
+        let raw = self.src.stop_capture().map(Bytes::from);
+        self.err_key = None;
+        Ok(Event::Entry(ctx.entry(Part::Whole, Value::Opaque, raw)))
+    }
+
+    /// A value decoded; `head` is its string header when [`Self::start_value`] has read it
+    /// already (an opaque type whose value is too big to be captured).
+    fn start_decoded(&mut self, ctx: KeyCtx, mut head: Option<StrHead>) -> Result<Event, ErrorKind> {
+        let t = ctx.rdb_type;
         let mut pending = VecDeque::new();
         let chunk = self.opts.chunk_bytes.max(1);
         let (kind, acc_kind) = match t {
             0 => {
-                let head = match head.take() {
-                    Some(h) => h,
-                    None => self.read_str_head()?,
-                };
-                let k = match head {
+                let k = match self.str_head(head.take())? {
                     StrHead::Plain(n) if n as u128 <= chunk as u128 => Kind::Buf(Bytes::from(self.src.read_vec(n)?), 0),
                     StrHead::Plain(n) => Kind::StrRaw(n),
                     // A compressed string bigger than a chunk is never whole in memory.
@@ -659,17 +654,7 @@ impl<R: Read> Parser<R> {
                 self.skip_module_payload()?;
                 let raw = self.src.stop_capture().map(Bytes::from);
                 self.err_key = None;
-                return Ok(Event::Entry(Entry {
-                    db: ctx.db,
-                    key: ctx.key,
-                    expire_ms: ctx.expire_ms,
-                    rdb_type: t,
-                    lru_idle: ctx.lru_idle,
-                    lfu_freq: ctx.lfu_freq,
-                    part: Part::Whole,
-                    value: Value::Module { module_id, module_name, encver },
-                    raw,
-                }));
+                return Ok(Event::Entry(ctx.entry(Part::Whole, Value::Module { module_id, module_name, encver }, raw)));
             }
             9 => {
                 let blob = self.blob(head.take())?;
@@ -947,18 +932,7 @@ impl<R: Read> Parser<R> {
         let elems = std::mem::take(&mut vs.acc);
         vs.acc_bytes = 0;
         let value = build_value(vs.acc_kind, elems, meta)?;
-        let c = &vs.ctx;
-        Ok(Event::Entry(Entry {
-            db: c.db,
-            key: c.key.clone(),
-            expire_ms: c.expire_ms,
-            rdb_type: c.rdb_type,
-            lru_idle: c.lru_idle,
-            lfu_freq: c.lfu_freq,
-            part,
-            value,
-            raw,
-        }))
+        Ok(Event::Entry(vs.ctx.entry(part, value, raw)))
     }
 
     fn read_stream_meta(&mut self, t: u8) -> Result<Stream, ErrorKind> {

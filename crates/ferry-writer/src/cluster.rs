@@ -66,7 +66,10 @@ impl ClusterTarget {
         // The configured node first, then any node seen before (the configured one may be
         // the master that just died).
         let (mut seed, map) = first_map(t, ferry_redis::cluster_seeds(t)).await?;
-        let commands = CommandTable::from_reply(&seed.call(&["COMMAND"]).await.context("COMMAND")?);
+        // Routing needs it: without it no command could be placed.
+        let commands = ferry_redis::command_table(&mut seed).await.ok_or_else(|| {
+            anyhow!("the target cluster does not describe its commands (COMMAND): ferry routes by it")
+        })?;
         let mut ct = ClusterTarget {
             cfg: t.clone(),
             pipeline_id: pipeline_id.to_string(),
