@@ -159,7 +159,7 @@ async fn session(
         (cfg, filter)
     };
     stats.clear_error();
-    let channel = ferry_runtime::grpc_channel(writer_url)
+    let channel = ferry_runtime::grpc::downstream_channel(writer_url, cancel)
         .await
         .with_context(|| format!("cannot reach the writer at {writer_url}"))?;
     let mut client = WriterClient::new(channel)

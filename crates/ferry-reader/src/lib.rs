@@ -242,6 +242,8 @@ async fn run_pipeline(
         };
         match session.run(&cancel, &mut last_leader, &mut slot).await {
             Ok(()) => break,
+            // Shutting down: what failed is the shutdown's doing, not the session's.
+            Err(_) if cancel.is_cancelled() => break,
             Err(e) => {
                 let msg = format!("{e:#}");
                 error!(source = %source, error = %msg, "replication session failed");
@@ -375,7 +377,7 @@ impl Session<'_> {
             timeout: Duration::from_secs(60),
             version: ferry_redis::announced_replica_version(&mut conn).await.map(str::to_string),
         };
-        let Downstream { tx, mut acks, checkpoint, _close } = self.open_downstream().await?;
+        let Downstream { tx, mut acks, checkpoint, _close } = self.open_downstream(cancel).await?;
         // Resume after the last data command: what followed it changed nothing, and a promoted
         // replica may never have received it.
         let psync = checkpoint.as_ref().filter(|_| !self.force_full).map(|c| (c.replid.as_str(), c.resume_offset + 1));
@@ -659,8 +661,8 @@ const SCAN_CHUNK: usize = 1 << 20;
 
 impl Session<'_> {
     /// Opens the stream to the decoder: `Hello`, then the first ack (the target's checkpoint).
-    async fn open_downstream(&self) -> anyhow::Result<Downstream> {
-        let channel = ferry_runtime::grpc_channel(self.decoder)
+    async fn open_downstream(&self, cancel: &CancellationToken) -> anyhow::Result<Downstream> {
+        let channel = ferry_runtime::grpc::downstream_channel(self.decoder, cancel)
             .await
             .with_context(|| format!("cannot reach the decoder at {}", self.decoder))?;
         let mut client = DecoderClient::new(channel)
@@ -736,7 +738,7 @@ impl Session<'_> {
         let end = src.command_bytes()? as i64;
         stats.source_offset.store(end, Relaxed);
         stats.rdb_size.store(src.rdb_bytes(), Relaxed);
-        let down = self.open_downstream().await?;
+        let down = self.open_downstream(cancel).await?;
         let resume = down
             .checkpoint
             .as_ref()
@@ -833,7 +835,7 @@ impl Session<'_> {
     ) -> anyhow::Result<()> {
         let stats = self.stats;
         let identity = format!("scan-{}", self.pipeline_id);
-        let down = self.open_downstream().await?;
+        let down = self.open_downstream(cancel).await?;
         let tx = down.tx.clone();
         let done_before = down.checkpoint.as_ref().is_some_and(|c| c.replid == identity);
         let (mut out, _close) = self.one_shot(down, cancel);

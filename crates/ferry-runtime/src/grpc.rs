@@ -242,6 +242,41 @@ pub async fn grpc_channel(url: &str) -> anyhow::Result<tonic::transport::Channel
     Ok(endpoint.connect().await?)
 }
 
+/// Connects to the next stage of a pipeline. The coordinator assigns every stage at once, so
+/// the next one may not listen yet: while its address refuses connections, tries again every
+/// [`NOT_READY_RETRY`](crate::NOT_READY_RETRY) for [`NOT_READY_FAST_FOR`](crate::NOT_READY_FAST_FOR),
+/// then gives the error (the caller's session fails and is retried with backoff). Stops
+/// trying when `cancel` fires.
+pub async fn downstream_channel(
+    url: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let since = std::time::Instant::now();
+    loop {
+        match grpc_channel(url).await {
+            Err(e)
+                if is_connection_refused(&e)
+                    && since.elapsed() < crate::NOT_READY_FAST_FOR
+                    && crate::sleep_or_cancel(crate::NOT_READY_RETRY, cancel).await => {}
+            r => return r,
+        }
+    }
+}
+
+/// Whether connecting failed because nothing listens at the address (yet).
+fn is_connection_refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(c);
+        while let Some(s) = source {
+            if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+                return true;
+            }
+            source = s.source();
+        }
+        false
+    })
+}
+
 /// A gRPC server builder, requiring client certificates of the CA when TLS is set.
 pub fn grpc_server() -> anyhow::Result<tonic::transport::Server> {
     let builder = tonic::transport::Server::builder();
@@ -284,5 +319,35 @@ mod tests {
         cfg.grpc.insecure = false;
         cfg.grpc.tls_ca_file = "/ca.pem".into();
         assert!(check_plaintext(&cfg, "10.0.0.1:7702").is_ok());
+    }
+
+    /// A free loopback port nobody listens on (yet).
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn a_downstream_assigned_at_the_same_moment_is_reached_once_it_listens() {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        // What a stage did before: one refused connect failed its session.
+        let e = grpc_channel(&url).await.unwrap_err();
+        assert!(is_connection_refused(&e), "{e:#}");
+        let server = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+            let _ = tonic::transport::Server::builder()
+                .add_routes(tonic::service::Routes::default())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+                .await;
+        });
+        let cancel = tokio_util::sync::CancellationToken::new();
+        downstream_channel(&url, &cancel).await.expect("reached once it listens");
+        server.abort();
+        // Nothing listens and the stage shuts down: it stops trying at once, with the error.
+        cancel.cancel();
+        let started = std::time::Instant::now();
+        let e = downstream_channel(&format!("http://127.0.0.1:{}", free_port()), &cancel).await.unwrap_err();
+        assert!(is_connection_refused(&e) && started.elapsed() < crate::NOT_READY_FAST_FOR, "{e:#}");
     }
 }
