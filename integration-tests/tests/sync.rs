@@ -300,8 +300,10 @@ fn a_slow_target_never_gets_the_reader_disconnected_the_spool_drains() {
         src.addr(),
         tgt.addr()
     ));
-    // A target ten times slower than the writes below.
-    let cfg = cfg.replace("[writer]\n", "[writer]\nmax_ops_per_sec = 4000\n");
+    // A target far slower than the writes below: 3 MB/s, so that what the stages between
+    // the reader and the target hold (about 12 MB) and what drains while the writes run
+    // (they take seconds on a loaded machine) leave megabytes in the spool.
+    let cfg = cfg.replace("[writer]\n", "[writer]\nmax_ops_per_sec = 2000\n");
     let ferry = Ferry::start(&cfg, &status);
     ferry.wait_for("incremental", Duration::from_secs(60), |p| p["phase"] == "incremental");
     rt.block_on(async {

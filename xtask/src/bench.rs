@@ -473,6 +473,16 @@ fn redis_cli_pipe(rt: &tokio::runtime::Runtime, file: &Path, keys: u64) -> anyho
 }
 
 /// Peak RSS (VmHWM) of a process, in KiB.
+/// CPU seconds (user + system) `pid` has used so far, its threads and waited-for children
+/// included.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command's name in parentheses: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    ticks as f64 / 100.0
+}
+
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -535,6 +545,7 @@ fn copy_until_synced(
 ) -> anyhow::Result<(crate::Processes, f64, Vec<serde_json::Value>, serde_json::Value)> {
     let path = dir.join("bench-ferry.toml");
     std::fs::write(&path, config)?;
+    let started = std::time::SystemTime::now();
     let t0 = Instant::now();
     let mut procs = crate::Processes::start(bins, &path, dir)?;
     let profiler = if profile {
@@ -563,8 +574,42 @@ fn copy_until_synced(
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = t0.elapsed().as_secs_f64();
-    let profile = profiler.map(Profiler::finish).unwrap_or(serde_json::Value::Null);
+    // Where the time went: the milestones in the logs always, with `profile` the CPU too.
+    let mut profile = profiler.map(Profiler::finish).unwrap_or_else(|| json!({}));
+    if let serde_json::Value::Object(m) = &mut profile {
+        m.insert("timeline".into(), json!(timeline(dir, started)));
+    }
     Ok((procs, secs, last, profile))
+}
+
+/// Seconds from `started` (when the processes were started) to the first log line of each
+/// ferry process and to the full copy's milestones in the logs of `dir` (the first of each).
+fn timeline(dir: &Path, started: std::time::SystemTime) -> serde_json::Map<String, serde_json::Value> {
+    let day_secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64() % 86400.0).unwrap_or(0.0)
+    };
+    // A log line starts with `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC).
+    let line_secs = |l: &str| -> Option<f64> {
+        let t = l.get(11..l.find('Z')?)?;
+        let mut it = t.split(':');
+        let (h, m, s): (f64, f64, f64) = (it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
+        Some(h * 3600.0 + m * 60.0 + s)
+    };
+    let t0 = day_secs(started);
+    let milestones = ["rdb transfer started", "rdb transfer complete", "rdb decoded", "full copy applied"];
+    let mut out = serde_json::Map::new();
+    for name in crate::BINS {
+        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+        if let Some(t) = log.lines().find_map(line_secs) {
+            out.insert(format!("{name} first log"), json!(((t - t0) * 1000.0).round() / 1000.0));
+        }
+        for m in milestones {
+            if let Some(t) = log.lines().find(|l| l.contains(m)).and_then(line_secs) {
+                out.insert(m.to_string(), json!(((t - t0) * 1000.0).round() / 1000.0));
+            }
+        }
+    }
+    out
 }
 
 /// `perf record` of the whole machine (499 Hz) while a full copy runs: each process's share of
@@ -634,7 +679,14 @@ fn ferry_full_copy(
     let (procs, secs, last, profile) = copy_until_synced(bins, dir, text, &status, 1, servers, profile)?;
     let ferry = Ferry { procs, tgt, status };
     let last = last.into_iter().next().unwrap_or_default();
-    let details = json!({"status": last, "peak_rss_mib": ferry.peak_rss_mib(), "profile": profile});
+    let mut cpu: serde_json::Map<String, serde_json::Value> = ferry
+        .procs
+        .procs
+        .iter()
+        .filter_map(|p| Some((p.name.clone(), json!(cpu_seconds(p.child.as_ref()?.id())))))
+        .collect();
+    cpu.insert("target-redis".into(), json!(cpu_seconds(ferry.tgt.pid())));
+    let details = json!({"status": last, "peak_rss_mib": ferry.peak_rss_mib(), "cpu_s": cpu, "profile": profile});
     Ok((ferry, secs, details))
 }
 
@@ -979,7 +1031,8 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
     let env = EnvOpts::read(opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     // One phase alone, while working on it (its numbers only; nothing else runs).
-    if std::env::var("FERRY_BENCH_ONLY").as_deref() == Ok("cluster") {
+    let only = std::env::var("FERRY_BENCH_ONLY").ok();
+    if only.as_deref() == Some("cluster") {
         let c = cluster_phase(&rt, bins, dir, opts).context("cluster phase")?;
         println!("{}", serde_json::to_string_pretty(&c)?);
         return Ok(());
@@ -998,6 +1051,13 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
 
     eprintln!("source holds {used}; native replica...");
     let native = rt.block_on(native_replica(&src))?;
+    if only.as_deref() == Some("copy") {
+        let (_ferry, full, details) = ferry_full_copy(bins, &src, dir, opts.profile)?;
+        let c = json!({"native_replica_full_sync_s": native, "ferry_full_copy_s": full,
+            "ratio_ferry_over_native": full / native, "ferry": details});
+        println!("{}", serde_json::to_string_pretty(&c)?);
+        return Ok(());
+    }
 
     eprintln!("native replica: {native:.2}s; redis-cli --pipe...");
     let resp_dir = tempfile::tempdir()?;
@@ -1152,6 +1212,7 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
     println!("peak RSS (MiB) after the full copy: {}", result["ferry"]["peak_rss_mib"]);
     println!("peak RSS (MiB) at the end: {}", result["ferry_peak_rss_mib_at_end"]);
     println!("peak RSS (MiB) after the huge-key full copy: {}", h["peak_rss_mib"]);
+    println!("CPU seconds during the full copy: {}", result["ferry"]["cpu_s"]);
     for (phase, profile) in [
         ("full copy", &result["ferry"]["profile"]),
         ("huge-key full copy", &h["profile"]),
@@ -1159,8 +1220,12 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
     ] {
         let Some(parts) = profile.as_object() else { continue };
         println!();
+        println!("timeline of the {phase} (s from starting the processes): {}", profile["timeline"]);
+        if !parts.contains_key("processes") {
+            continue;
+        }
         println!("profile of the {phase} (perf -a, share of all samples, self time, above 1.5 %):");
-        for (name, lines) in parts.iter().filter(|(k, _)| *k != "data") {
+        for (name, lines) in parts.iter().filter(|(k, _)| !matches!(k.as_str(), "data" | "timeline")) {
             println!("  {name}:");
             for line in lines.as_array().into_iter().flatten() {
                 println!("    {}", line.as_str().unwrap_or_default());

@@ -712,7 +712,7 @@ fn default_chunk_bytes() -> u64 {
 /// Several of the decoder's batches (up to 1024 commands each) in flight: the target never
 /// waits for the next batch while the writer reads the replies of the last one.
 fn default_pipeline() -> usize {
-    8192
+    32768
 }
 fn default_inflight_bytes() -> u64 {
     256 << 20
@@ -1036,7 +1036,7 @@ mod tests {
     fn defaults_work() {
         let c = Config::parse("", "t").unwrap();
         assert_eq!(c.source.address, "127.0.0.1:6379");
-        assert_eq!(c.writer.pipeline_count_limit, 8192);
+        assert_eq!(c.writer.pipeline_count_limit, 32768);
     }
 
     #[test]

@@ -347,8 +347,9 @@ impl Counters {
 pub struct CoordinatorState {
     /// The pipelines of the current role (none while fenced or switching back).
     plans: Mutex<Vec<PipelinePlan>>,
-    /// The plans are those of the current role (false while the source is being discovered).
-    planned: std::sync::atomic::AtomicBool,
+    /// The plans are those of the current role (false while the source is being discovered);
+    /// a stage asking meanwhile waits on it.
+    planned: tokio::sync::watch::Sender<bool>,
     plan_error: Mutex<Option<String>>,
     reports: Mutex<Reports>,
     role: Mutex<RoleRecord>,
@@ -444,7 +445,7 @@ impl CoordinatorState {
         }
         Ok(Arc::new(CoordinatorState {
             plans: Mutex::new(Vec::new()),
-            planned: std::sync::atomic::AtomicBool::new(false),
+            planned: tokio::sync::watch::Sender::new(false),
             plan_error: Mutex::new(None),
             reports: Mutex::new(Reports::default()),
             role: Mutex::new(record),
@@ -462,7 +463,7 @@ impl CoordinatorState {
     pub fn role_state(&self) -> RoleState {
         let rec = self.role.lock().unwrap().clone();
         let doc = self.status();
-        let caught_up = self.planned.load(std::sync::atomic::Ordering::SeqCst)
+        let caught_up = *self.planned.borrow()
             && !doc.pipelines.is_empty()
             && doc.pipelines.iter().all(|p| p.phase == Phase::Incremental && p.lag_bytes == 0);
         RoleState {
@@ -540,7 +541,7 @@ impl CoordinatorState {
             // role that runs none is planned at once (fencing waits for nothing); the others
             // once the planner has discovered their source.
             self.plans.lock().unwrap().clear();
-            self.planned.store(to.direction().is_none(), std::sync::atomic::Ordering::SeqCst);
+            self.planned.send_replace(to.direction().is_none());
         }
         self.replan.notify_one();
         Ok(self.role_state())
@@ -683,7 +684,7 @@ impl CoordinatorState {
                         *self.plans.lock().unwrap() = plans;
                     }
                     *self.plan_error.lock().unwrap() = None;
-                    self.planned.store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.planned.send_replace(true);
                     drop(role);
                     planned_for = Some(rec.clone());
                     backoff = ferry_runtime::Backoff::new();
@@ -812,7 +813,7 @@ impl CoordinatorState {
             if !self.reports.lock().unwrap().restored && !self.restore_counters_from(&cfg, &mut conn).await {
                 continue;
             }
-            if !self.planned.load(std::sync::atomic::Ordering::SeqCst) {
+            if !*self.planned.borrow() {
                 continue;
             }
             let plans = self.plans.lock().unwrap().clone();
@@ -966,6 +967,10 @@ impl CoordinatorState {
 
 /// The roles that run pipelines: they ask for their assignments and report.
 const STAGES: &[&str] = &["reader", "decoder", "writer"];
+
+/// How long a stage's request for its plan waits for a coordinator discovering the source
+/// before it is answered "not ready" (and asks again).
+const PLAN_WAIT: Duration = Duration::from_secs(1);
 /// The roles that read and change the pair's role: the watcher and an operator's tools.
 const OPERATORS: &[&str] = &["watcher", "admin"];
 
@@ -1000,7 +1005,10 @@ impl Coordinator for CoordinatorSvc {
         authorize(&req, "Coordinator.Plan", STAGES)?;
         let req = req.into_inner();
         ferry_runtime::grpc::check_deployment(&req.deployment, &format!("{} {}", req.role, req.instance))?;
-        if !self.state.planned.load(std::sync::atomic::Ordering::SeqCst) {
+        // A coordinator that just started is discovering the source: the stages started with
+        // it get their plan the moment it is made, rather than asking again and again.
+        let mut planned = self.state.planned.subscribe();
+        if tokio::time::timeout(PLAN_WAIT, planned.wait_for(|p| *p)).await.is_err() {
             return Err(self.state.not_ready());
         }
         let plans = self.state.plans.lock().unwrap().clone();

@@ -107,24 +107,25 @@ impl BatchBuilder {
     /// by the DUMP footer (RDB version, CRC-64), written straight into the batch: a big
     /// value is copied once, not once into a payload and again into the batch.
     pub fn push_restore(&mut self, db: u64, key: &[u8], ttl: &[u8], raw: &[u8], version: u16, flags: &[&[u8]]) {
-        use std::fmt::Write;
+        use ferry_resp::put_header;
         self.select(db);
         let footer_version = version.to_le_bytes();
         let crc = ferry_rdb::crc64(ferry_rdb::crc64(0, raw), &footer_version);
         self.resp.reserve(raw.len() + key.len() + 128);
-        let _ = write!(self.resp, "*{}\r\n$7\r\nRESTORE\r\n", 4 + flags.len());
+        put_header(&mut self.resp, b'*', 4 + flags.len());
+        self.resp.extend_from_slice(b"$7\r\nRESTORE\r\n");
         for arg in [key, ttl] {
-            let _ = write!(self.resp, "${}\r\n", arg.len());
+            put_header(&mut self.resp, b'$', arg.len());
             self.resp.extend_from_slice(arg);
             self.resp.extend_from_slice(b"\r\n");
         }
-        let _ = write!(self.resp, "${}\r\n", raw.len() + 10);
+        put_header(&mut self.resp, b'$', raw.len() + 10);
         self.resp.extend_from_slice(raw);
         self.resp.extend_from_slice(&footer_version);
         self.resp.extend_from_slice(&crc.to_le_bytes());
         self.resp.extend_from_slice(b"\r\n");
         for f in flags {
-            let _ = write!(self.resp, "${}\r\n", f.len());
+            put_header(&mut self.resp, b'$', f.len());
             self.resp.extend_from_slice(f);
             self.resp.extend_from_slice(b"\r\n");
         }
@@ -330,15 +331,20 @@ impl RdbConverter {
     }
 
     fn restore(&self, e: &Entry, raw: &[u8], version: u16, b: &mut BatchBuilder) {
-        let ttl = e.expire_ms.unwrap_or(0).max(0).to_string();
-        let mut flags: Vec<&[u8]> = Vec::new();
+        // No allocation per key: most keys have no TTL and take the same flags.
+        let ttl = e.expire_ms.map(|t| t.max(0).to_string());
+        let mut flags: [&[u8]; 2] = [b"", b""];
+        let mut n = 0;
         if e.expire_ms.is_some() {
-            flags.push(b"ABSTTL");
+            flags[n] = b"ABSTTL";
+            n += 1;
         }
         if self.policy == ExistingKey::Rewrite {
-            flags.push(b"REPLACE");
+            flags[n] = b"REPLACE";
+            n += 1;
         }
-        b.push_restore(e.db, &e.key, ttl.as_bytes(), raw, version, &flags);
+        let ttl = ttl.as_deref().map_or(&b"0"[..], str::as_bytes);
+        b.push_restore(e.db, &e.key, ttl, raw, version, &flags[..n]);
         b.add_key();
     }
 

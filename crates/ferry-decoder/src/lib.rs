@@ -217,7 +217,7 @@ async fn session(
                         // What the other pipelines' migration barriers wait for.
                         stats.applied_offset.store(ack.applied_offset, Relaxed);
                         if ack.rdb_applied {
-                            stats.rdb_applied.store(true, Relaxed);
+                            stats.set_rdb_applied();
                         }
                         if ack_tx.send(Ok(ack)).await.is_err() {
                             break;
@@ -583,7 +583,7 @@ impl std::io::Read for ChannelReader {
         }
         let n = buf.len().min(self.cur.len());
         buf[..n].copy_from_slice(&self.cur[..n]);
-        let _ = self.cur.split_to(n);
+        bytes::Buf::advance(&mut self.cur, n);
         Ok(n)
     }
 }
@@ -597,8 +597,8 @@ fn parse_rdb(
     stats: &Stats,
     filter: &Filter,
 ) -> anyhow::Result<()> {
-    let mut parser =
-        Parser::new(std::io::BufReader::with_capacity(256 * 1024, ChannelReader { rx, cur: Bytes::new() }), opts);
+    // The parser buffers: the chunks are read from the channel with no buffer in between.
+    let mut parser = Parser::new(ChannelReader { rx, cur: Bytes::new() }, opts);
     let policy = conv.policy;
     let mut b = BatchBuilder::new(BATCH_BYTES, BATCH_COMMANDS);
     let mut fc = filter.full_copy();

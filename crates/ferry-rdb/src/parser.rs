@@ -56,6 +56,21 @@ struct KeyCtx {
 }
 
 impl KeyCtx {
+    /// The whole value's entry, the key moved into it.
+    fn into_entry(self, value: Value, raw: Option<Bytes>) -> Entry {
+        Entry {
+            db: self.db,
+            key: self.key,
+            expire_ms: self.expire_ms,
+            rdb_type: self.rdb_type,
+            lru_idle: self.lru_idle,
+            lfu_freq: self.lfu_freq,
+            part: Part::Whole,
+            value,
+            raw,
+        }
+    }
+
     fn entry(&self, part: Part, value: Value, raw: Option<Bytes>) -> Entry {
         Entry {
             db: self.db,
@@ -578,7 +593,6 @@ impl<R: Read> Parser<R> {
     fn start_value(&mut self, t: u8) -> Result<Event, ErrorKind> {
         self.err_key = None;
         let key = self.read_string()?;
-        self.err_key = Some(key.clone());
         let ctx = KeyCtx {
             db: self.db,
             key,
@@ -589,23 +603,40 @@ impl<R: Read> Parser<R> {
         };
         self.src.start_capture(self.opts.raw_limit, &[t]);
         if !self.is_opaque(t) {
+            self.err_key = Some(ctx.key.clone());
             return self.start_decoded(ctx, None);
         }
         // A value of an opaque type: its one string is skipped (captured) when it fits
-        // `raw_limit`; otherwise it is decoded after all, from the header already read.
-        let head = self.read_str_head()?;
+        // `raw_limit`; otherwise it is decoded after all, from the header already read. The
+        // key moves into the entry (no copy): an error names it from there.
+        match self.skip_opaque() {
+            Ok(raw) => Ok(Event::Entry(ctx.into_entry(Value::Opaque, raw))),
+            Err(Ok(head)) => {
+                self.err_key = Some(ctx.key.clone());
+                self.start_decoded(ctx, Some(head))
+            }
+            Err(Err(e)) => {
+                self.err_key = Some(ctx.key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Skips (captures) the one string of an opaque value: its raw bytes, or `Err(Ok(head))`
+    /// when it does not fit the capture (it is decoded from `head` then).
+    #[allow(clippy::type_complexity)]
+    fn skip_opaque(&mut self) -> Result<Option<Bytes>, Result<StrHead, ErrorKind>> {
+        let head = self.read_str_head().map_err(Err)?;
         let body = match head {
             StrHead::Plain(n) => n,
             StrHead::Int(e) => [1, 2, 4][usize::from(e)],
             StrHead::Lzf { clen, .. } => clen,
         };
         if !self.src.capture_fits(body) {
-            return self.start_decoded(ctx, Some(head));
+            return Err(Ok(head));
         }
-        self.src.skip(body)?;
-        let raw = self.src.stop_capture().map(Bytes::from);
-        self.err_key = None;
-        Ok(Event::Entry(ctx.entry(Part::Whole, Value::Opaque, raw)))
+        self.src.skip(body).map_err(Err)?;
+        Ok(self.src.stop_capture().map(Bytes::from))
     }
 
     /// A value decoded; `head` is its string header when [`Self::start_value`] has read it

@@ -13,6 +13,10 @@ pub(crate) struct Src<R> {
     pos: usize,
     end: usize,
     offset: u64,
+    /// `buf[mark..pos]`: consumed, not yet fed to the CRC and the capture. They are fed a
+    /// buffer's worth at a time ([`Src::flush`]), not a read at a time: most reads are of a
+    /// few bytes, and the CRC is fast only over long runs.
+    mark: usize,
     crc: Option<crc::Digest<'static, u64, crate::crc::Crc64Impl>>,
     capture: Option<Vec<u8>>,
     capture_limit: usize,
@@ -26,6 +30,7 @@ impl<R: Read> Src<R> {
             pos: 0,
             end: 0,
             offset: 0,
+            mark: 0,
             crc: if checksum { Some(CRC64.digest()) } else { None },
             capture: None,
             capture_limit: 0,
@@ -38,11 +43,35 @@ impl<R: Read> Src<R> {
 
     /// CRC-64 of every byte consumed so far (None when not computed).
     pub(crate) fn crc(&self) -> Option<u64> {
-        self.crc.as_ref().map(|d| d.clone().finalize())
+        self.crc.as_ref().map(|d| {
+            let mut d = d.clone();
+            d.update(&self.buf[self.mark..self.pos]);
+            d.finalize()
+        })
+    }
+
+    /// Feeds the bytes consumed since the last call to the CRC and the capture.
+    fn flush(&mut self) {
+        if self.mark == self.pos {
+            return;
+        }
+        let chunk = &self.buf[self.mark..self.pos];
+        if let Some(d) = self.crc.as_mut() {
+            d.update(chunk);
+        }
+        if let Some(c) = self.capture.as_mut() {
+            if c.len() + chunk.len() > self.capture_limit {
+                self.capture = None;
+            } else {
+                c.extend_from_slice(chunk);
+            }
+        }
+        self.mark = self.pos;
     }
 
     /// Start capturing consumed bytes; `prefix` is recorded first.
     pub(crate) fn start_capture(&mut self, limit: usize, prefix: &[u8]) {
+        self.flush();
         if limit == 0 || prefix.len() > limit {
             self.capture = None;
             return;
@@ -55,10 +84,12 @@ impl<R: Read> Src<R> {
 
     /// Whether `n` more bytes keep the capture within its limit.
     pub(crate) fn capture_fits(&self, n: u64) -> bool {
-        self.capture.as_ref().is_some_and(|c| (c.len() as u64).saturating_add(n) <= self.capture_limit as u64)
+        let pending = (self.pos - self.mark) as u64;
+        self.capture.as_ref().is_some_and(|c| (c.len() as u64 + pending).saturating_add(n) <= self.capture_limit as u64)
     }
 
     pub(crate) fn stop_capture(&mut self) -> Option<Vec<u8>> {
+        self.flush();
         self.capture.take()
     }
 
@@ -66,11 +97,13 @@ impl<R: Read> Src<R> {
         if self.pos < self.end {
             return Ok(true);
         }
+        self.flush();
         loop {
             match self.inner.read(&mut self.buf) {
                 Ok(0) => return Ok(false),
                 Ok(n) => {
                     self.pos = 0;
+                    self.mark = 0;
                     self.end = n;
                     return Ok(true);
                 }
@@ -81,17 +114,6 @@ impl<R: Read> Src<R> {
     }
 
     fn consume(&mut self, n: usize) {
-        let chunk = &self.buf[self.pos..self.pos + n];
-        if let Some(d) = self.crc.as_mut() {
-            d.update(chunk);
-        }
-        if let Some(c) = self.capture.as_mut() {
-            if c.len() + n > self.capture_limit {
-                self.capture = None;
-            } else {
-                c.extend_from_slice(chunk);
-            }
-        }
         self.pos += n;
         self.offset += n as u64;
     }
@@ -123,6 +145,11 @@ impl<R: Read> Src<R> {
     }
 
     pub(crate) fn u8(&mut self) -> Result<u8, ErrorKind> {
+        if self.pos < self.end {
+            let b = self.buf[self.pos];
+            self.consume(1);
+            return Ok(b);
+        }
         let mut b = [0u8; 1];
         self.read_exact(&mut b)?;
         Ok(b[0])

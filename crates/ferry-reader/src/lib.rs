@@ -136,7 +136,12 @@ pub async fn run(
     let started = std::time::Instant::now();
     loop {
         let mut poll = PLAN_POLL;
-        match ferry_runtime::plan_once(&coordinator, "reader", pipeline.as_deref()).await {
+        // The coordinator may hold the request while it discovers the source.
+        let answer = tokio::select! {
+            a = ferry_runtime::plan_once(&coordinator, "reader", pipeline.as_deref()) => a,
+            _ = cancel.cancelled() => break,
+        };
+        match answer {
             Ok(assignments) => {
                 warned = false;
                 confirmed = std::time::Instant::now();
@@ -418,7 +423,7 @@ impl Session<'_> {
         } else {
             stats.partial_resyncs.fetch_add(1, Relaxed);
             stats.applied_offset.store(start, Relaxed);
-            stats.rdb_applied.store(true, Relaxed);
+            stats.set_rdb_applied();
             info!(source = %self.source, replid = %replid, offset = start, "partial resynchronization from the target's checkpoint");
         }
         stats.source_offset.store(start, Relaxed);
@@ -493,7 +498,7 @@ impl Session<'_> {
                         }
                         Ok(Some(ack)) => {
                             stats.applied(ack.applied_offset);
-                            if ack.rdb_applied { stats.rdb_applied.store(true, Relaxed); }
+                            if ack.rdb_applied { stats.set_rdb_applied(); }
                             if getack_at.is_some_and(|at| ack.applied_offset >= at) {
                                 getack_at = None;
                                 ack_now.notify_one();
@@ -573,7 +578,7 @@ async fn track_acks(
                 Ok(Some(ack)) => {
                     stats.applied_offset.store(ack.applied_offset, Relaxed);
                     if ack.rdb_applied {
-                        stats.rdb_applied.store(true, Relaxed);
+                        stats.set_rdb_applied();
                     }
                 }
                 Ok(None) => return Err(anyhow!("the decoder closed the stream")),
@@ -710,7 +715,7 @@ impl Session<'_> {
             stats.rdb_applied.store(false, Relaxed);
         } else {
             stats.partial_resyncs.fetch_add(1, Relaxed);
-            stats.rdb_applied.store(true, Relaxed);
+            stats.set_rdb_applied();
             stats.applied_offset.store(offset, Relaxed);
         }
         stats.rdb_bytes.store(0, Relaxed);
@@ -840,7 +845,7 @@ impl Session<'_> {
         let done_before = down.checkpoint.as_ref().is_some_and(|c| c.replid == identity);
         let (mut out, _close) = self.one_shot(down, cancel);
         if done_before {
-            stats.rdb_applied.store(true, Relaxed);
+            stats.set_rdb_applied();
             let what = format!(
                 "the target already holds a finished scan copy of {addr}: nothing to do (delete its key {} on the target to copy again)",
                 ferry_checkpoint::key(self.pipeline_id)

@@ -4,18 +4,21 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// Appends `args` as one RESP command (`*N\r\n$len\r\narg\r\n...`) to `out`.
 pub fn encode_command_into<A: AsRef<[u8]>>(out: &mut BytesMut, args: &[A]) {
-    let mut len_buf = itoa_buf();
-    out.put_u8(b'*');
-    out.put_slice(fmt_usize(&mut len_buf, args.len()));
-    out.put_slice(b"\r\n");
+    put_header(out, b'*', args.len());
     for a in args {
         let a = a.as_ref();
-        out.put_u8(b'$');
-        out.put_slice(fmt_usize(&mut len_buf, a.len()));
-        out.put_slice(b"\r\n");
+        put_header(out, b'$', a.len());
         out.put_slice(a);
         out.put_slice(b"\r\n");
     }
+}
+
+/// Appends a RESP header: `kind` (`*` for an array, `$` for a bulk string), `n`, CRLF.
+pub fn put_header(out: &mut BytesMut, kind: u8, n: usize) {
+    let mut len_buf = itoa_buf();
+    out.put_u8(kind);
+    out.put_slice(fmt_usize(&mut len_buf, n));
+    out.put_slice(b"\r\n");
 }
 
 /// One RESP command as bytes.
@@ -51,5 +54,10 @@ mod tests {
     fn encodes_binary_args() {
         let b = encode_command(&[&b"SET"[..], b"k\r\n", b""]);
         assert_eq!(&b[..], b"*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$0\r\n\r\n");
+        let mut out = BytesMut::new();
+        for n in [0, 9, 10, 1234567890, usize::MAX] {
+            put_header(&mut out, b'$', n);
+        }
+        assert_eq!(&out[..], format!("$0\r\n$9\r\n$10\r\n$1234567890\r\n${}\r\n", usize::MAX).as_bytes());
     }
 }

@@ -24,7 +24,7 @@ pub mod sentinel;
 pub mod tls;
 
 pub use conn::{Auth, Connection, RespError};
-pub use encode::{encode_command, encode_command_into};
+pub use encode::{encode_command, encode_command_into, put_header};
 pub use frame::{
     DEFAULT_MAX_BULK_LEN, FrameError, Reply, command_arg, command_name, parse_command, parse_reply, scan_command,
     scan_reply,

@@ -54,7 +54,12 @@ pub async fn plan(
     let waiting_since = std::time::Instant::now();
     loop {
         let mut delay = None;
-        match plan_once(coordinator, role, pipeline).await {
+        // The coordinator may hold the request while it discovers the source.
+        let answer = tokio::select! {
+            a = plan_once(coordinator, role, pipeline) => a,
+            _ = cancel.cancelled() => return None,
+        };
+        match answer {
             Ok(p) if !p.is_empty() => {
                 for a in &p {
                     info!(pipeline = %a.pipeline_id, leader = %a.source_address, downstream = %a.downstream_address, "assigned");

@@ -1,5 +1,5 @@
 //! The counters of each pipeline a stage serves ([`Stats`]), reported to the coordinator
-//! every 200 ms, and the sessions of the pipelines a decoder or writer serves at once.
+//! every 200 ms and at each milestone, and the sessions of the pipelines a decoder or writer serves at once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,6 +45,9 @@ pub struct Stats {
     pub errors_by_kind: Mutex<BTreeMap<String, u64>>,
     /// The decoder's `[filter]` counters, reported too.
     pub filter_stats: std::sync::OnceLock<Arc<ferry_filter::FilterStats>>,
+    /// A milestone (a new phase, the full copy applied): reported at once, not at the next
+    /// tick, so that `/status` shows it within milliseconds.
+    milestone: tokio::sync::Notify,
 }
 
 impl Stats {
@@ -81,7 +84,17 @@ impl Stats {
     }
 
     pub fn set_phase(&self, phase: Phase) {
-        *self.phase.lock().unwrap() = phase;
+        let before = std::mem::replace(&mut *self.phase.lock().unwrap(), phase);
+        if before != phase {
+            self.milestone.notify_one();
+        }
+    }
+
+    /// The full copy is on the target.
+    pub fn set_rdb_applied(&self) {
+        if !self.rdb_applied.swap(true, Relaxed) {
+            self.milestone.notify_one();
+        }
     }
 
     /// Records an error (one line) for the status API.
@@ -129,7 +142,8 @@ impl Stats {
     }
 }
 
-/// Reports `stats` to the coordinator every 200 ms until cancelled (and once more at the end).
+/// Reports `stats` to the coordinator every 200 ms and at each milestone until cancelled (and
+/// once more at the end).
 pub async fn report_loop(
     coordinator: String,
     pipeline_id: String,
@@ -144,6 +158,7 @@ pub async fn report_loop(
     loop {
         let stop = tokio::select! {
             _ = tick.tick() => false,
+            _ = stats.milestone.notified() => false,
             _ = cancel.cancelled() => true,
         };
         if client.is_none() {

@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -383,7 +382,7 @@ pub(crate) async fn session(
                     }
                 }
             } else {
-                stats.rdb_applied.store(true, Relaxed);
+                stats.set_rdb_applied();
             }
             continue;
         }

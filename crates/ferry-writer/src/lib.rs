@@ -261,7 +261,7 @@ pub(crate) async fn batch_applied(b: &Batch, stats: &Stats, ack_tx: &mpsc::Sende
     stats.keys_applied.fetch_add(b.keys as u64, Relaxed);
     stats.commands_applied.fetch_add(b.commands as u64, Relaxed);
     if b.rdb_end {
-        stats.rdb_applied.store(true, Relaxed);
+        stats.set_rdb_applied();
         info!(offset = b.offset, "full copy applied");
     }
     if b.offset >= 0 {
@@ -400,7 +400,7 @@ async fn session(
                     }
                     b.resp = blob.freeze();
                 } else {
-                    stats.rdb_applied.store(true, Relaxed);
+                    stats.set_rdb_applied();
                 }
             }
             if let Some((written, source_master)) = &mut recopy {
