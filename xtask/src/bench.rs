@@ -333,11 +333,12 @@ async fn dbsize(c: &mut Connection) -> anyhow::Result<i64> {
 
 /// A native replica's full sync of `src`: seconds until it is online and caught up.
 async fn native_replica(src: &RedisServer) -> anyhow::Result<f64> {
-    native_replicas(&[src]).await
+    Ok(native_replicas(&[src]).await?.0)
 }
 
-/// One native replica per source, started together: seconds until every one has synced.
-async fn native_replicas(sources: &[&RedisServer]) -> anyhow::Result<f64> {
+/// One native replica per source, started together: seconds until every one has synced,
+/// and the CPU seconds the replicas used.
+async fn native_replicas(sources: &[&RedisServer]) -> anyhow::Result<(f64, f64)> {
     let replicas: Vec<RedisServer> =
         sources.iter().map(|_| RedisServer::start(&["--repl-diskless-load", "disabled"])).collect();
     let mut pairs = Vec::new();
@@ -365,11 +366,12 @@ async fn native_replicas(sources: &[&RedisServer]) -> anyhow::Result<f64> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = replicas.iter().map(|r| cpu_seconds(r.pid(), false)).sum();
     // Detach them: the sources then have ferry as their only replica.
     for (c, _, _) in &mut pairs {
         c.call(&["REPLICAOF", "NO", "ONE"]).await?;
     }
-    Ok(secs)
+    Ok((secs, cpu))
 }
 
 /// The cluster phase: the data set in a 3-master cluster, copied by one native replica per
@@ -407,8 +409,12 @@ fn cluster_phase(
     })
     .context("fill the source cluster")?;
     let masters: Vec<&RedisServer> = src.nodes.iter().filter(|n| map.masters.contains(&n.addr())).collect();
+    // The sources' CPU with their RDB children's, before and after each copy.
+    let sources_cpu = || masters.iter().map(|m| cpu_seconds(m.pid(), true)).sum::<f64>();
     eprintln!("cluster: native replicas of the {} masters...", masters.len());
-    let native = rt.block_on(native_replicas(&masters))?;
+    let before = sources_cpu();
+    let (native, replicas_cpu) = rt.block_on(native_replicas(&masters))?;
+    let native_sources_cpu = sources_cpu() - before;
     eprintln!("cluster: native replicas {native:.2}s; ferry...");
     let run_dir = dir.join("cluster");
     std::fs::create_dir_all(&run_dir)?;
@@ -416,7 +422,11 @@ fn cluster_phase(
     let (text, status) = config_with_ports(&format!("[source]\n{}\n[target]\n{}\n", src.toml(), tgt.toml()));
     let servers = tgt.nodes.iter().enumerate().map(|(i, n)| (format!("target-redis-{i}"), n.pid())).collect();
     let want = map.masters.len();
+    let before = sources_cpu();
     let (procs, secs, _, profile) = copy_until_synced(bins, &run_dir, text, &status, want, servers, opts.profile)?;
+    let ferry_sources_cpu = sources_cpu() - before;
+    let ferry_cpu: f64 = procs.procs.iter().filter_map(|p| Some(cpu_seconds(p.child.as_ref()?.id(), false))).sum();
+    let targets_cpu: f64 = tgt.nodes.iter().map(|n| cpu_seconds(n.pid(), false)).sum();
     let keys = |c: &Cluster| -> anyhow::Result<i64> {
         let map = c.slot_map().context("slot map")?;
         rt.block_on(async {
@@ -439,6 +449,10 @@ fn cluster_phase(
         "native_replicas_full_sync_s": native,
         "ferry_full_copy_s": secs,
         "ratio_ferry_over_native": secs / native,
+        "cpu_s": {
+            "native": {"sources with their RDB children": native_sources_cpu, "replicas": replicas_cpu},
+            "ferry": {"sources with their RDB children": ferry_sources_cpu, "targets": targets_cpu, "ferry's processes": ferry_cpu},
+        },
         "profile": profile,
     }))
 }
@@ -473,13 +487,15 @@ fn redis_cli_pipe(rt: &tokio::runtime::Runtime, file: &Path, keys: u64) -> anyho
 }
 
 /// Peak RSS (VmHWM) of a process, in KiB.
-/// CPU seconds (user + system) `pid` has used so far, its threads and waited-for children
-/// included.
-fn cpu_seconds(pid: u32) -> f64 {
+/// CPU seconds (user + system) `pid` has used so far, its threads included, and with
+/// `children` its children that exited and were waited for (a Redis server's RDB children).
+fn cpu_seconds(pid: u32, children: bool) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command's name in parentheses: state is field 3, utime 14, stime 15.
+    // After the command's name in parentheses: state is field 3, utime 14, stime 15,
+    // cutime 16, cstime 17.
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    let own: &[usize] = if children { &[11, 12, 13, 14] } else { &[11, 12] };
+    let ticks: u64 = own.iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
     ticks as f64 / 100.0
 }
 
@@ -683,9 +699,9 @@ fn ferry_full_copy(
         .procs
         .procs
         .iter()
-        .filter_map(|p| Some((p.name.clone(), json!(cpu_seconds(p.child.as_ref()?.id())))))
+        .filter_map(|p| Some((p.name.clone(), json!(cpu_seconds(p.child.as_ref()?.id(), false)))))
         .collect();
-    cpu.insert("target-redis".into(), json!(cpu_seconds(ferry.tgt.pid())));
+    cpu.insert("target-redis".into(), json!(cpu_seconds(ferry.tgt.pid(), false)));
     let details = json!({"status": last, "peak_rss_mib": ferry.peak_rss_mib(), "cpu_s": cpu, "profile": profile});
     Ok((ferry, secs, details))
 }
@@ -1050,11 +1066,17 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
     })?;
 
     eprintln!("source holds {used}; native replica...");
-    let native = rt.block_on(native_replica(&src))?;
+    let before = cpu_seconds(src.pid(), true);
+    let (native, replica_cpu) = rt.block_on(native_replicas(&[&src]))?;
+    let native_cpu =
+        json!({"source with its RDB child": cpu_seconds(src.pid(), true) - before, "replica": replica_cpu});
     if only.as_deref() == Some("copy") {
+        let before = cpu_seconds(src.pid(), true);
         let (_ferry, full, details) = ferry_full_copy(bins, &src, dir, opts.profile)?;
+        let source_cpu = cpu_seconds(src.pid(), true) - before;
         let c = json!({"native_replica_full_sync_s": native, "ferry_full_copy_s": full,
-            "ratio_ferry_over_native": full / native, "ferry": details});
+            "ratio_ferry_over_native": full / native, "native_cpu_s": native_cpu,
+            "source_cpu_s_during_ferry": source_cpu, "ferry": details});
         println!("{}", serde_json::to_string_pretty(&c)?);
         return Ok(());
     }
@@ -1101,6 +1123,7 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
         "value_size": opts.value_size,
         "source_used_memory": used,
         "native_replica_full_sync_s": native,
+        "native_replica_cpu_s": native_cpu,
         "redis_cli_pipe_s": pipe,
         "redis_cli_pipe": {"resp_file_bytes": resp_bytes, "details": pipe_details},
         "ferry_full_copy_s": full,

@@ -24,8 +24,9 @@ pub async fn assignment(
 #[derive(Debug)]
 pub struct PlanError {
     pub message: String,
-    /// The coordinator answered, but has no plan yet (discovering the source): it will
-    /// have one in a moment, so asking again soon is right.
+    /// The coordinator has no plan yet (it is discovering the source, or is not listening
+    /// yet: started at the same moment): it will have one in a moment, so asking again soon
+    /// is right (for [`NOT_READY_FAST_FOR`] at most).
     pub not_ready: bool,
 }
 
@@ -95,8 +96,10 @@ pub async fn plan_once(coordinator: &str, role: &str, pipeline: Option<&str>) ->
         pipeline_id: pipeline.unwrap_or_default().into(),
         deployment: crate::grpc::deployment(),
     };
-    let channel =
-        grpc_channel(coordinator).await.map_err(|e| PlanError { message: format!("{e:#}"), not_ready: false })?;
+    // Nothing listens yet: a coordinator started at the same moment as this stage.
+    let channel = grpc_channel(coordinator)
+        .await
+        .map_err(|e| PlanError { message: format!("{e:#}"), not_ready: crate::grpc::is_connection_refused(&e) })?;
     CoordinatorClient::new(channel)
         .plan(req)
         .await

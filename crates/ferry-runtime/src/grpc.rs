@@ -264,7 +264,7 @@ pub async fn downstream_channel(
 }
 
 /// Whether connecting failed because nothing listens at the address (yet).
-fn is_connection_refused(e: &anyhow::Error) -> bool {
+pub fn is_connection_refused(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(c);
         while let Some(s) = source {
