@@ -151,6 +151,12 @@ impl BatchBuilder {
         self.resp.len() >= self.max_bytes || self.count >= self.max_count
     }
 
+    /// Room for a whole batch at once (a full copy fills every batch), rather than a buffer
+    /// grown, and copied, by doublings.
+    pub fn reserve_batch(&mut self) {
+        self.resp.reserve(self.max_bytes.min(1 << 20) + 4096);
+    }
+
     /// Takes the batch built so far.
     pub fn take(&mut self, offset: i64, rdb_end: bool) -> Batch {
         let batch = Batch {

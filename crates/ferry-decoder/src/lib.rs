@@ -604,6 +604,7 @@ fn parse_rdb(
     let mut fc = filter.full_copy();
     let send = |b: &mut BatchBuilder| -> anyhow::Result<()> {
         let mut batch = b.take(-1, false);
+        b.reserve_batch();
         // Keys of the full copy are counted as keys, not as commands.
         batch.commands = 0;
         batch.busykey_is_skip = policy == ExistingKey::Skip;

@@ -76,10 +76,19 @@ impl<R: Read> Src<R> {
             self.capture = None;
             return;
         }
-        let mut v = Vec::with_capacity(limit.min(4096));
+        // Small: most values are; [`Src::reserve_capture`] sizes it when the size is known.
+        let mut v = Vec::with_capacity(limit.min(64));
         v.extend_from_slice(prefix);
         self.capture = Some(v);
         self.capture_limit = limit;
+    }
+
+    /// Room for `n` more captured bytes, at once.
+    pub(crate) fn reserve_capture(&mut self, n: usize) {
+        let pending = self.pos - self.mark;
+        if let Some(c) = self.capture.as_mut() {
+            c.reserve(pending + n);
+        }
     }
 
     /// Whether `n` more bytes keep the capture within its limit.
