@@ -635,8 +635,7 @@ impl<R: Read> Parser<R> {
         if !self.src.capture_fits(body) {
             return Err(Ok(head));
         }
-        // Fits the capture, so within `raw_limit`: a usize.
-        self.src.reserve_capture(body as usize);
+        self.src.reserve_capture(body);
         self.src.skip(body).map_err(Err)?;
         Ok(self.src.stop_capture().map(Bytes::from))
     }

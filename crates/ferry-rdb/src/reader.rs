@@ -83,11 +83,12 @@ impl<R: Read> Src<R> {
         self.capture_limit = limit;
     }
 
-    /// Room for `n` more captured bytes, at once.
-    pub(crate) fn reserve_capture(&mut self, n: usize) {
+    /// Room for `n` more captured bytes, at once: up to a buffer's worth (a header's length
+    /// is only a claim until the bytes arrive; beyond that the capture grows as they do).
+    pub(crate) fn reserve_capture(&mut self, n: u64) {
         let pending = self.pos - self.mark;
         if let Some(c) = self.capture.as_mut() {
-            c.reserve(pending + n);
+            c.reserve(pending + n.min(BUF_SIZE as u64) as usize);
         }
     }
 

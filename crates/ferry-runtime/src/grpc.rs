@@ -333,17 +333,19 @@ mod tests {
         // What a stage did before: one refused connect failed its session.
         let e = grpc_channel(&url).await.unwrap_err();
         assert!(is_connection_refused(&e), "{e:#}");
-        let server = tokio::spawn(async move {
+        let server = async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-            let _ = tonic::transport::Server::builder()
+            tonic::transport::Server::builder()
                 .add_routes(tonic::service::Routes::default())
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
-                .await;
-        });
+                .await
+        };
         let cancel = tokio_util::sync::CancellationToken::new();
-        downstream_channel(&url, &cancel).await.expect("reached once it listens");
-        server.abort();
+        tokio::select! {
+            r = downstream_channel(&url, &cancel) => { r.expect("reached once it listens"); }
+            r = server => panic!("the server ended: {r:?}"),
+        }
         // Nothing listens and the stage shuts down: it stops trying at once, with the error.
         cancel.cancel();
         let started = std::time::Instant::now();
