@@ -138,21 +138,24 @@ fn spool_fills_up(spool_dir: &std::path::Path, max_bytes: u64, expect: &str) {
         tgt.addr(),
         spool_dir.display()
     ));
-    let cfg = cfg.replace("[writer]\n", "[writer]\nmax_bytes_per_sec = 2000000\n");
+    // A target at 4 MB/s and a burst of 40 MB: more than the stages between the reader and
+    // the target hold (two gRPC streams of up to 8 MiB unread each, and the decoder's
+    // batches), so the rest waits in the spool.
+    let cfg = cfg.replace("[writer]\n", "[writer]\nmax_bytes_per_sec = 4000000\n");
     let ferry = Ferry::start(&cfg, &status);
     ferry.wait_caught_up(rt().block_on(src.repl_offset()).unwrap(), Duration::from_secs(60));
     rt().block_on(async {
         let mut c = src.connect().await.unwrap();
         let mut rng = Rng::seeded(3);
         let mut buf = bytes::BytesMut::new();
-        for i in 0..400 {
+        for i in 0..4000 {
             ferry_resp::encode_command_into(
                 &mut buf,
                 &[&b"SET"[..], format!("burst:{i}").as_bytes(), &rng.bytes(10_000)],
             );
         }
         c.send_raw(&buf).await.unwrap();
-        for _ in 0..400 {
+        for _ in 0..4000 {
             c.read_reply().await.unwrap();
         }
     });

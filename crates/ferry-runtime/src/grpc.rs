@@ -9,6 +9,9 @@ use anyhow::Context;
 /// source's stream, a batch for the target): a bigger one would be refused by the receiver.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
+/// How many bytes of one gRPC stream may be in flight to the process that receives it.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+
 /// The largest single argument of a source command the reader takes: it travels in one
 /// message, with room for the frame around it.
 pub const MAX_COMMAND_BYTES: usize = MAX_MESSAGE_BYTES - 1024 * 1024;
@@ -279,7 +282,12 @@ pub fn is_connection_refused(e: &anyhow::Error) -> bool {
 
 /// A gRPC server builder, requiring client certificates of the CA when TLS is set.
 pub fn grpc_server() -> anyhow::Result<tonic::transport::Server> {
-    let builder = tonic::transport::Server::builder();
+    // HTTP/2 flow control: a stream may have this much unread by the receiving process. The
+    // default (1 MiB) is one message of a full copy (a frame of the RDB, a batch for the
+    // target), so the sender waited for each to be taken before sending the next.
+    let builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(2 * STREAM_WINDOW);
     Ok(match GRPC_TLS.get() {
         Some(Some(t)) => builder
             .tls_config(
