@@ -300,17 +300,18 @@ fn a_slow_target_never_gets_the_reader_disconnected_the_spool_drains() {
         src.addr(),
         tgt.addr()
     ));
-    // A target far slower than the writes below: 3 MB/s, so that what the stages between
-    // the reader and the target hold (about 12 MB) and what drains while the writes run
-    // (they take seconds on a loaded machine) leave megabytes in the spool.
+    // A target far slower than the writes below: 6 MB/s, so that what the stages between
+    // the reader and the target hold (two gRPC streams of up to 8 MiB unread each, and the
+    // decoder's batches: about 25 MB) and what drains while the writes run (they take
+    // seconds on a loaded machine) leave megabytes in the spool.
     let cfg = cfg.replace("[writer]\n", "[writer]\nmax_ops_per_sec = 2000\n");
     let ferry = Ferry::start(&cfg, &status);
     ferry.wait_for("incremental", Duration::from_secs(60), |p| p["phase"] == "incremental");
     rt.block_on(async {
         let mut c = src.connect().await.unwrap();
-        // ~30 MB of replication stream in a few seconds; the stages between the reader and
+        // ~60 MB of replication stream in a few seconds; the stages between the reader and
         // the target hold far less than that.
-        let value = "v".repeat(1500);
+        let value = "v".repeat(3000);
         for round in 0..20 {
             let mut buf = bytes::BytesMut::new();
             for i in 0..1_000 {
