@@ -1029,6 +1029,15 @@ async fn probe_lag(
     }))
 }
 
+/// The rows of a full-copy table under its title: the native baseline with ferry / it,
+/// then ferry.
+fn print_copy_rows(native: (&str, &serde_json::Value), ferry: (&str, &serde_json::Value), ratio: &serde_json::Value) {
+    println!("|---|---|---|");
+    println!("| {} | {} | {} |", native.0, fmt_opt(native.1, " s", 2), fmt_opt(ratio, "", 2));
+    println!("| {} | {} | 1.00 |", ferry.0, fmt_opt(ferry.1, " s", 2));
+    println!();
+}
+
 fn fmt_opt(v: &serde_json::Value, unit: &str, digits: usize) -> String {
     match v.as_f64() {
         Some(x) => format!("{x:.digits$}{unit}"),
@@ -1190,27 +1199,18 @@ pub fn run(bins: &Path, dir: &Path, opts: &BenchOpts) -> anyhow::Result<()> {
         h["bitmap_mb"].as_f64().unwrap_or(0.0),
         h["source_used_memory"].as_str().unwrap_or("")
     );
-    println!("|---|---|---|");
-    println!(
-        "| native replica (full sync) | {} | {} |",
-        fmt_opt(&h["native_replica_full_sync_s"], " s", 2),
-        fmt_opt(&h["ratio_ferry_over_native"], "", 2)
+    print_copy_rows(
+        ("native replica (full sync)", &h["native_replica_full_sync_s"]),
+        ("ferry (start to incremental, lag 0)", &h["ferry_full_copy_s"]),
+        &h["ratio_ferry_over_native"],
     );
-    println!("| ferry (start to incremental, lag 0) | {} | 1.00 |", fmt_opt(&h["ferry_full_copy_s"], " s", 2));
-    println!();
     let c = &result["cluster"];
     println!("| cluster → cluster, 3 masters each, {} keys | time | ferry / this |", c["keys"]);
-    println!("|---|---|---|");
-    println!(
-        "| native replicas, one per master, started together | {} | {} |",
-        fmt_opt(&c["native_replicas_full_sync_s"], " s", 2),
-        fmt_opt(&c["ratio_ferry_over_native"], "", 2)
+    print_copy_rows(
+        ("native replicas, one per master, started together", &c["native_replicas_full_sync_s"]),
+        ("ferry (start to every pipeline incremental, lag 0)", &c["ferry_full_copy_s"]),
+        &c["ratio_ferry_over_native"],
     );
-    println!(
-        "| ferry (start to every pipeline incremental, lag 0) | {} | 1.00 |",
-        fmt_opt(&c["ferry_full_copy_s"], " s", 2)
-    );
-    println!();
     let m = &result["micro"];
     println!("| micro-benchmark | ferry | baseline |");
     println!("|---|---|---|");

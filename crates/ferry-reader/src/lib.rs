@@ -171,8 +171,10 @@ pub async fn run(
                     warn!(coordinator = %coordinator, error = %e, "waiting for the coordinator");
                     warned = true;
                 }
-                if e.not_ready && running.is_empty() && started.elapsed() < ferry_runtime::NOT_READY_FAST_FOR {
-                    poll = ferry_runtime::NOT_READY_RETRY;
+                if running.is_empty()
+                    && let Some(soon) = e.retry_soon(started)
+                {
+                    poll = soon;
                 }
                 if !running.is_empty() && confirmed.elapsed() >= PLAN_CONFIRM {
                     warn!(

@@ -30,6 +30,14 @@ pub struct PlanError {
     pub not_ready: bool,
 }
 
+impl PlanError {
+    /// How soon to ask again, for a stage that started asking at `since`: at once-ish while
+    /// a coordinator that just started has no plan yet; `None` for the caller's own pace.
+    pub fn retry_soon(&self, since: std::time::Instant) -> Option<std::time::Duration> {
+        (self.not_ready && since.elapsed() < NOT_READY_FAST_FOR).then_some(NOT_READY_RETRY)
+    }
+}
+
 impl std::fmt::Display for PlanError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
@@ -78,7 +86,7 @@ pub async fn plan(
                     warn!(coordinator, error = %e, "waiting for the coordinator");
                     warned = true;
                 }
-                delay = (e.not_ready && waiting_since.elapsed() < NOT_READY_FAST_FOR).then_some(NOT_READY_RETRY);
+                delay = e.retry_soon(waiting_since);
             }
         }
         if !sleep_or_cancel(delay.unwrap_or_else(|| backoff.next_delay()), cancel).await {

@@ -269,14 +269,7 @@ pub async fn downstream_channel(
 /// Whether connecting failed because nothing listens at the address (yet).
 pub fn is_connection_refused(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(c);
-        while let Some(s) = source {
-            if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
-                return true;
-            }
-            source = s.source();
-        }
-        false
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
     })
 }
 

@@ -1,5 +1,6 @@
 //! The counters of each pipeline a stage serves ([`Stats`]), reported to the coordinator
-//! every 200 ms and at each milestone, and the sessions of the pipelines a decoder or writer serves at once.
+//! every 200 ms and at each milestone, and the sessions of the pipelines a decoder or
+//! writer serves at once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
