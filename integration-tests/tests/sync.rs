@@ -300,7 +300,7 @@ fn a_slow_target_never_gets_the_reader_disconnected_the_spool_drains() {
         src.addr(),
         tgt.addr()
     ));
-    // A target far slower than the writes below: 6 MB/s, so that what the stages between
+    // A target far slower than the writes below: 3 MB/s, so that what the stages between
     // the reader and the target hold (two gRPC streams of up to 8 MiB unread each, and the
     // decoder's batches: about 25 MB) and what drains while the writes run (they take
     // seconds on a loaded machine) leave megabytes in the spool.
@@ -310,9 +310,10 @@ fn a_slow_target_never_gets_the_reader_disconnected_the_spool_drains() {
     rt.block_on(async {
         let mut c = src.connect().await.unwrap();
         // ~60 MB of replication stream in a few seconds; the stages between the reader and
-        // the target hold far less than that.
-        let value = "v".repeat(3000);
-        for round in 0..20 {
+        // the target hold far less than that. Rounds of 1.5 MB: under the source's 2 MB
+        // limit, which only a reader that stops reading would reach.
+        let value = "v".repeat(1500);
+        for round in 0..40 {
             let mut buf = bytes::BytesMut::new();
             for i in 0..1_000 {
                 ferry_resp::encode_command_into(&mut buf, &["SET", &format!("bulk:{round}:{i}"), &value]);
