@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::conn::{Connection, ReplyReader, RequestWriter, RespError, printable};
 use crate::encode::encode_command;
@@ -274,23 +274,12 @@ impl ReplStream {
                 Ok(Some(ReplEvent::RdbChunk(buf.split_to(take).freeze())))
             }
             State::RdbEof { mark } => {
-                let buf = self.rd.buffer();
-                // The master sends nothing after the mark until the replica ACKs, so the
-                // mark is always the tail of what has been read.
-                if buf.len() >= EOF_MARK_LEN && buf.ends_with(&mark[..]) {
-                    let body = buf.len() - EOF_MARK_LEN;
-                    if body > 0 {
-                        return Ok(Some(ReplEvent::RdbChunk(buf.split_to(body).freeze())));
-                    }
-                    let _ = buf.split_to(EOF_MARK_LEN);
+                let mark = *mark;
+                let ev = rdb_until_mark(self.rd.buffer(), &mark);
+                if matches!(ev, Some(ReplEvent::RdbEnd)) {
                     self.state = State::Commands;
-                    return Ok(Some(ReplEvent::RdbEnd));
                 }
-                if buf.len() <= EOF_MARK_LEN {
-                    return Ok(None);
-                }
-                let take = (buf.len() - EOF_MARK_LEN).min(MAX_CHUNK);
-                Ok(Some(ReplEvent::RdbChunk(buf.split_to(take).freeze())))
+                Ok(ev)
             }
             State::Commands => {
                 let max_bulk = self.max_bulk;
@@ -343,6 +332,27 @@ fn is_getack(cmd: &[u8]) -> bool {
     }
 }
 
+/// The next event of a diskless (EOF-marked) RDB transfer from the bytes read so far: RDB
+/// bytes up to the mark, then `RdbEnd` once the mark is consumed; `None` until more is read.
+/// The mark is usually the tail of what has been read, since the master sends nothing more
+/// until the replica acknowledges. But an acknowledgement sent during the transfer (the
+/// reader's periodic one) lets the master stream commands right behind the mark: it is
+/// looked for anywhere, and what follows it stays in `buf` for the command stream.
+fn rdb_until_mark(buf: &mut BytesMut, mark: &[u8; EOF_MARK_LEN]) -> Option<ReplEvent> {
+    match memchr::memmem::find(buf, mark) {
+        Some(0) => {
+            let _ = buf.split_to(EOF_MARK_LEN);
+            Some(ReplEvent::RdbEnd)
+        }
+        Some(at) => Some(ReplEvent::RdbChunk(buf.split_to(at.min(MAX_CHUNK)).freeze())),
+        // The last bytes may be the start of the mark: held until more is read.
+        None if buf.len() > EOF_MARK_LEN => {
+            Some(ReplEvent::RdbChunk(buf.split_to((buf.len() - EOF_MARK_LEN).min(MAX_CHUNK)).freeze()))
+        }
+        None => None,
+    }
+}
+
 /// Reads a server's `INFO` field (e.g. `master_repl_offset`).
 pub fn info_field<'a>(info: &'a Reply, field: &str) -> Option<&'a str> {
     let text = std::str::from_utf8(info.as_bytes()?).ok()?;
@@ -369,6 +379,35 @@ mod tests {
         assert!(parse_psync_reply("a", "+FULLRESYNC abc -1").is_err());
         assert!(parse_psync_reply("a", "+FULLRESYNC abc 9223372036854775807").is_err());
         assert!(parse_psync_reply("a", "garbage").is_err());
+    }
+
+    #[test]
+    fn a_diskless_rdb_ends_at_its_mark_even_with_commands_read_behind_it() {
+        let mark = [b'm'; EOF_MARK_LEN];
+        let mut rdb = b"REDIS0011".to_vec();
+        rdb.extend(std::iter::repeat_n(b'x', 80));
+        rdb.extend(b"\xff12345678");
+        let cmd = b"*1\r\n$4\r\nPING\r\n";
+        // Read in one go: the RDB, the mark, and the first command the master streamed
+        // because an acknowledgement reached it before the mark was read.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&rdb);
+        buf.extend_from_slice(&mark);
+        buf.extend_from_slice(cmd);
+        let Some(ReplEvent::RdbChunk(chunk)) = rdb_until_mark(&mut buf, &mark) else { panic!("no RDB chunk") };
+        assert_eq!(&chunk[..], &rdb[..], "only the RDB's bytes are RDB");
+        assert!(matches!(rdb_until_mark(&mut buf, &mark), Some(ReplEvent::RdbEnd)));
+        assert_eq!(&buf[..], &cmd[..], "the command is left for the stream");
+        // Read in pieces: bytes that may begin the mark are held back until it is whole.
+        let mut buf = BytesMut::from(&rdb[..]);
+        buf.extend_from_slice(&mark[..10]);
+        let Some(ReplEvent::RdbChunk(first)) = rdb_until_mark(&mut buf, &mark) else { panic!("no RDB chunk") };
+        assert!(rdb.starts_with(&first) && buf.len() == EOF_MARK_LEN, "{}", buf.len());
+        buf.extend_from_slice(&mark[10..]);
+        let Some(ReplEvent::RdbChunk(rest)) = rdb_until_mark(&mut buf, &mark) else { panic!("no RDB chunk") };
+        assert_eq!([&first[..], &rest[..]].concat(), rdb);
+        assert!(matches!(rdb_until_mark(&mut buf, &mark), Some(ReplEvent::RdbEnd)));
+        assert!(buf.is_empty() && rdb_until_mark(&mut buf, &mark).is_none());
     }
 
     #[test]
